@@ -1,0 +1,1 @@
+//! RL algorithms: A*PO (V* estimation + regression loss) and GRPO.

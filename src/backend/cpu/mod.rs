@@ -1,0 +1,1 @@
+//! The CPU backend: f32, multi-threaded, the oracle.

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(tz_engine::cli::main());
+}

@@ -1,0 +1,1 @@
+//! Hugging Face config.json (transformers 4.x and 5.x).

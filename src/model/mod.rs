@@ -1,0 +1,4 @@
+//! Qwen2: Hugging Face config and weights, the flat parameter layout, and the forward/backward
+//! graph as an explicit sequence of backend calls.
+pub mod config;
+pub mod weights;

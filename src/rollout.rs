@@ -1,0 +1,1 @@
+//! Batched generation: prefill, decode loop over a KV cache, stop handling, per-sequence RNG.

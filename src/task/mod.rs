@@ -1,0 +1,1 @@
+//! Countdown and multiplication: data, prompt templates, TinyZero-exact rewards, solver.
