@@ -2,3 +2,7 @@
 //! graph as an explicit sequence of backend calls.
 pub mod config;
 pub mod weights;
+pub mod layout;
+
+pub use config::Qwen2Config;
+pub use layout::ParamLayout;

@@ -1,0 +1,154 @@
+//! The flat parameter layout: every Qwen2 tensor at a fixed offset in one contiguous buffer
+//! (parameters, gradients and both Adam moments share it), so each of those is a single
+//! allocation that multi-GPU sharding can later split.
+//!
+//! Tensors the forward pass multiplies together are adjacent on purpose: q|k|v weights (and
+//! biases) form one `[(hq + 2·hkv)·d, C]` matrix and gate|up one `[2·I, C]` matrix, so each is
+//! a single GEMM. Hugging Face names map onto sub-ranges of these fused blocks.
+use super::config::Qwen2Config;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The Hugging Face tensor name, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub name: String,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    /// Whether AdamW applies weight decay (matrices yes; norms and biases no).
+    pub decay: bool,
+}
+
+impl Entry {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Offsets of one decoder layer's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerOffsets {
+    pub input_norm: usize,
+    /// `[(hq + 2·hkv)·d, C]`: q_proj, k_proj, v_proj weights stacked.
+    pub qkv_w: usize,
+    /// `[(hq + 2·hkv)·d]`: q, k, v biases stacked.
+    pub qkv_b: usize,
+    /// `[C, hq·d]`
+    pub o_w: usize,
+    pub post_norm: usize,
+    /// `[2·I, C]`: gate_proj then up_proj.
+    pub gate_up_w: usize,
+    /// `[C, I]`
+    pub down_w: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamLayout {
+    pub entries: Vec<Entry>,
+    pub embed: usize,
+    pub layers: Vec<LayerOffsets>,
+    pub final_norm: usize,
+    /// Offset of the `[V, C]` output projection: the embedding table when tied.
+    pub lm_head: usize,
+    pub total: usize,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &Qwen2Config) -> Self {
+        let c = cfg.hidden_size;
+        let v = cfg.vocab_size;
+        let d = cfg.head_dim;
+        let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let inter = cfg.intermediate_size;
+        let mut entries = Vec::new();
+        let mut off = 0usize;
+        let mut push = |name: String, shape: Vec<usize>, decay: bool| -> usize {
+            let at = off;
+            off += shape.iter().product::<usize>();
+            entries.push(Entry { name, offset: at, shape, decay });
+            at
+        };
+        let embed = push("model.embed_tokens.weight".into(), vec![v, c], true);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}.");
+            let input_norm = push(format!("{p}input_layernorm.weight"), vec![c], false);
+            let qkv_w = push(format!("{p}self_attn.q_proj.weight"), vec![hq * d, c], true);
+            push(format!("{p}self_attn.k_proj.weight"), vec![hkv * d, c], true);
+            push(format!("{p}self_attn.v_proj.weight"), vec![hkv * d, c], true);
+            let qkv_b = push(format!("{p}self_attn.q_proj.bias"), vec![hq * d], false);
+            push(format!("{p}self_attn.k_proj.bias"), vec![hkv * d], false);
+            push(format!("{p}self_attn.v_proj.bias"), vec![hkv * d], false);
+            let o_w = push(format!("{p}self_attn.o_proj.weight"), vec![c, hq * d], true);
+            let post_norm = push(format!("{p}post_attention_layernorm.weight"), vec![c], false);
+            let gate_up_w = push(format!("{p}mlp.gate_proj.weight"), vec![inter, c], true);
+            push(format!("{p}mlp.up_proj.weight"), vec![inter, c], true);
+            let down_w = push(format!("{p}mlp.down_proj.weight"), vec![c, inter], true);
+            layers.push(LayerOffsets { input_norm, qkv_w, qkv_b, o_w, post_norm, gate_up_w, down_w });
+        }
+        let final_norm = push("model.norm.weight".into(), vec![c], false);
+        let lm_head = if cfg.tie_word_embeddings {
+            embed
+        } else {
+            push("lm_head.weight".into(), vec![v, c], true)
+        };
+        ParamLayout { entries, embed, layers, final_norm, lm_head, total: off }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// (offset, len) ranges of parameters that take weight decay, merged where contiguous.
+    pub fn decay_ranges(&self) -> Vec<(usize, usize, bool)> {
+        let mut out: Vec<(usize, usize, bool)> = Vec::new();
+        for e in &self.entries {
+            match out.last_mut() {
+                Some(last) if last.2 == e.decay && last.0 + last.1 == e.offset => last.1 += e.numel(),
+                _ => out.push((e.offset, e.numel(), e.decay)),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(tied: bool) -> Qwen2Config {
+        Qwen2Config {
+            vocab_size: 10,
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 2,
+            max_position_embeddings: 64,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            tie_word_embeddings: tied,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            dtype: None,
+        }
+    }
+
+    #[test]
+    fn entries_tile_the_buffer_and_fused_blocks_are_adjacent() {
+        for tied in [true, false] {
+            let l = ParamLayout::new(&cfg(tied));
+            let mut off = 0;
+            for e in &l.entries {
+                assert_eq!(e.offset, off, "{}", e.name);
+                off += e.numel();
+            }
+            assert_eq!(off, l.total);
+            let k = l.get("model.layers.1.self_attn.k_proj.weight").unwrap();
+            assert_eq!(k.offset, l.layers[1].qkv_w + 4 * 2 * 8);
+            let up = l.get("model.layers.0.mlp.up_proj.weight").unwrap();
+            assert_eq!(up.offset, l.layers[0].gate_up_w + 12 * 8);
+            assert_eq!(l.get("lm_head.weight").is_some(), !tied);
+            assert_eq!(l.lm_head == l.embed, tied);
+        }
+    }
+}
