@@ -1,1 +1,249 @@
-//! Batched generation: prefill, decode loop over a KV cache, stop handling, per-sequence RNG.
+//! Batched generation: prefill the prompts of a wave of sequences (packed, variable length,
+//! k/v stored into a per-layer cache), then decode one token per live sequence per step,
+//! dropping finished sequences from the batch. Every buffer is planned up front.
+//!
+//! Sequence i samples its t-th token with the Philox draw (seed_i, t), so what a sequence
+//! generates does not depend on the other sequences in the batch or on the wave size.
+use crate::backend::{Backend, SamplingParams, Seqs, View};
+use crate::model::arena::{Arena, ArenaPlan, Slot};
+use crate::model::qwen2::{AttnMode, ForwardSlots, KvStore, Qwen2};
+use crate::model::Qwen2Config;
+use anyhow::{bail, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenConfig {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop_token_ids: Vec<u32>,
+    /// Generation stops once the decoded response contains one of these; the tokens that
+    /// complete it are kept (the reward parser needs a closing `</answer>`).
+    pub stop_strings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// Stopped on an end-of-sequence token (kept as the last token).
+    Eos,
+    StopString,
+    /// Reached `max_new_tokens`.
+    Length,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+}
+
+struct GenPlan {
+    fwd: ForwardSlots,
+    kcache: Vec<Slot>,
+    vcache: Vec<Slot>,
+    cu: Slot,
+    slot: Slot,
+    len: Slot,
+    last_rows: Slot,
+    hsel: Slot,
+    logits: Slot,
+    tokens: Slot,
+}
+
+/// A planned generation arena: `slots` sequences at once, prompts up to `max_prompt` tokens,
+/// prompt + response up to `t_max` tokens.
+pub struct Generator<B: Backend> {
+    plan: GenPlan,
+    arena: Arena<B>,
+    pub slots: usize,
+    pub max_prompt: usize,
+    pub t_max: usize,
+}
+
+/// Bytes a generator of this size plans, by category (for `tz-engine plan`).
+pub fn plan_bytes(cfg: &Qwen2Config, act: crate::backend::DType, slots: usize, max_prompt: usize, t_max: usize) -> Vec<(&'static str, usize)> {
+    let mut p = ArenaPlan::new(act);
+    plan(&mut p, cfg, slots, max_prompt, t_max);
+    p.categories
+}
+
+fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> GenPlan {
+    let rows = (slots * max_prompt).max(slots);
+    let c = cfg.hidden_size;
+    let kv_len = slots * t_max * cfg.num_key_value_heads * cfg.head_dim;
+    GenPlan {
+        fwd: ForwardSlots::plan(p, cfg, rows, false),
+        kcache: (0..cfg.num_hidden_layers).map(|_| p.act("kv cache", kv_len)).collect(),
+        vcache: (0..cfg.num_hidden_layers).map(|_| p.act("kv cache", kv_len)).collect(),
+        cu: p.u32("inputs", slots + 1),
+        slot: p.u32("inputs", rows),
+        len: p.u32("inputs", slots),
+        last_rows: p.u32("inputs", slots),
+        hsel: p.act("logits", slots * c),
+        logits: p.act("logits", slots * cfg.vocab_size),
+        tokens: p.u32("inputs", slots),
+    }
+}
+
+/// One sequence being generated.
+struct Live {
+    index: usize,
+    slot: u32,
+    prompt_len: usize,
+    tokens: Vec<u32>,
+}
+
+impl<B: Backend> Generator<B> {
+    pub fn new(be: &B, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> Result<Self> {
+        if slots == 0 || max_prompt == 0 || t_max <= max_prompt {
+            bail!("generator needs slots > 0 and max prompt ({max_prompt}) < max total length ({t_max})");
+        }
+        if t_max > cfg.max_position_embeddings {
+            bail!("prompt + response length {t_max} exceeds the model's context ({})", cfg.max_position_embeddings);
+        }
+        let mut p = ArenaPlan::new(be.act_dtype());
+        let plan = plan(&mut p, cfg, slots, max_prompt, t_max);
+        let arena = p.allocate(be)?;
+        Ok(Generator { plan, arena, slots, max_prompt, t_max })
+    }
+
+    /// Generates one response per prompt. `seeds[i]` keys sequence i's sampling stream;
+    /// `decode` turns response tokens into text for stop-string checks.
+    pub fn generate(&self, be: &B, model: &Qwen2<B>, prompts: &[Vec<u32>], seeds: &[u64], gc: &GenConfig, decode: &dyn Fn(&[u32]) -> String) -> Result<Vec<Generation>> {
+        if seeds.len() != prompts.len() {
+            bail!("{} seeds for {} prompts", seeds.len(), prompts.len());
+        }
+        let vocab = model.cfg.vocab_size;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                bail!("prompt {i} is empty");
+            }
+            if p.len() > self.max_prompt {
+                bail!("prompt {i} has {} tokens, more than the planned maximum {}", p.len(), self.max_prompt);
+            }
+            if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
+                bail!("prompt {i} holds token id {t}, beyond the vocabulary ({vocab})");
+            }
+        }
+        let max_new = gc.max_new_tokens.min(self.t_max - self.max_prompt);
+        let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
+        for wave_start in (0..prompts.len()).step_by(self.slots) {
+            let wave: Vec<usize> = (wave_start..(wave_start + self.slots).min(prompts.len())).collect();
+            self.run_wave(be, model, prompts, seeds, &wave, gc, max_new, decode, &mut out)?;
+        }
+        Ok(out.into_iter().map(|g| g.expect("every prompt generated")).collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_wave(&self, be: &B, model: &Qwen2<B>, prompts: &[Vec<u32>], seeds: &[u64], wave: &[usize], gc: &GenConfig, max_new: usize, decode: &dyn Fn(&[u32]) -> String, out: &mut [Option<Generation>]) -> Result<()> {
+        let (a, p) = (&self.arena, &self.plan);
+        let c = model.cfg.hidden_size;
+        let vocab = model.cfg.vocab_size;
+        let kc: Vec<View<B>> = p.kcache.iter().map(|&s| a.view(s)).collect();
+        let vc: Vec<View<B>> = p.vcache.iter().map(|&s| a.view(s)).collect();
+
+        // Prefill: the wave's prompts packed end to end.
+        let (mut ids, mut pos, mut slot, mut cu, mut last) = (vec![], vec![], vec![], vec![0u32], vec![]);
+        for (k, &i) in wave.iter().enumerate() {
+            let pr = &prompts[i];
+            ids.extend_from_slice(pr);
+            pos.extend(0..pr.len() as u32);
+            slot.extend(std::iter::repeat_n(k as u32, pr.len()));
+            cu.push(ids.len() as u32);
+            last.push(ids.len() as u32 - 1);
+        }
+        let n = ids.len();
+        be.upload_u32(a.prefix(p.fwd.ids, n), &ids)?;
+        be.upload_u32(a.prefix(p.fwd.pos, n), &pos)?;
+        be.upload_u32(a.prefix(p.slot, n), &slot)?;
+        be.upload_u32(a.prefix(p.cu, cu.len()), &cu)?;
+        be.upload_u32(a.prefix(p.last_rows, wave.len()), &last)?;
+        let store = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
+        let seqs = Seqs { cu_dev: a.prefix(p.cu, cu.len()), cu_host: &cu };
+        model.forward_layers(be, a, &p.fwd, n, &AttnMode::Packed { seqs, store: Some(store) })?;
+        let b = wave.len();
+        be.gather_rows(a.prefix(p.hsel, b * c), a.prefix(p.fwd.lnf, n * c), a.prefix(p.last_rows, b), b, c)?;
+        model.lm_head(be, a.prefix(p.logits, b * vocab), a.prefix(p.hsel, b * c), b)?;
+
+        let mut live: Vec<Live> = wave
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| Live { index: i, slot: k as u32, prompt_len: prompts[i].len(), tokens: Vec::with_capacity(max_new) })
+            .collect();
+        let mut sampled = vec![0u32; b];
+        let mut row_seeds = Vec::with_capacity(b);
+        let mut counters = Vec::with_capacity(b);
+        let (mut ids, mut pos, mut slot, mut len) = (vec![], vec![], vec![], vec![]);
+        let mut logits_rows = b;
+        while !live.is_empty() {
+            // Sample the next token of every live sequence from its logits row.
+            row_seeds.clear();
+            counters.clear();
+            for l in &live {
+                row_seeds.push(seeds[l.index]);
+                counters.push(l.tokens.len() as u64);
+            }
+            let nl = live.len();
+            debug_assert_eq!(nl, logits_rows);
+            be.sample(a.prefix(p.tokens, nl), a.prefix(p.logits, nl * vocab), nl, vocab, &gc.sampling, &row_seeds, &counters)?;
+            be.download_u32(a.prefix(p.tokens, nl), &mut sampled[..nl])?;
+            let mut keep = Vec::with_capacity(nl);
+            for (l, &tok) in live.drain(..).zip(&sampled[..nl]) {
+                let mut l = l;
+                l.tokens.push(tok);
+                let finish = if gc.stop_token_ids.contains(&tok) {
+                    Some(Finish::Eos)
+                } else if hits_stop_string(&l.tokens, &gc.stop_strings, decode) {
+                    Some(Finish::StopString)
+                } else if l.tokens.len() >= max_new {
+                    Some(Finish::Length)
+                } else {
+                    None
+                };
+                match finish {
+                    Some(f) => out[l.index] = Some(Generation { tokens: std::mem::take(&mut l.tokens), finish: f }),
+                    None => keep.push(l),
+                }
+            }
+            live = keep;
+            if live.is_empty() {
+                break;
+            }
+            // Decode step: one row per live sequence, its newest token at the next position.
+            ids.clear();
+            pos.clear();
+            slot.clear();
+            len.clear();
+            let mut max_len = 0;
+            for l in &live {
+                let p_new = l.prompt_len + l.tokens.len() - 1;
+                ids.push(*l.tokens.last().expect("sampled"));
+                pos.push(p_new as u32);
+                slot.push(l.slot);
+                len.push(p_new as u32 + 1);
+                max_len = max_len.max(p_new + 1);
+            }
+            let n = live.len();
+            be.upload_u32(a.prefix(p.fwd.ids, n), &ids)?;
+            be.upload_u32(a.prefix(p.fwd.pos, n), &pos)?;
+            be.upload_u32(a.prefix(p.slot, n), &slot)?;
+            be.upload_u32(a.prefix(p.len, n), &len)?;
+            let kv = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
+            model.forward_layers(be, a, &p.fwd, n, &AttnMode::Decode { kv, len: a.prefix(p.len, n), max_len })?;
+            model.lm_head(be, a.prefix(p.logits, n * vocab), a.prefix(p.fwd.lnf, n * c), n)?;
+            logits_rows = n;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the response's newest tokens complete a stop string. Only a short tail is decoded
+/// (enough tokens to cover the longest stop string), keeping the check O(1) per token.
+fn hits_stop_string(tokens: &[u32], stops: &[String], decode: &dyn Fn(&[u32]) -> String) -> bool {
+    if stops.is_empty() {
+        return false;
+    }
+    let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+    let tail = &tokens[tokens.len().saturating_sub(longest + 2)..];
+    let text = decode(tail);
+    stops.iter().any(|s| !s.is_empty() && text.contains(s.as_str()))
+}

@@ -1,8 +1,13 @@
-//! Qwen2: Hugging Face config and weights, the flat parameter layout, and the forward/backward
-//! graph as an explicit sequence of backend calls.
+//! Qwen2: Hugging Face config and weights, the flat parameter layout, the activation arena,
+//! and the forward/backward graph as an explicit sequence of backend calls.
+pub mod arena;
 pub mod config;
-pub mod weights;
 pub mod layout;
+pub mod logprob;
+pub mod qwen2;
+pub mod weights;
 
 pub use config::Qwen2Config;
 pub use layout::ParamLayout;
+pub use logprob::{LogprobWorkspace, PackedBatch};
+pub use qwen2::Qwen2;

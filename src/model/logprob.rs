@@ -1,0 +1,247 @@
+//! Per-token log-probs of packed sequences, and their backward: the scoring path of
+//! `tz-engine score`, the reference model and the policy update.
+//!
+//! Only the rows that predict a target token go through the lm_head, in chunks of rows, so
+//! logits exist for one chunk at a time (`chunk × vocab`), never for the whole batch. The
+//! backward recomputes each chunk's logits instead of keeping them.
+use super::arena::{Arena, ArenaPlan, Slot};
+use super::qwen2::{AttnMode, BackwardSlots, ForwardSlots, Qwen2};
+use super::Qwen2Config;
+use crate::backend::{Backend, Seqs, View};
+use anyhow::{bail, Result};
+
+/// Logits held at once: about 32M elements (64 MB in bf16).
+const LOGITS_BUDGET: usize = 32 << 20;
+
+/// Sequences packed end to end, and the tokens whose log-probs are wanted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedBatch {
+    pub tokens: Vec<u32>,
+    /// Sequence s owns rows `[cu[s], cu[s+1])`.
+    pub cu: Vec<u32>,
+    /// Position of each row within its sequence.
+    pub pos: Vec<u32>,
+    /// Target j is token `target_tok[j]`, predicted from the hidden state at row `target_row[j]`.
+    pub target_row: Vec<u32>,
+    pub target_tok: Vec<u32>,
+    /// Sequence s owns targets `[target_cu[s], target_cu[s+1])`.
+    pub target_cu: Vec<u32>,
+}
+
+impl PackedBatch {
+    /// Each sequence is `prompt ++ response`; the targets are every response token.
+    pub fn from_pairs<P: AsRef<[u32]>, R: AsRef<[u32]>>(pairs: &[(P, R)]) -> Result<Self> {
+        let mut b = PackedBatch { cu: vec![0], target_cu: vec![0], ..Default::default() };
+        for (i, (prompt, response)) in pairs.iter().enumerate() {
+            let (prompt, response) = (prompt.as_ref(), response.as_ref());
+            if prompt.is_empty() {
+                bail!("sequence {i}: the prompt is empty, so the first response token has no context");
+            }
+            let start = b.tokens.len() as u32;
+            b.tokens.extend_from_slice(prompt);
+            b.tokens.extend_from_slice(response);
+            b.pos.extend(0..(prompt.len() + response.len()) as u32);
+            for (k, &t) in response.iter().enumerate() {
+                b.target_row.push(start + (prompt.len() + k) as u32 - 1);
+                b.target_tok.push(t);
+            }
+            b.cu.push(b.tokens.len() as u32);
+            b.target_cu.push(b.target_tok.len() as u32);
+        }
+        Ok(b)
+    }
+
+    pub fn n_seqs(&self) -> usize {
+        self.cu.len() - 1
+    }
+    pub fn n_rows(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn n_targets(&self) -> usize {
+        self.target_tok.len()
+    }
+
+    /// Rejects token ids outside the vocabulary and sequences longer than the context.
+    pub fn validate(&self, cfg: &Qwen2Config) -> Result<()> {
+        if let Some(&t) = self.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail!("token id {t} is beyond the model's vocabulary ({} tokens)", cfg.vocab_size);
+        }
+        for (s, w) in self.cu.windows(2).enumerate() {
+            let len = (w[1] - w[0]) as usize;
+            if len > cfg.max_position_embeddings {
+                bail!("sequence {s} has {len} tokens, longer than the model's context ({})", cfg.max_position_embeddings);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogprobPlan {
+    pub fwd: ForwardSlots,
+    pub bwd: Option<BackwardSlots>,
+    pub max_rows: usize,
+    pub max_seqs: usize,
+    pub max_targets: usize,
+    pub chunk: usize,
+    pub cu: Slot,
+    pub target_row: Slot,
+    pub target_tok: Slot,
+    pub target_cu: Slot,
+    pub hsel: Slot,
+    pub logits: Slot,
+    pub logp: Slot,
+    pub lse: Slot,
+    pub entropy: Slot,
+    pub dlogp: Slot,
+    pub dentropy: Slot,
+}
+
+impl LogprobPlan {
+    pub fn new(p: &mut ArenaPlan, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, train: bool) -> Self {
+        let c = cfg.hidden_size;
+        let chunk = (LOGITS_BUDGET / cfg.vocab_size).clamp(1, max_targets.max(1));
+        LogprobPlan {
+            fwd: ForwardSlots::plan(p, cfg, max_rows, train),
+            bwd: train.then(|| BackwardSlots::plan(p, cfg, max_rows)),
+            max_rows,
+            max_seqs,
+            max_targets,
+            chunk,
+            cu: p.u32("inputs", max_seqs + 1),
+            target_row: p.u32("inputs", max_targets),
+            target_tok: p.u32("inputs", max_targets),
+            target_cu: p.u32("inputs", max_seqs + 1),
+            hsel: p.act("logits", chunk * c),
+            logits: p.act("logits", chunk * cfg.vocab_size),
+            logp: p.f32("log-probs", max_targets),
+            lse: p.f32("log-probs", max_targets),
+            entropy: p.f32("log-probs", max_targets),
+            dlogp: p.f32("log-probs", max_targets),
+            dentropy: p.f32("log-probs", max_targets),
+        }
+    }
+}
+
+/// A planned arena plus the host copy of the loaded batch's sequence offsets.
+pub struct LogprobWorkspace<B: Backend> {
+    pub plan: LogprobPlan,
+    pub arena: Arena<B>,
+    pub cu_host: Vec<u32>,
+    pub target_cu_host: Vec<u32>,
+    pub n_rows: usize,
+    pub n_targets: usize,
+}
+
+impl<B: Backend> LogprobWorkspace<B> {
+    pub fn new(be: &B, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, train: bool) -> Result<Self> {
+        let mut p = ArenaPlan::new(be.act_dtype());
+        let plan = LogprobPlan::new(&mut p, cfg, max_rows, max_seqs, max_targets, train);
+        let arena = p.allocate(be)?;
+        Ok(LogprobWorkspace { plan, arena, cu_host: vec![], target_cu_host: vec![], n_rows: 0, n_targets: 0 })
+    }
+
+    /// Uploads a batch's inputs into the planned slots.
+    pub fn load(&mut self, be: &B, cfg: &Qwen2Config, batch: &PackedBatch) -> Result<()> {
+        batch.validate(cfg)?;
+        let p = &self.plan;
+        if batch.n_rows() > p.max_rows || batch.n_seqs() > p.max_seqs || batch.n_targets() > p.max_targets {
+            bail!(
+                "batch of {} tokens / {} sequences / {} targets exceeds the planned {} / {} / {}",
+                batch.n_rows(), batch.n_seqs(), batch.n_targets(), p.max_rows, p.max_seqs, p.max_targets
+            );
+        }
+        let a = &self.arena;
+        be.upload_u32(a.prefix(p.fwd.ids, batch.n_rows()), &batch.tokens)?;
+        be.upload_u32(a.prefix(p.fwd.pos, batch.n_rows()), &batch.pos)?;
+        be.upload_u32(a.prefix(p.cu, batch.cu.len()), &batch.cu)?;
+        be.upload_u32(a.prefix(p.target_row, batch.n_targets()), &batch.target_row)?;
+        be.upload_u32(a.prefix(p.target_tok, batch.n_targets()), &batch.target_tok)?;
+        be.upload_u32(a.prefix(p.target_cu, batch.target_cu.len()), &batch.target_cu)?;
+        self.cu_host.clone_from(&batch.cu);
+        self.target_cu_host.clone_from(&batch.target_cu);
+        self.n_rows = batch.n_rows();
+        self.n_targets = batch.n_targets();
+        Ok(())
+    }
+
+    pub fn seqs(&self) -> Seqs<'_, B> {
+        Seqs { cu_dev: self.arena.prefix(self.plan.cu, self.cu_host.len()), cu_host: &self.cu_host }
+    }
+    /// Packed sequences of targets (for per-sequence losses over log-probs).
+    pub fn target_seqs(&self) -> Seqs<'_, B> {
+        Seqs { cu_dev: self.arena.prefix(self.plan.target_cu, self.target_cu_host.len()), cu_host: &self.target_cu_host }
+    }
+    pub fn logp(&self) -> View<'_, B> {
+        self.arena.prefix(self.plan.logp, self.n_targets)
+    }
+    pub fn entropy(&self) -> View<'_, B> {
+        self.arena.prefix(self.plan.entropy, self.n_targets)
+    }
+    pub fn dlogp(&self) -> View<'_, B> {
+        self.arena.prefix(self.plan.dlogp, self.n_targets)
+    }
+    pub fn dentropy(&self) -> View<'_, B> {
+        self.arena.prefix(self.plan.dentropy, self.n_targets)
+    }
+}
+
+impl<B: Backend> Qwen2<B> {
+    /// Log-probs (and optionally entropies) of the loaded batch's targets into `ws.logp()`.
+    pub fn forward_logprobs(&self, be: &B, ws: &LogprobWorkspace<B>, with_entropy: bool) -> Result<()> {
+        let mode = AttnMode::Packed { seqs: ws.seqs(), store: None };
+        self.forward_layers(be, &ws.arena, &ws.plan.fwd, ws.n_rows, &mode)?;
+        self.for_each_chunk(ws, |j0, nc| {
+            let (a, p) = (&ws.arena, &ws.plan);
+            self.chunk_logits(be, ws, j0, nc)?;
+            let ent = with_entropy.then(|| a.view(p.entropy).slice(j0, nc));
+            be.logprob_fwd(a.view(p.logp).slice(j0, nc), a.view(p.lse).slice(j0, nc), ent, a.prefix(p.logits, nc * self.cfg.vocab_size), a.view(p.target_tok).slice(j0, nc), nc, self.cfg.vocab_size, 1.0)
+        })
+    }
+
+    /// Backward from `ws.dlogp()` (and `ws.dentropy()` when `with_entropy`), after
+    /// `forward_logprobs` on the same batch. Parameter gradients accumulate into `grads`.
+    pub fn backward_logprobs(&self, be: &B, ws: &LogprobWorkspace<B>, grads: &B::Buf, with_entropy: bool) -> Result<()> {
+        let (a, p) = (&ws.arena, &ws.plan);
+        let Some(d) = &p.bwd else { bail!("this workspace was planned for inference only") };
+        let (c, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let dln = a.prefix(d.dln, ws.n_rows * c);
+        be.fill(dln, 0.0)?;
+        self.for_each_chunk(ws, |j0, nc| {
+            self.chunk_logits(be, ws, j0, nc)?;
+            let logits = a.prefix(p.logits, nc * vocab);
+            let (ent, dent) = if with_entropy {
+                (Some(a.view(p.entropy).slice(j0, nc)), Some(a.view(p.dentropy).slice(j0, nc)))
+            } else {
+                (None, None)
+            };
+            be.logprob_bwd(logits, logits, a.view(p.target_tok).slice(j0, nc), a.view(p.lse).slice(j0, nc), ent, a.view(p.dlogp).slice(j0, nc), dent, nc, vocab, 1.0)?;
+            let hsel = a.prefix(p.hsel, nc * c);
+            // dW_lm += dlogits^T · h, then dh = dlogits · W_lm, scattered back to the rows.
+            let wl = View { buf: &self.params, off: self.layout.lm_head, len: vocab * c };
+            be.gemm(View { buf: grads, off: self.layout.lm_head, len: vocab * c }, logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
+            be.gemm(hsel, logits, wl, None, nc, c, vocab, false, false, 1.0, 0.0)?;
+            be.scatter_add_rows(dln, hsel, a.view(p.target_row).slice(j0, nc), nc, c)
+        })?;
+        self.backward_layers(be, a, &p.fwd, d, grads, ws.n_rows, ws.seqs())
+    }
+
+    fn for_each_chunk(&self, ws: &LogprobWorkspace<B>, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
+        let mut j0 = 0;
+        while j0 < ws.n_targets {
+            let nc = ws.plan.chunk.min(ws.n_targets - j0);
+            f(j0, nc)?;
+            j0 += nc;
+        }
+        Ok(())
+    }
+
+    /// Logits of targets `[j0, j0 + nc)` into the logits slot (hidden rows gathered into hsel).
+    fn chunk_logits(&self, be: &B, ws: &LogprobWorkspace<B>, j0: usize, nc: usize) -> Result<()> {
+        let (a, p) = (&ws.arena, &ws.plan);
+        let c = self.cfg.hidden_size;
+        let hsel = a.prefix(p.hsel, nc * c);
+        be.gather_rows(hsel, a.prefix(p.fwd.lnf, ws.n_rows * c), a.view(p.target_row).slice(j0, nc), nc, c)?;
+        self.lm_head(be, a.prefix(p.logits, nc * self.cfg.vocab_size), hsel, nc)
+    }
+}

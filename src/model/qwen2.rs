@@ -1,0 +1,278 @@
+//! The Qwen2 decoder as an explicit sequence of backend calls (llm.c style), generic over
+//! `Backend`. One layer loop serves training (per-layer activations kept for backward),
+//! scoring and prefill (one set of buffers reused by every layer, k/v stored to a cache) and
+//! decode (one query row per sequence, attention over the cache).
+//!
+//! Per layer l (pre-norm, residual stream r):
+//!   ln1 = rms(r_l)·w_in;  qkv = ln1·Wqkv^T + b;  rope(q, k);  att = attn(qkv)
+//!   r'_l = r_l + att·Wo^T;  ln2 = rms(r'_l)·w_post;  gu = ln2·Wgu^T;  h = silu(g)·u
+//!   r_{l+1} = r'_l + h·Wd^T
+//! Each residual add is fused into the next norm (`residual_rmsnorm_fwd`).
+use super::arena::{Arena, ArenaPlan, Slot};
+use super::{ParamLayout, Qwen2Config};
+use crate::backend::{AttnShape, Backend, DType, Seqs, View};
+use anyhow::{bail, Result};
+
+/// Model parameters on a backend: one act-dtype buffer in `layout` order.
+pub struct Qwen2<B: Backend> {
+    pub cfg: Qwen2Config,
+    pub layout: ParamLayout,
+    pub params: B::Buf,
+}
+
+/// Activation slots of one decoder layer. In inference plans every layer shares one set, and
+/// `resid_in`/`resid_mid` are the same slot (the residual stream is updated in place).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerSlots {
+    pub resid_in: Slot,
+    pub ln1: Slot,
+    pub rstd1: Slot,
+    pub qkv: Slot,
+    pub att: Slot,
+    pub lse: Slot,
+    pub resid_mid: Slot,
+    pub ln2: Slot,
+    pub rstd2: Slot,
+    pub gu: Slot,
+    pub h: Slot,
+}
+
+/// The slots every forward pass uses, sized for `rows` token rows.
+#[derive(Clone, Debug)]
+pub struct ForwardSlots {
+    pub layers: Vec<LayerSlots>,
+    /// Branch output (attention or MLP projection) before its residual add.
+    pub tmp: Slot,
+    pub resid_final: Slot,
+    pub lnf: Slot,
+    pub rstdf: Slot,
+    pub ids: Slot,
+    pub pos: Slot,
+}
+
+impl ForwardSlots {
+    /// `keep_layers`: distinct per-layer activations (needed by backward).
+    pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize, keep_layers: bool) -> Self {
+        let c = cfg.hidden_size;
+        let shape = cfg.attn_shape();
+        let inter = cfg.intermediate_size;
+        let one = |p: &mut ArenaPlan, first: Option<Slot>| {
+            let resid_in = first.unwrap_or_else(|| p.act("activations", rows * c));
+            LayerSlots {
+                resid_in,
+                ln1: p.act("activations", rows * c),
+                rstd1: p.f32("activations", rows),
+                qkv: p.act("activations", rows * shape.qkv_width()),
+                att: p.act("activations", rows * shape.q_width()),
+                lse: p.f32("activations", rows * shape.n_head),
+                resid_mid: if keep_layers { p.act("activations", rows * c) } else { resid_in },
+                ln2: p.act("activations", rows * c),
+                rstd2: p.f32("activations", rows),
+                gu: p.act("activations", rows * 2 * inter),
+                h: p.act("activations", rows * inter),
+            }
+        };
+        let first = one(p, None);
+        let mut layers = vec![first];
+        for _ in 1..cfg.num_hidden_layers {
+            layers.push(if keep_layers { one(p, None) } else { first });
+        }
+        let resid_final = if keep_layers { p.act("activations", rows * c) } else { first.resid_in };
+        ForwardSlots {
+            layers,
+            tmp: p.act("activations", rows * c),
+            resid_final,
+            lnf: p.act("activations", rows * c),
+            rstdf: p.f32("activations", rows),
+            ids: p.u32("inputs", rows),
+            pos: p.u32("inputs", rows),
+        }
+    }
+}
+
+/// How attention sees the rows of a forward pass.
+pub enum AttnMode<'a, B: Backend> {
+    /// Packed variable-length sequences; optionally store k/v of each row into a cache at
+    /// (slot[row], pos[row]).
+    Packed { seqs: Seqs<'a, B>, store: Option<KvStore<'a, B>> },
+    /// One new token per row; k/v stored at (slot[i], len[i] − 1), then attention over
+    /// `[0, len[i])` of the slot.
+    Decode { kv: KvStore<'a, B>, len: View<'a, B>, max_len: usize },
+}
+
+/// A per-layer KV cache and the per-row slot (and position) indices.
+pub struct KvStore<'a, B: Backend> {
+    pub kcache: &'a [View<'a, B>],
+    pub vcache: &'a [View<'a, B>],
+    pub slot: View<'a, B>,
+    pub pos: View<'a, B>,
+    pub t_max: usize,
+}
+
+impl<B: Backend> Qwen2<B> {
+    /// Uploads host f32 parameters in `layout` order.
+    pub fn from_host(be: &B, cfg: Qwen2Config, host: &[f32]) -> Result<Self> {
+        let layout = ParamLayout::new(&cfg);
+        if host.len() != layout.total {
+            bail!("parameter count {} does not match the config's {}", host.len(), layout.total);
+        }
+        let params = be.alloc(be.act_dtype(), layout.total)?;
+        be.upload_f32(View::all(&params), host)?;
+        Ok(Qwen2 { cfg, layout, params })
+    }
+
+    /// Parameters back on the host as f32, in `layout` order.
+    pub fn to_host(&self, be: &B) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.layout.total];
+        be.download_f32(View::all(&self.params), &mut out)?;
+        Ok(out)
+    }
+
+    pub fn shape(&self) -> AttnShape {
+        self.cfg.attn_shape()
+    }
+
+    fn w(&self, off: usize, len: usize) -> View<'_, B> {
+        View { buf: &self.params, off, len }
+    }
+
+    fn eps(&self) -> f32 {
+        self.cfg.rms_norm_eps as f32
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.cfg.head_dim as f32).sqrt()
+    }
+
+    /// Embedding, every decoder layer and the final norm over `n` rows whose ids and positions
+    /// are already in `s.ids`/`s.pos`. Leaves the normalized final hidden states in `s.lnf`.
+    pub fn forward_layers(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, n: usize, mode: &AttnMode<B>) -> Result<()> {
+        let cfg = &self.cfg;
+        let (c, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, self.eps());
+        let shape = self.shape();
+        let (qkvw, qw) = (shape.qkv_width(), shape.q_width());
+        let v = |slot: Slot, width: usize| a.prefix(slot, n * width);
+        let ids = a.prefix(s.ids, n);
+        let pos = a.prefix(s.pos, n);
+        let tmp = v(s.tmp, c);
+        be.embedding_fwd(v(s.layers[0].resid_in, c), self.w(self.layout.embed, cfg.vocab_size * c), ids, n, c)?;
+        for (l, (ls, lo)) in s.layers.iter().zip(&self.layout.layers).enumerate() {
+            let w_in = self.w(lo.input_norm, c);
+            if l == 0 {
+                be.rmsnorm_fwd(v(ls.ln1, c), a.prefix(ls.rstd1, n), v(ls.resid_in, c), w_in, n, c, eps)?;
+            } else {
+                let prev = &s.layers[l - 1];
+                be.residual_rmsnorm_fwd(v(ls.resid_in, c), v(ls.ln1, c), a.prefix(ls.rstd1, n), v(prev.resid_mid, c), tmp, w_in, n, c, eps)?;
+            }
+            let qkv = v(ls.qkv, qkvw);
+            be.gemm(qkv, v(ls.ln1, c), self.w(lo.qkv_w, qkvw * c), Some(self.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
+            be.rope(qkv, pos, n, shape, cfg.rope_theta as f32, false)?;
+            let att = v(ls.att, qw);
+            match mode {
+                AttnMode::Packed { seqs, store } => {
+                    be.attention_fwd(att, a.prefix(ls.lse, n * shape.n_head), qkv, *seqs, shape, self.scale())?;
+                    if let Some(kv) = store {
+                        be.kv_store(kv.kcache[l], kv.vcache[l], qkv, kv.slot, kv.pos, n, shape, kv.t_max)?;
+                    }
+                }
+                AttnMode::Decode { kv, len, max_len } => {
+                    be.kv_store(kv.kcache[l], kv.vcache[l], qkv, kv.slot, kv.pos, n, shape, kv.t_max)?;
+                    be.attention_decode(att, qkv, kv.kcache[l], kv.vcache[l], kv.slot, *len, n, *max_len, shape, kv.t_max, self.scale())?;
+                }
+            }
+            be.gemm(tmp, att, self.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
+            be.residual_rmsnorm_fwd(v(ls.resid_mid, c), v(ls.ln2, c), a.prefix(ls.rstd2, n), v(ls.resid_in, c), tmp, self.w(lo.post_norm, c), n, c, eps)?;
+            let gu = v(ls.gu, 2 * inter);
+            be.gemm(gu, v(ls.ln2, c), self.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
+            be.swiglu_fwd(v(ls.h, inter), gu, n, inter)?;
+            be.gemm(tmp, v(ls.h, inter), self.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
+        }
+        let last = s.layers.last().expect("at least one layer");
+        be.residual_rmsnorm_fwd(v(s.resid_final, c), v(s.lnf, c), a.prefix(s.rstdf, n), v(last.resid_mid, c), tmp, self.w(self.layout.final_norm, c), n, c, eps)?;
+        Ok(())
+    }
+
+    /// `logits[rows, V] = h[rows, C] · W_lm^T`.
+    pub fn lm_head(&self, be: &B, logits: View<B>, h: View<B>, rows: usize) -> Result<()> {
+        let (c, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        be.gemm(logits, h, self.w(self.layout.lm_head, vocab * c), None, rows, vocab, c, false, true, 1.0, 0.0)
+    }
+}
+
+/// Gradient buffer views follow the parameter layout.
+fn g<'a, B: Backend>(grads: &'a B::Buf, off: usize, len: usize) -> View<'a, B> {
+    View { buf: grads, off, len }
+}
+
+/// Backward scratch: one set of activation-gradient buffers reused by every layer.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardSlots {
+    pub dresid: Slot,
+    pub dln: Slot,
+    pub dqkv: Slot,
+    pub datt: Slot,
+    pub dgu: Slot,
+    pub dh: Slot,
+}
+
+impl BackwardSlots {
+    pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize) -> Self {
+        let c = cfg.hidden_size;
+        let shape = cfg.attn_shape();
+        let inter = cfg.intermediate_size;
+        BackwardSlots {
+            dresid: p.act("gradient scratch", rows * c),
+            dln: p.act("gradient scratch", rows * c),
+            dqkv: p.act("gradient scratch", rows * shape.qkv_width()),
+            datt: p.act("gradient scratch", rows * shape.q_width()),
+            dgu: p.act("gradient scratch", rows * 2 * inter),
+            dh: p.act("gradient scratch", rows * inter),
+        }
+    }
+}
+
+impl<B: Backend> Qwen2<B> {
+    /// Backward through the final norm, every layer and the embedding, starting from the
+    /// gradient w.r.t. the final normalized hidden states already in `d.dln` (rows `[0, n)`).
+    /// Parameter gradients accumulate (`+=`) into `grads` (F32, layout order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_layers(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, d: &BackwardSlots, grads: &B::Buf, n: usize, seqs: Seqs<B>) -> Result<()> {
+        let cfg = &self.cfg;
+        let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let shape = self.shape();
+        let (qkvw, qw) = (shape.qkv_width(), shape.q_width());
+        let v = |slot: Slot, width: usize| a.prefix(slot, n * width);
+        let dresid = v(d.dresid, c);
+        let dln = v(d.dln, c);
+        be.fill(dresid, 0.0)?;
+        let fnorm = self.layout.final_norm;
+        be.rmsnorm_bwd(dresid, g::<B>(grads, fnorm, c), dln, v(s.resid_final, c), self.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
+        for (ls, lo) in s.layers.iter().zip(&self.layout.layers).rev() {
+            // MLP branch: dresid is the gradient of its output.
+            let (dh, dgu) = (v(d.dh, inter), v(d.dgu, 2 * inter));
+            be.gemm(dh, dresid, self.w(lo.down_w, c * inter), None, n, inter, c, false, false, 1.0, 0.0)?;
+            be.gemm(g::<B>(grads, lo.down_w, c * inter), dresid, v(ls.h, inter), None, c, inter, n, true, false, 1.0, 1.0)?;
+            be.swiglu_bwd(dgu, dh, v(ls.gu, 2 * inter), n, inter)?;
+            be.gemm(dln, dgu, self.w(lo.gate_up_w, 2 * inter * c), None, n, c, 2 * inter, false, false, 1.0, 0.0)?;
+            be.gemm(g::<B>(grads, lo.gate_up_w, 2 * inter * c), dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
+            be.rmsnorm_bwd(dresid, g::<B>(grads, lo.post_norm, c), dln, v(ls.resid_mid, c), self.w(lo.post_norm, c), a.prefix(ls.rstd2, n), n, c)?;
+            // Attention branch.
+            let (datt, dqkv) = (v(d.datt, qw), v(d.dqkv, qkvw));
+            be.gemm(datt, dresid, self.w(lo.o_w, c * qw), None, n, qw, c, false, false, 1.0, 0.0)?;
+            be.gemm(g::<B>(grads, lo.o_w, c * qw), dresid, v(ls.att, qw), None, c, qw, n, true, false, 1.0, 1.0)?;
+            be.attention_bwd(dqkv, datt, v(ls.qkv, qkvw), v(ls.att, qw), a.prefix(ls.lse, n * shape.n_head), seqs, shape, self.scale())?;
+            be.rope(dqkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, true)?;
+            be.bias_bwd(g::<B>(grads, lo.qkv_b, qkvw), dqkv, n, qkvw)?;
+            be.gemm(g::<B>(grads, lo.qkv_w, qkvw * c), dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
+            be.gemm(dln, dqkv, self.w(lo.qkv_w, qkvw * c), None, n, c, qkvw, false, false, 1.0, 0.0)?;
+            be.rmsnorm_bwd(dresid, g::<B>(grads, lo.input_norm, c), dln, v(ls.resid_in, c), self.w(lo.input_norm, c), a.prefix(ls.rstd1, n), n, c)?;
+        }
+        be.embedding_bwd(g::<B>(grads, self.layout.embed, cfg.vocab_size * c), dresid, a.prefix(s.ids, n), n, c)?;
+        Ok(())
+    }
+}
+
+/// Convenience: an F32 buffer shaped like the parameters (gradients, Adam moments).
+pub fn alloc_like_params<B: Backend>(be: &B, layout: &ParamLayout) -> Result<B::Buf> {
+    be.alloc(DType::F32, layout.total)
+}
