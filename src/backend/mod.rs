@@ -19,6 +19,8 @@ use anyhow::Result;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod device;
+pub use device::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {

@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod init;
+pub mod jsonl;
 pub mod plan;
 pub mod plot;
 pub mod reward;

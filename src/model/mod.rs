@@ -3,6 +3,7 @@
 pub mod arena;
 pub mod config;
 pub mod layout;
+pub mod load;
 pub mod logprob;
 pub mod qwen2;
 pub mod weights;
