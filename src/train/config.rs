@@ -1,0 +1,323 @@
+//! Training configuration: a TOML file, then `--set section.key=value` overrides, then
+//! validation. Unknown keys are errors (a typo must not silently train with a default).
+use crate::algo::Algorithm;
+use crate::backend::Device;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run name: outputs go to `<out_dir>/<name>/`.
+    pub name: String,
+    pub out_dir: PathBuf,
+    pub seed: u64,
+    pub device: Device,
+    pub model: ModelSection,
+    pub task: TaskSection,
+    pub data: DataSection,
+    pub algo: AlgoSection,
+    pub train: TrainSection,
+    pub sft: SftSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model directory. Empty: build one from `preset` (init + SFT warm start).
+    pub path: PathBuf,
+    pub preset: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSection {
+    /// countdown | multiply
+    pub name: String,
+    /// base | qwen-instruct | compact
+    pub template: String,
+    /// tinyzero | binary
+    pub reward: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Parquet or JSONL; empty = generated with the seeded generator.
+    pub train: PathBuf,
+    pub test: PathBuf,
+    /// Row ranges, "start..end" (TinyZero: train 0..327680, test 327680..328704 of one file).
+    pub train_rows: String,
+    pub test_rows: String,
+    /// Sizes of generated sets.
+    pub generate_train: usize,
+    pub generate_test: usize,
+    /// How many numbers generated Countdown problems use.
+    pub counts: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlgoSection {
+    pub name: Algorithm,
+    /// A*PO: V* temperature (0 = mean reward).
+    pub beta1: f32,
+    /// A*PO: KL-regularization strength of the regression.
+    pub beta2: f32,
+    /// A*PO: reference samples per prompt for V*.
+    pub n_vstar: usize,
+    /// A*PO: drop prompts whose reference samples all scored 0.
+    pub drop_zero_prompts: bool,
+    pub entropy_coeff: f32,
+    /// GRPO: samples per prompt.
+    pub group_size: usize,
+    pub clip_eps: f32,
+    pub kl_coef: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    pub steps: usize,
+    /// Prompts per RL step.
+    pub batch_prompts: usize,
+    /// Sequences per optimizer update.
+    pub mini_batch: usize,
+    /// Sequences per forward/backward pass (gradient accumulation within a mini-batch).
+    pub micro_batch: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub max_prompt_tokens: usize,
+    pub max_response_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Sequences generated at once.
+    pub rollout_batch: usize,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub sample_every: usize,
+    /// Consecutive non-finite steps that stop the run.
+    pub max_bad_steps: usize,
+    /// pass@k reported by evaluation (k samples at temperature 1).
+    pub eval_pass_k: usize,
+    /// Held-out problems evaluated during training (0 = all).
+    pub eval_limit: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftSection {
+    /// Supervised warm start of a preset model (0 = none).
+    pub steps: usize,
+    pub lr: f32,
+    pub batch: usize,
+    /// Countdown sizes the warm start sees (e.g. [3]: the model must discover 4 by RL).
+    pub counts: Vec<usize>,
+    pub examples: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            name: "tiny-astarpo".into(),
+            out_dir: "runs".into(),
+            seed: 1,
+            device: Device::Cpu,
+            model: ModelSection::default(),
+            task: TaskSection::default(),
+            data: DataSection::default(),
+            algo: AlgoSection::default(),
+            train: TrainSection::default(),
+            sft: SftSection::default(),
+        }
+    }
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { path: PathBuf::new(), preset: "tiny".into() }
+    }
+}
+
+impl Default for TaskSection {
+    fn default() -> Self {
+        TaskSection { name: "countdown".into(), template: "compact".into(), reward: "tinyzero".into() }
+    }
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            train: PathBuf::new(),
+            test: PathBuf::new(),
+            train_rows: String::new(),
+            test_rows: String::new(),
+            generate_train: 4096,
+            generate_test: 256,
+            counts: vec![3, 4],
+        }
+    }
+}
+
+impl Default for AlgoSection {
+    fn default() -> Self {
+        // The A*PO authors' defaults.
+        AlgoSection {
+            name: Algorithm::Astarpo,
+            beta1: 0.5,
+            beta2: 1e-3,
+            n_vstar: 8,
+            drop_zero_prompts: false,
+            entropy_coeff: 0.001,
+            group_size: 5,
+            clip_eps: 0.2,
+            kl_coef: 0.001,
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            steps: 100,
+            batch_prompts: 256,
+            mini_batch: 128,
+            micro_batch: 32,
+            lr: 1e-6,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            max_prompt_tokens: 256,
+            max_response_tokens: 1024,
+            temperature: 1.0,
+            top_p: 1.0,
+            rollout_batch: 256,
+            eval_every: 10,
+            save_every: 50,
+            sample_every: 10,
+            max_bad_steps: 5,
+            eval_pass_k: 4,
+            eval_limit: 0,
+        }
+    }
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        SftSection { steps: 0, lr: 1e-3, batch: 64, counts: vec![3], examples: 20000 }
+    }
+}
+
+/// Parses "a..b" into a row range; empty means none.
+pub fn parse_rows(s: &str) -> Result<Option<std::ops::Range<usize>>> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    let (a, b) = s.split_once("..").ok_or_else(|| anyhow!("row range '{s}' must look like start..end"))?;
+    let a: usize = a.trim().parse().map_err(|_| anyhow!("row range '{s}': bad start"))?;
+    let b: usize = b.trim().parse().map_err(|_| anyhow!("row range '{s}': bad end"))?;
+    if a >= b {
+        bail!("row range '{s}' is empty");
+    }
+    Ok(Some(a..b))
+}
+
+impl TrainConfig {
+    /// Reads `path` (if any), applies `--set` overrides, validates.
+    pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Self> {
+        let mut doc: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+                text.parse().map_err(|e| anyhow!("{}: {e}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for s in sets {
+            apply_set(&mut doc, s)?;
+        }
+        let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
+        let cfg: TrainConfig = toml::Value::Table(doc).try_into().map_err(|e| anyhow!("{where_}: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if t.batch_prompts == 0 || t.mini_batch == 0 || t.micro_batch == 0 || t.rollout_batch == 0 {
+            bail!("train.batch_prompts, mini_batch, micro_batch and rollout_batch must be positive");
+        }
+        if !(t.lr >= 0.0 && t.lr.is_finite()) {
+            bail!("train.lr must be a finite number >= 0");
+        }
+        if t.max_prompt_tokens == 0 || t.max_response_tokens == 0 {
+            bail!("train.max_prompt_tokens and max_response_tokens must be positive");
+        }
+        if !(t.top_p > 0.0 && t.top_p <= 1.0) || !(t.temperature > 0.0) {
+            bail!("train.temperature must be > 0 and train.top_p in (0, 1]");
+        }
+        let a = &self.algo;
+        if a.beta1 < 0.0 || a.beta2 <= 0.0 {
+            bail!("algo.beta1 must be >= 0 and algo.beta2 > 0");
+        }
+        if a.n_vstar == 0 || a.group_size == 0 {
+            bail!("algo.n_vstar and algo.group_size must be positive");
+        }
+        if !matches!(self.task.name.as_str(), "countdown" | "multiply") {
+            bail!("task.name '{}' is not countdown or multiply", self.task.name);
+        }
+        if self.data.counts.iter().any(|&c| !(2..=6).contains(&c)) || self.data.counts.is_empty() {
+            bail!("data.counts must list Countdown sizes between 2 and 6");
+        }
+        parse_rows(&self.data.train_rows)?;
+        parse_rows(&self.data.test_rows)?;
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            bail!("name must be a non-empty file name");
+        }
+        Ok(())
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.out_dir.join(&self.name)
+    }
+}
+
+/// `a.b.c=value`: value parsed as a TOML literal (number, bool, array, quoted string), or taken
+/// as a bare string.
+fn apply_set(doc: &mut toml::Table, s: &str) -> Result<()> {
+    let (key, raw) = s.split_once('=').ok_or_else(|| anyhow!("--set '{s}' must look like key=value"))?;
+    let value: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set '{s}': bad key");
+    }
+    let mut table = doc;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| anyhow!("--set '{s}': '{p}' is not a section"))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_and_errors() {
+        let c = TrainConfig::load(None, &["train.lr=3e-4".into(), "algo.name=grpo".into(), "name=x".into()]).unwrap();
+        assert_eq!(c.train.lr, 3e-4);
+        assert_eq!(c.algo.name, Algorithm::Grpo);
+        assert_eq!(c.name, "x");
+        let e = TrainConfig::load(None, &["train.lrr=1".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("lrr"), "{e:#}");
+        assert!(TrainConfig::load(None, &["train.lr=-1".into()]).is_err());
+        assert!(TrainConfig::load(None, &["nonsense".into()]).is_err());
+        assert_eq!(parse_rows("0..327680").unwrap(), Some(0..327680));
+        assert!(parse_rows("5..1").is_err());
+    }
+}
