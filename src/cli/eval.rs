@@ -1,9 +1,81 @@
-use anyhow::Result;
+//! `tz-engine eval`: greedy mean reward, exact-solve rate, format rate and pass@k of a model
+//! on a task dataset, overall and by difficulty.
+use crate::backend::{Backend, Device, SamplingParams};
+use crate::model::load::load_model;
+use crate::rollout::{GenConfig, Generator};
+use crate::task::{self, RewardKind, Template};
+use crate::train::config::parse_rows;
+use crate::train::data::PromptSet;
+use crate::train::eval::evaluate;
+use anyhow::{bail, Result};
 use clap::Args;
+use std::path::PathBuf;
 
 #[derive(Args, Default)]
-pub struct EvalArgs {}
+pub struct EvalArgs {
+    /// Model directory (Hugging Face format).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Problems: parquet or JSONL.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Row range, e.g. 327680..328704 (TinyZero's test split).
+    #[arg(long, default_value = "")]
+    pub rows: String,
+    /// Prompt template: base, qwen-instruct or compact.
+    #[arg(long, default_value = "base")]
+    pub template: String,
+    /// tinyzero or binary.
+    #[arg(long, default_value = "tinyzero")]
+    pub reward: String,
+    /// pass@k samples per problem (0: greedy only).
+    #[arg(long, default_value_t = 0)]
+    pub k: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
 
-pub fn run(_args: EvalArgs) -> Result<i32> {
-    anyhow::bail!("'eval' is not implemented yet")
+pub fn run(args: EvalArgs) -> Result<i32> {
+    if args.batch == 0 || args.max_new_tokens == 0 {
+        bail!("--batch and --max-new-tokens must be positive");
+    }
+    crate::with_backend!(args.device, be => eval(&be, &args))
+}
+
+fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
+    let template: Template = args.template.parse()?;
+    let reward = match args.reward.as_str() {
+        "tinyzero" => RewardKind::Tinyzero,
+        "binary" => RewardKind::Binary,
+        other => bail!("--reward '{other}' is not tinyzero or binary"),
+    };
+    let problems = task::load_problems(&args.data, parse_rows(&args.rows)?)?;
+    let (model, tok) = load_model(be, &args.model)?;
+    let set = PromptSet::new(problems, template, &tok, args.max_prompt_tokens)?;
+    if set.is_empty() {
+        bail!("no problems to evaluate (all prompts longer than --max-prompt-tokens?)");
+    }
+    let max_prompt = set.max_prompt_len();
+    let t_max = (max_prompt + args.max_new_tokens).min(model.cfg.max_position_embeddings);
+    if t_max <= max_prompt {
+        bail!("prompts of {max_prompt} tokens leave no room for a response in the model's context");
+    }
+    let gen = Generator::new(be, &model.cfg, args.batch.min(set.len() * args.k.max(1)), max_prompt, t_max)?;
+    let stop = GenConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
+        stop_token_ids: tok.eos_ids(&model.cfg.eos_token_ids),
+        stop_strings: vec!["</answer>".into()],
+    };
+    let r = evaluate(be, &model, &gen, &tok, &set, 0, args.max_new_tokens, &stop, reward, args.k, args.seed)?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(0)
 }

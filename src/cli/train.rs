@@ -1,9 +1,73 @@
-use anyhow::Result;
+//! `tz-engine train`: RL training. With no arguments it runs the tiny CPU preset end to end
+//! (tokenizer + base model built by SFT, A*PO, evaluation), the README's main command.
+use crate::backend::Backend;
+use crate::train::checkpoint::write_atomic;
+use crate::train::run::Trainer;
+use crate::train::{sft, TrainConfig};
+use anyhow::{bail, Result};
 use clap::Args;
+use std::path::PathBuf;
+
+/// The configuration `tz-engine train` uses when given none.
+pub const TINY_CPU_CONFIG: &str = include_str!("../../configs/tiny-cpu.toml");
 
 #[derive(Args, Default)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    /// TOML config (default: the tiny CPU preset, configs/tiny-cpu.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config value, e.g. `--set train.lr=1e-5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Continue the run in this directory from its latest checkpoint (its saved config is used;
+    /// --set still applies on top).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
 
-pub fn run(_args: TrainArgs) -> Result<i32> {
-    anyhow::bail!("'train' is not implemented yet")
+pub fn load_config(config: Option<&PathBuf>, sets: &[String], resume: Option<&PathBuf>) -> Result<TrainConfig> {
+    if let Some(dir) = resume {
+        let saved = dir.join("config.toml");
+        if !saved.is_file() {
+            bail!("{} is not a run directory (no config.toml)", dir.display());
+        }
+        if config.is_some() {
+            bail!("--resume uses the run's saved config; drop --config (use --set to change values)");
+        }
+        return TrainConfig::load(Some(&saved), sets);
+    }
+    match config {
+        Some(p) => TrainConfig::load(Some(p), sets),
+        None => {
+            let tmp = std::env::temp_dir().join(format!("tz-engine-tiny-{}.toml", std::process::id()));
+            std::fs::write(&tmp, TINY_CPU_CONFIG)?;
+            let cfg = TrainConfig::load(Some(&tmp), sets);
+            let _ = std::fs::remove_file(&tmp);
+            cfg
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<i32> {
+    let cfg = load_config(args.config.as_ref(), &args.sets, args.resume.as_ref())?;
+    if let Some(dir) = &args.resume {
+        if std::path::absolute(dir)? != std::path::absolute(cfg.run_dir())? {
+            bail!("{} holds run '{}' whose outputs go to {}; resume from there", dir.display(), cfg.name, cfg.run_dir().display());
+        }
+    }
+    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some()))
+}
+
+fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool) -> Result<i32> {
+    let base_dir = if cfg.model.path.as_os_str().is_empty() { sft::ensure_preset_base(be, &cfg)? } else { cfg.model.path.clone() };
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(&run_dir)?;
+    let trainer = Trainer::new(be, cfg.clone(), &base_dir, resume)?;
+    write_atomic(&run_dir.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+    let s = trainer.run()?;
+    println!(
+        "{}: {} steps in {:.0}s; held-out solve rate {:.3} -> {:.3} (base -> final), mean reward {:.3} -> {:.3}; {} skipped steps. Outputs in {}",
+        s.name, s.steps, s.wall_time_s, s.base_solve_rate, s.final_solve_rate, s.base_reward_mean, s.final_reward_mean, s.skipped_steps, run_dir.display()
+    );
+    Ok(if s.interrupted { 130 } else { 0 })
 }

@@ -116,6 +116,8 @@ pub struct SftSection {
     /// Countdown sizes the warm start sees (e.g. [3]: the model must discover 4 by RL).
     pub counts: Vec<usize>,
     pub examples: usize,
+    /// `tz-engine sft`: JSONL of {"prompt", "response"} to train on.
+    pub data: PathBuf,
 }
 
 impl Default for TrainConfig {
@@ -205,7 +207,7 @@ impl Default for TrainSection {
 
 impl Default for SftSection {
     fn default() -> Self {
-        SftSection { steps: 0, lr: 1e-3, batch: 64, counts: vec![3], examples: 20000 }
+        SftSection { steps: 0, lr: 1e-3, batch: 64, counts: vec![3], examples: 20000, data: PathBuf::new() }
     }
 }
 

@@ -1,0 +1,124 @@
+//! Checkpoints: `runs/<name>/checkpoints/step-NNNNNN/` holds the policy in Hugging Face format
+//! (f32, so a resume is exact), `optimizer.safetensors` (Adam moments, master weights) and
+//! `trainer_state.json`; `runs/<name>/latest` names the newest. Every file and directory is
+//! written under a temporary name and renamed into place, so a crash never leaves a
+//! half-written checkpoint behind a valid name.
+use super::optim::OptimizerState;
+use crate::model::weights::{save_model, SaveDtype};
+use crate::model::{ParamLayout, Qwen2Config};
+use crate::rng::Rng;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Everything besides weights and optimizer moments that a resume needs to continue exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// RL steps completed.
+    pub step: usize,
+    /// Position in the training data: epoch and index into that epoch's permutation.
+    pub epoch: u64,
+    pub cursor: usize,
+    pub rng: Rng,
+    pub skipped_steps: usize,
+    pub bad_in_a_row: usize,
+    pub base_solve_rate: Option<f32>,
+    pub base_reward_mean: Option<f32>,
+    pub elapsed_s: f64,
+}
+
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub state: TrainerState,
+    pub opt: OptimizerState,
+}
+
+fn f32_bytes(xs: &[f32]) -> Vec<u8> {
+    xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn save(run_dir: &Path, cfg: &Qwen2Config, layout: &ParamLayout, params: &[f32], tokenizer_json: &str, opt: &OptimizerState, state: &TrainerState) -> Result<PathBuf> {
+    let ckpts = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpts).with_context(|| format!("cannot create {}", ckpts.display()))?;
+    let name = format!("step-{:06}", state.step);
+    let tmp = ckpts.join(format!(".{name}.tmp"));
+    let dst = ckpts.join(&name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    save_model(&tmp, cfg, layout, params, SaveDtype::F32, Some(tokenizer_json))?;
+    let step = vec![opt.step as f32];
+    let n = opt.m.len();
+    let mut tensors: Vec<(&str, &[f32])> = vec![("m", &opt.m), ("v", &opt.v), ("step", &step)];
+    if let Some(mw) = &opt.master {
+        tensors.push(("master", mw));
+    }
+    let data: Vec<(String, Vec<u8>, usize)> = tensors.iter().map(|(k, v)| (k.to_string(), f32_bytes(v), v.len())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, b, len)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow!("optimizer state: {e}"))?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| anyhow!("optimizer state: {e}"))?;
+    write_atomic(&tmp.join("optimizer.safetensors"), &bytes)?;
+    write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    debug_assert_eq!(n, layout.total);
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).with_context(|| format!("cannot replace {}", dst.display()))?;
+    }
+    std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+    write_atomic(&run_dir.join("latest"), name.as_bytes())?;
+    Ok(dst)
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let p = run_dir.join("latest");
+    let Ok(name) = std::fs::read_to_string(&p) else { return Ok(None) };
+    let dir = run_dir.join("checkpoints").join(name.trim());
+    if !dir.join("trainer_state.json").is_file() {
+        bail!("{} names {} but it is not a complete checkpoint", p.display(), dir.display());
+    }
+    Ok(Some(dir))
+}
+
+/// Reads a checkpoint's trainer and optimizer state (the weights load like any model dir).
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let sp = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", sp.display()))?;
+    let op = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&op).with_context(|| format!("cannot read {}", op.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", op.display()))?;
+    let get = |k: &str| -> Result<Option<Vec<f32>>> {
+        match st.tensor(k) {
+            Ok(t) if t.dtype() == safetensors::Dtype::F32 => Ok(Some(f32_from_bytes(t.data()))),
+            Ok(_) => bail!("{}: tensor '{k}' is not f32", op.display()),
+            Err(_) => Ok(None),
+        }
+    };
+    let m = get("m")?.ok_or_else(|| anyhow!("{}: missing 'm'", op.display()))?;
+    let v = get("v")?.ok_or_else(|| anyhow!("{}: missing 'v'", op.display()))?;
+    let step = get("step")?.and_then(|s| s.first().copied()).ok_or_else(|| anyhow!("{}: missing 'step'", op.display()))? as u32;
+    let master = get("master")?;
+    Ok(Checkpoint { dir: dir.to_path_buf(), state, opt: OptimizerState { step, m, v, master } })
+}

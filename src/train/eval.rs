@@ -1,0 +1,112 @@
+//! Rollouts scored by the task reward, and held-out evaluation: greedy mean reward,
+//! exact-solve rate, format rate and pass@k, overall and by difficulty.
+use super::data::PromptSet;
+use crate::backend::{Backend, SamplingParams};
+use crate::model::Qwen2;
+use crate::rollout::{Finish, GenConfig, Generator};
+use crate::task::{self, RewardKind, Score};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub struct Rollout {
+    /// Index into the prompt set.
+    pub idx: usize,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub score: Score,
+    pub finish: Finish,
+}
+
+/// Generates one response per entry of `idx` (prompt indices, repeats allowed) and scores it.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout<B: Backend>(be: &B, model: &Qwen2<B>, gen: &Generator<B>, tok: &Tokenizer, set: &PromptSet, idx: &[usize], seeds: &[u64], gc: &GenConfig, reward: RewardKind) -> Result<Vec<Rollout>> {
+    let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| set.tokens[i].clone()).collect();
+    let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
+    let outs = gen.generate(be, model, &prompts, seeds, gc, &decode)?;
+    let mut res = Vec::with_capacity(outs.len());
+    for (&i, g) in idx.iter().zip(outs) {
+        let text = tok.decode(&g.tokens, true)?;
+        let score = task::score(&set.problems[i], &text, reward);
+        res.push(Rollout { idx: i, tokens: g.tokens, text, score, finish: g.finish });
+    }
+    Ok(res)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EvalGroup {
+    pub n: usize,
+    pub reward_mean: f32,
+    pub solve_rate: f32,
+    pub format_rate: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_at_k: Option<f32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EvalReport {
+    #[serde(flatten)]
+    pub overall: EvalGroup,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    pub by_difficulty: BTreeMap<String, EvalGroup>,
+}
+
+#[derive(Default)]
+struct Acc {
+    n: usize,
+    reward: f64,
+    solved: usize,
+    formatted: usize,
+    pass: usize,
+}
+
+impl Acc {
+    fn group(&self, with_pass: bool) -> EvalGroup {
+        let n = self.n.max(1) as f32;
+        EvalGroup {
+            n: self.n,
+            reward_mean: (self.reward / self.n.max(1) as f64) as f32,
+            solve_rate: self.solved as f32 / n,
+            format_rate: self.formatted as f32 / n,
+            pass_at_k: with_pass.then(|| self.pass as f32 / n),
+        }
+    }
+}
+
+/// Greedy evaluation of the first `limit` problems (0 = all); with `pass_k > 0` also draws
+/// `pass_k` samples at temperature 1 per problem for pass@k.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate<B: Backend>(be: &B, model: &Qwen2<B>, gen: &Generator<B>, tok: &Tokenizer, set: &PromptSet, limit: usize, max_new_tokens: usize, stop: &GenConfig, reward: RewardKind, pass_k: usize, seed: u64) -> Result<EvalReport> {
+    let n = if limit == 0 { set.len() } else { limit.min(set.len()) };
+    let idx: Vec<usize> = (0..n).collect();
+    let greedy = GenConfig { max_new_tokens, sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, ..stop.clone() };
+    let outs = rollout(be, model, gen, tok, set, &idx, &vec![0; n], &greedy, reward)?;
+    let mut passed = vec![false; n];
+    if pass_k > 0 {
+        let sample = GenConfig { sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, ..greedy.clone() };
+        let rep: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, pass_k)).collect();
+        let seeds: Vec<u64> = rep.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed, i as u64, (j % pass_k) as u64)).collect();
+        for r in rollout(be, model, gen, tok, set, &rep, &seeds, &sample, reward)? {
+            passed[r.idx] |= r.score.solved();
+        }
+    }
+    let mut all = Acc::default();
+    let mut by: BTreeMap<String, Acc> = BTreeMap::new();
+    for r in &outs {
+        let label = set.problems[r.idx].difficulty_label();
+        for acc in [&mut all, by.entry(label.to_string()).or_default()] {
+            acc.n += 1;
+            acc.reward += r.score.score as f64;
+            acc.solved += r.score.solved() as usize;
+            acc.formatted += r.score.formatted() as usize;
+            acc.pass += passed[r.idx] as usize;
+        }
+    }
+    Ok(EvalReport {
+        overall: all.group(pass_k > 0),
+        k: (pass_k > 0).then_some(pass_k),
+        by_difficulty: by.into_iter().map(|(k, a)| (k, a.group(pass_k > 0))).collect(),
+    })
+}

@@ -1,0 +1,80 @@
+//! Per-step metrics, appended to `runs/<name>/metrics.jsonl` (one JSON object per line; the
+//! plot command and users' own tools read it).
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub reward_mean: f32,
+    pub solve_rate: f32,
+    pub format_rate: f32,
+    pub loss: f32,
+    pub grad_norm: f32,
+    pub lr: f32,
+    pub entropy_mean: f32,
+    pub resp_len_mean: f32,
+    pub resp_len_max: usize,
+    pub truncated_frac: f32,
+    pub rollout_tok_s: f32,
+    pub train_tok_s: f32,
+    pub time_rollout_s: f32,
+    pub time_ref_s: f32,
+    pub time_update_s: f32,
+    pub step_time_s: f32,
+    pub peak_mem_bytes: u64,
+    pub skipped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_solve_rate: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_reward_mean: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_format_rate: Option<f32>,
+}
+
+pub fn append(path: &Path, m: &StepMetrics) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut line = serde_json::to_string(m)?;
+    line.push('\n');
+    f.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Keeps only the lines with `step <= last_step` (on resume, steps after the checkpoint are
+/// replayed and must not appear twice).
+pub fn truncate_after(path: &Path, last_step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= last_step)
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::train::checkpoint::write_atomic(path, out.as_bytes())
+}
+
+/// Peak resident memory of this process (Linux VmHWM), for the metrics line.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

@@ -1,0 +1,464 @@
+//! The RL loop. Each step: take a batch of prompts, generate (A*PO: one response per prompt;
+//! GRPO: a group per prompt) from π_θ, score with the task reward, compute the reference's
+//! per-token log-probs, then update π_θ in mini-batches (gradient accumulation over
+//! micro-batches) with AdamW. Evaluation, samples, checkpoints and metrics on their schedules.
+use super::checkpoint::{self, TrainerState};
+use super::config::TrainConfig;
+use super::data::{load_problems, PromptSet};
+use super::eval::{evaluate, rollout, EvalReport, Rollout};
+use super::metrics::{self, StepMetrics};
+use super::optim::{AdamWConfig, Optimizer};
+use super::vstar;
+use crate::algo::{grpo, Algorithm};
+use crate::backend::{Backend, DType, SamplingParams, View};
+use crate::model::load::load_model;
+use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
+use crate::rng::{derive_seed, Rng};
+use crate::rollout::{Finish, GenConfig, Generator};
+use crate::task::{RewardKind, Template};
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn install_ctrlc() {
+    // A second installation (e.g. several runs in one process) is harmless to skip.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub steps: usize,
+    pub wall_time_s: f64,
+    pub skipped_steps: usize,
+    pub base_solve_rate: f32,
+    pub final_solve_rate: f32,
+    pub base_reward_mean: f32,
+    pub final_reward_mean: f32,
+    pub final_eval: EvalReport,
+    pub interrupted: bool,
+}
+
+/// Device buffers for the loss inputs of one micro-batch.
+struct LossBufs<B: Backend> {
+    ref_logp: B::Buf,
+    old_logp: B::Buf,
+    adv: B::Buf,
+    weight: B::Buf,
+    target: B::Buf,
+    loss: B::Buf,
+}
+
+pub struct Trainer<'a, B: Backend> {
+    be: &'a B,
+    cfg: TrainConfig,
+    run_dir: PathBuf,
+    tok: Tokenizer,
+    tokenizer_json: String,
+    template: Template,
+    reward: RewardKind,
+    policy: Qwen2<B>,
+    reference: Qwen2<B>,
+    opt: Optimizer<B>,
+    gen: Generator<B>,
+    ws: LogprobWorkspace<B>,
+    bufs: LossBufs<B>,
+    train: PromptSet,
+    test: PromptSet,
+    /// Indices into `train` that the loop samples from (after optional V* filtering).
+    pool: Vec<usize>,
+    vstar: Vec<f32>,
+    stop: GenConfig,
+    state: TrainerState,
+}
+
+fn oom_hint(e: anyhow::Error, what: &str, bytes: usize, setting: &str) -> anyhow::Error {
+    anyhow!("{e:#} — while allocating {what} ({:.2} GiB planned); lower {setting}", bytes as f64 / (1u64 << 30) as f64)
+}
+
+impl<'a, B: Backend> Trainer<'a, B> {
+    /// Builds everything the loop needs; resumes from the run's latest checkpoint if `resume`.
+    pub fn new(be: &'a B, cfg: TrainConfig, base_dir: &Path, resume: bool) -> Result<Self> {
+        let run_dir = cfg.run_dir();
+        let latest = checkpoint::latest(&run_dir)?;
+        if latest.is_some() && !resume {
+            bail!("{} already has checkpoints: pass --resume to continue it, or choose another name (--set name=...)", run_dir.display());
+        }
+        let template: Template = cfg.task.template.parse()?;
+        let reward = match cfg.task.reward.as_str() {
+            "tinyzero" => RewardKind::Tinyzero,
+            "binary" => RewardKind::Binary,
+            other => bail!("task.reward '{other}' is not tinyzero or binary"),
+        };
+        let (reference, tok) = load_model(be, base_dir)?;
+        let ckpt = match (&latest, resume) {
+            (Some(dir), true) => Some(checkpoint::load(dir)?),
+            _ => None,
+        };
+        let policy = match &ckpt {
+            Some(c) => load_model(be, &c.dir)?.0,
+            None => load_model(be, base_dir)?.0,
+        };
+        if policy.cfg != reference.cfg {
+            bail!("the checkpoint's config differs from the base model's");
+        }
+        let (train_p, test_p) = load_problems(&cfg)?;
+        let t = &cfg.train;
+        let train = PromptSet::new(train_p, template, &tok, t.max_prompt_tokens)?;
+        let test = PromptSet::new(test_p, template, &tok, t.max_prompt_tokens)?;
+        if train.is_empty() || test.is_empty() {
+            bail!("every prompt is longer than train.max_prompt_tokens ({})", t.max_prompt_tokens);
+        }
+        let max_prompt = train.max_prompt_len().max(test.max_prompt_len());
+        let ctx = policy.cfg.max_position_embeddings;
+        let t_max = (max_prompt + t.max_response_tokens).min(ctx);
+        if t_max <= max_prompt {
+            bail!("prompts of {max_prompt} tokens leave no room for a response in the model's context ({ctx})");
+        }
+        let gen = Generator::new(be, &policy.cfg, t.rollout_batch, max_prompt, t_max)
+            .map_err(|e| oom_hint(e, "the rollout KV cache", 0, "train.rollout_batch or train.max_response_tokens"))?;
+        let mb = t.micro_batch;
+        let max_targets = mb * t.max_response_tokens;
+        let ws = LogprobWorkspace::new(be, &policy.cfg, mb * t_max, mb, max_targets, true)
+            .map_err(|e| oom_hint(e, "training activations", 0, "train.micro_batch"))?;
+        let f = |n: usize| be.alloc(DType::F32, n.max(1));
+        let bufs = LossBufs { ref_logp: f(max_targets)?, old_logp: f(max_targets)?, adv: f(max_targets)?, weight: f(max_targets)?, target: f(mb)?, loss: f(max_targets)? };
+        let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
+        let mut opt = Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
+        let state = match &ckpt {
+            Some(c) => {
+                opt.load_state(be, &c.opt)?;
+                c.state.clone()
+            }
+            None => TrainerState {
+                step: 0,
+                epoch: 0,
+                cursor: 0,
+                rng: Rng::new(cfg.seed),
+                skipped_steps: 0,
+                bad_in_a_row: 0,
+                base_solve_rate: None,
+                base_reward_mean: None,
+                elapsed_s: 0.0,
+            },
+        };
+        let stop = GenConfig {
+            max_new_tokens: t.max_response_tokens,
+            sampling: SamplingParams { temperature: t.temperature, top_k: 0, top_p: t.top_p },
+            stop_token_ids: tok.eos_ids(&policy.cfg.eos_token_ids),
+            stop_strings: vec!["</answer>".to_string()],
+        };
+        let tokenizer_json = tok.to_json_string()?;
+        let n = train.len();
+        Ok(Trainer { be, cfg, run_dir, tok, tokenizer_json, template, reward, policy, reference, opt, gen, ws, bufs, train, test, pool: (0..n).collect(), vstar: vec![], stop, state })
+    }
+
+    pub fn run(mut self) -> Result<Summary> {
+        install_ctrlc();
+        let t = self.cfg.train.clone();
+        std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
+        let metrics_path = self.run_dir.join("metrics.jsonl");
+        metrics::truncate_after(&metrics_path, self.state.step)?;
+        if self.state.step == 0 {
+            let _ = std::fs::remove_file(&metrics_path);
+        }
+        eprintln!(
+            "run {}: {} train / {} test prompts ({} + {} over the prompt limit dropped), algorithm {:?}, device {}",
+            self.run_dir.display(), self.train.len(), self.test.len(), self.train.dropped_too_long, self.test.dropped_too_long, self.cfg.algo.name, self.be.name()
+        );
+        if self.cfg.algo.name == Algorithm::Astarpo {
+            self.stage1()?;
+        }
+        if self.state.base_solve_rate.is_none() {
+            let r = self.eval()?;
+            eprintln!("base model: held-out solve rate {:.3}, mean reward {:.3}", r.overall.solve_rate, r.overall.reward_mean);
+            self.state.base_solve_rate = Some(r.overall.solve_rate);
+            self.state.base_reward_mean = Some(r.overall.reward_mean);
+            let m = StepMetrics { step: 0, eval_solve_rate: Some(r.overall.solve_rate), eval_reward_mean: Some(r.overall.reward_mean), eval_format_rate: Some(r.overall.format_rate), ..Default::default() };
+            metrics::append(&metrics_path, &m)?;
+        }
+        let bar = indicatif::ProgressBar::new(t.steps as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        bar.set_position(self.state.step as u64);
+        let started = Instant::now();
+        let elapsed0 = self.state.elapsed_s;
+        let mut interrupted = false;
+        while self.state.step < t.steps {
+            let mut m = self.step()?;
+            self.state.step += 1;
+            m.step = self.state.step;
+            if m.skipped {
+                self.state.skipped_steps += 1;
+                self.state.bad_in_a_row += 1;
+                if self.state.bad_in_a_row >= t.max_bad_steps {
+                    bail!("{} non-finite losses or gradients in a row (last grad norm {}): stopping; lower train.lr or check the data", self.state.bad_in_a_row, m.grad_norm);
+                }
+            } else {
+                self.state.bad_in_a_row = 0;
+            }
+            let last = self.state.step == t.steps;
+            if t.eval_every > 0 && (self.state.step % t.eval_every == 0 || last) {
+                let r = self.eval()?;
+                m.eval_solve_rate = Some(r.overall.solve_rate);
+                m.eval_reward_mean = Some(r.overall.reward_mean);
+                m.eval_format_rate = Some(r.overall.format_rate);
+                bar.println(format!("step {}: held-out solve rate {:.3}, mean reward {:.3}", self.state.step, r.overall.solve_rate, r.overall.reward_mean));
+            }
+            self.state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+            metrics::append(&metrics_path, &m)?;
+            bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
+            bar.inc(1);
+            interrupted = INTERRUPTED.load(Ordering::SeqCst);
+            if (t.save_every > 0 && self.state.step % t.save_every == 0) || last || interrupted {
+                self.save()?;
+            }
+            if interrupted {
+                bar.println(format!("interrupted: checkpoint written at step {}; continue with --resume", self.state.step));
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let final_eval = self.final_eval()?;
+        let summary = Summary {
+            name: self.cfg.name.clone(),
+            algorithm: self.cfg.algo.name,
+            steps: self.state.step,
+            wall_time_s: self.state.elapsed_s,
+            skipped_steps: self.state.skipped_steps,
+            base_solve_rate: self.state.base_solve_rate.unwrap_or(0.0),
+            final_solve_rate: final_eval.overall.solve_rate,
+            base_reward_mean: self.state.base_reward_mean.unwrap_or(0.0),
+            final_reward_mean: final_eval.overall.reward_mean,
+            final_eval,
+            interrupted,
+        };
+        checkpoint::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        crate::model::weights::save_model(&self.run_dir.join("final"), &self.policy.cfg, &self.policy.layout, &self.policy.to_host(self.be)?, crate::model::weights::SaveDtype::F32, Some(&self.tokenizer_json))?;
+        if let Err(e) = super::plot::plot_run(&self.run_dir) {
+            eprintln!("warning: could not draw learning curves: {e:#}");
+        }
+        Ok(summary)
+    }
+
+    /// A*PO stage 1 (cached): V* per training prompt from the reference policy.
+    fn stage1(&mut self) -> Result<()> {
+        let a = &self.cfg.algo;
+        let started = Instant::now();
+        let cache_dir = self.cfg.out_dir.join("vstar-cache");
+        let table = vstar::compute_or_load(self.be, &self.reference, &self.gen, &self.tok, &self.train, &cache_dir, a.n_vstar, a.beta1, &self.stop, self.reward, self.cfg.seed, |done, total| {
+            eprint!("\rV* estimation: {done}/{total} prompts");
+        })?;
+        if !table.from_cache {
+            eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
+        }
+        if a.drop_zero_prompts {
+            self.pool = (0..self.train.len()).filter(|&i| table.nonzero[i] > 0).collect();
+            if self.pool.is_empty() {
+                bail!("every training prompt's reference samples scored 0: nothing to learn from (algo.drop_zero_prompts)");
+            }
+        }
+        let mean = table.vstar.iter().sum::<f32>() / table.vstar.len().max(1) as f32;
+        eprintln!("V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool", table.vstar.len(), if table.from_cache { " (cached)" } else { "" }, self.pool.len());
+        self.vstar = table.vstar;
+        Ok(())
+    }
+
+    /// The next `n` prompts: epochs are seeded permutations of the pool.
+    fn next_prompts(&mut self, n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let mut perm: Vec<usize> = self.pool.clone();
+            Rng::new(derive_seed(self.cfg.seed, self.state.epoch, 0xe70c)).shuffle(&mut perm);
+            while out.len() < n && self.state.cursor < perm.len() {
+                out.push(perm[self.state.cursor]);
+                self.state.cursor += 1;
+            }
+            if self.state.cursor >= perm.len() {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+            }
+        }
+        out
+    }
+
+    fn step(&mut self) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let cfg = self.cfg.clone();
+        let t = &cfg.train;
+        let grpo_mode = cfg.algo.name == Algorithm::Grpo;
+        let per_prompt = if grpo_mode { cfg.algo.group_size } else { 1 };
+        let prompts = self.next_prompts(t.batch_prompts);
+        let idx: Vec<usize> = prompts.iter().flat_map(|&i| std::iter::repeat_n(i, per_prompt)).collect();
+        let seeds: Vec<u64> = (0..idx.len()).map(|j| derive_seed(cfg.seed, self.state.step as u64 + 1, j as u64)).collect();
+        let outs = rollout(self.be, &self.policy, &self.gen, &self.tok, &self.train, &idx, &seeds, &self.stop, self.reward)?;
+        let t_rollout = t0.elapsed().as_secs_f32();
+
+        let rewards: Vec<f32> = outs.iter().map(|o| o.score.score).collect();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = outs.iter().map(|o| (self.train.tokens[o.idx].clone(), o.tokens.clone())).collect();
+        // Reference (and, for GRPO, behaviour-policy) log-probs of every response.
+        let t1 = Instant::now();
+        let ref_lp = self.logprobs_of(&pairs, false)?;
+        let old_lp = if grpo_mode { Some(self.logprobs_of(&pairs, true)?) } else { None };
+        let t_ref = t1.elapsed().as_secs_f32();
+
+        let t2 = Instant::now();
+        let targets: Vec<f32> = if grpo_mode {
+            grpo::group_advantages(&rewards, per_prompt)
+        } else {
+            outs.iter().map(|o| o.score.score - self.vstar[o.idx]).collect()
+        };
+        let (mut loss_sum, mut ent_sum, mut ntok_total) = (0f64, 0f64, 0usize);
+        let (mut grad_norm, mut skipped) = (0f32, false);
+        let order: Vec<usize> = (0..outs.len()).collect();
+        for mini in order.chunks(t.mini_batch) {
+            self.opt.zero_grad(self.be)?;
+            let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
+            for micro in mini.chunks(t.micro_batch) {
+                let (l, e) = self.accumulate(micro, &pairs, &ref_lp, old_lp.as_deref(), &targets, mini.len(), ntok_mini)?;
+                loss_sum += l;
+                ent_sum += e;
+            }
+            ntok_total += ntok_mini;
+            let o = self.opt.step(self.be, &self.policy, t.lr)?;
+            grad_norm = o.grad_norm;
+            skipped |= o.skipped;
+        }
+        let t_update = t2.elapsed().as_secs_f32();
+        let n = outs.len() as f32;
+        let lens: Vec<usize> = outs.iter().map(|o| o.tokens.len()).collect();
+        let step_time = t0.elapsed().as_secs_f32();
+        let n_minis = outs.len().div_ceil(t.mini_batch) as f64;
+        let m = StepMetrics {
+            reward_mean: rewards.iter().sum::<f32>() / n,
+            solve_rate: outs.iter().filter(|o| o.score.solved()).count() as f32 / n,
+            format_rate: outs.iter().filter(|o| o.score.formatted()).count() as f32 / n,
+            loss: (loss_sum / n_minis) as f32,
+            grad_norm,
+            lr: t.lr,
+            entropy_mean: (ent_sum / ntok_total.max(1) as f64) as f32,
+            resp_len_mean: lens.iter().sum::<usize>() as f32 / n,
+            resp_len_max: lens.iter().copied().max().unwrap_or(0),
+            truncated_frac: outs.iter().filter(|o| o.finish == Finish::Length).count() as f32 / n,
+            rollout_tok_s: lens.iter().sum::<usize>() as f32 / t_rollout.max(1e-6),
+            train_tok_s: pairs.iter().map(|(p, r)| p.len() + r.len()).sum::<usize>() as f32 / t_update.max(1e-6),
+            time_rollout_s: t_rollout,
+            time_ref_s: t_ref,
+            time_update_s: t_update,
+            step_time_s: step_time,
+            peak_mem_bytes: metrics::peak_rss_bytes(),
+            skipped,
+            ..Default::default()
+        };
+        if t.sample_every > 0 && (self.state.step + 1) % t.sample_every == 0 {
+            self.write_samples(self.state.step + 1, &outs)?;
+        }
+        Ok(m)
+    }
+
+    /// Per-sequence log-probs of (prompt, response) pairs under the reference model, or under
+    /// the current policy when `policy`.
+    fn logprobs_of(&mut self, pairs: &[(Vec<u32>, Vec<u32>)], policy: bool) -> Result<Vec<Vec<f32>>> {
+        let mb = self.cfg.train.micro_batch;
+        let mut out = Vec::with_capacity(pairs.len());
+        let mut host = vec![0f32; self.ws.plan.max_targets];
+        for chunk in pairs.chunks(mb) {
+            let batch = PackedBatch::from_pairs(chunk)?;
+            self.ws.load(self.be, &self.policy.cfg, &batch)?;
+            let model = if policy { &self.policy } else { &self.reference };
+            model.forward_logprobs(self.be, &self.ws, false)?;
+            let nt = batch.n_targets();
+            self.be.download_f32(self.ws.logp(), &mut host[..nt])?;
+            for w in batch.target_cu.windows(2) {
+                out.push(host[w[0] as usize..w[1] as usize].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forward + loss + backward of one micro-batch; returns (loss contribution, entropy sum).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(&mut self, micro: &[usize], pairs: &[(Vec<u32>, Vec<u32>)], ref_lp: &[Vec<f32>], old_lp: Option<&[Vec<f32>]>, targets: &[f32], mini_seqs: usize, mini_tokens: usize) -> Result<(f64, f64)> {
+        let be = self.be;
+        let a = &self.cfg.algo;
+        let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
+        let batch = PackedBatch::from_pairs(&sub)?;
+        self.ws.load(be, &self.policy.cfg, &batch)?;
+        self.policy.forward_logprobs(be, &self.ws, true)?;
+        let nt = batch.n_targets();
+        let ns = micro.len();
+        let flat = |src: &[Vec<f32>]| -> Vec<f32> { micro.iter().flat_map(|&i| src[i].iter().copied()).collect() };
+        let ref_view = View { buf: &self.bufs.ref_logp, off: 0, len: nt };
+        be.upload_f32(ref_view, &flat(ref_lp))?;
+        let loss_len;
+        match old_lp {
+            None => {
+                let tv = View { buf: &self.bufs.target, off: 0, len: ns };
+                be.upload_f32(tv, &micro.iter().map(|&i| targets[i]).collect::<Vec<_>>())?;
+                loss_len = ns;
+                be.apo_loss(View { buf: &self.bufs.loss, off: 0, len: ns }, self.ws.dlogp(), self.ws.logp(), ref_view, tv, self.ws.target_seqs(), a.beta2, 1.0 / mini_seqs as f32)?;
+            }
+            Some(old) => {
+                let old_view = View { buf: &self.bufs.old_logp, off: 0, len: nt };
+                be.upload_f32(old_view, &flat(old))?;
+                let adv: Vec<f32> = micro.iter().flat_map(|&i| std::iter::repeat_n(targets[i], ref_lp[i].len())).collect();
+                let adv_view = View { buf: &self.bufs.adv, off: 0, len: nt };
+                be.upload_f32(adv_view, &adv)?;
+                let wv = View { buf: &self.bufs.weight, off: 0, len: nt };
+                be.fill(wv, 1.0 / mini_tokens as f32)?;
+                loss_len = nt;
+                be.grpo_loss(View { buf: &self.bufs.loss, off: 0, len: nt }, self.ws.dlogp(), self.ws.logp(), old_view, ref_view, adv_view, wv, nt, a.clip_eps, a.kl_coef)?;
+            }
+        }
+        // Loss term −entropy_coeff · mean token entropy over the mini-batch.
+        be.fill(self.ws.dentropy(), -a.entropy_coeff / mini_tokens as f32)?;
+        self.policy.backward_logprobs(be, &self.ws, &self.opt.grads, true)?;
+        let mut l = vec![0f32; loss_len];
+        be.download_f32(View { buf: &self.bufs.loss, off: 0, len: loss_len }, &mut l)?;
+        let mut e = vec![0f32; nt];
+        be.download_f32(self.ws.entropy(), &mut e)?;
+        let ent: f64 = e.iter().map(|&x| x as f64).sum();
+        let loss: f64 = match old_lp {
+            None => l.iter().map(|&x| x as f64).sum::<f64>() / mini_seqs as f64,
+            Some(_) => l.iter().map(|&x| x as f64).sum::<f64>(),
+        };
+        Ok((loss - a.entropy_coeff as f64 * ent / mini_tokens as f64, ent))
+    }
+
+    fn eval(&mut self) -> Result<EvalReport> {
+        let t = &self.cfg.train;
+        evaluate(self.be, &self.policy, &self.gen, &self.tok, &self.test, t.eval_limit, t.max_response_tokens, &self.stop, self.reward, 0, self.cfg.seed)
+    }
+
+    fn final_eval(&mut self) -> Result<EvalReport> {
+        let t = &self.cfg.train;
+        evaluate(self.be, &self.policy, &self.gen, &self.tok, &self.test, 0, t.max_response_tokens, &self.stop, self.reward, t.eval_pass_k, self.cfg.seed)
+    }
+
+    fn save(&mut self) -> Result<()> {
+        let params = self.policy.to_host(self.be)?;
+        let opt = self.opt.state_to_host(self.be)?;
+        checkpoint::save(&self.run_dir, &self.policy.cfg, &self.policy.layout, &params, &self.tokenizer_json, &opt, &self.state)?;
+        Ok(())
+    }
+
+    fn write_samples(&self, step: usize, outs: &[Rollout]) -> Result<()> {
+        use std::io::Write;
+        let path = self.run_dir.join("samples.jsonl");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        for o in outs.iter().take(4) {
+            let line = serde_json::json!({"step": step, "prompt": self.train.prompts[o.idx], "response": o.text, "score": o.score.score});
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+
+    pub fn template(&self) -> Template {
+        self.template
+    }
+}

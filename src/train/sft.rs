@@ -1,0 +1,131 @@
+//! Supervised fine-tuning: cross-entropy on response tokens given the prompt. The tiny preset
+//! uses it to make its own base model (RL needs a policy that sometimes succeeds): train a
+//! small tokenizer on task text, initialize a Qwen2 at random, then learn solver-written
+//! answers for some problem sizes; RL then has to improve on what SFT left unsolved.
+use super::config::TrainConfig;
+use super::optim::{AdamWConfig, Optimizer};
+use crate::backend::Backend;
+use crate::model::weights::{save_model, SaveDtype};
+use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
+use crate::rng::{derive_seed, Rng};
+use crate::task::{self, Template};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Trains `model` on (prompt, response) token pairs: `steps` AdamW updates of `batch`
+/// sequences each, mean token cross-entropy. Returns the mean loss of the last 10% of steps.
+#[allow(clippy::too_many_arguments)]
+pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, pairs: &[(Vec<u32>, Vec<u32>)], steps: usize, lr: f32, batch: usize, seed: u64, label: &str) -> Result<f32> {
+    if pairs.is_empty() || steps == 0 {
+        return Ok(f32::NAN);
+    }
+    let batch = batch.min(pairs.len()).max(1);
+    let max_len = pairs.iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
+    let max_resp = pairs.iter().map(|(_, r)| r.len()).max().unwrap_or(1).max(1);
+    let mut ws = LogprobWorkspace::new(be, &model.cfg, batch * max_len, batch, batch * max_resp, true)?;
+    // A warm start from random init: no weight decay, clip at 1.
+    let mut opt = Optimizer::new(be, model, AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() })?;
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    let mut rng = Rng::new(derive_seed(seed, 0x5f7, 0));
+    rng.shuffle(&mut order);
+    let mut cursor = 0;
+    let mut tail = vec![];
+    let mut host = vec![0f32; batch * max_resp];
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} SFT steps {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    for step in 0..steps {
+        let mut sel = Vec::with_capacity(batch);
+        while sel.len() < batch {
+            if cursor == order.len() {
+                rng.shuffle(&mut order);
+                cursor = 0;
+            }
+            sel.push(&pairs[order[cursor]]);
+            cursor += 1;
+        }
+        let sub: Vec<(&[u32], &[u32])> = sel.iter().map(|(p, r)| (p.as_slice(), r.as_slice())).collect();
+        let b = PackedBatch::from_pairs(&sub)?;
+        ws.load(be, &model.cfg, &b)?;
+        opt.zero_grad(be)?;
+        model.forward_logprobs(be, &ws, false)?;
+        let nt = b.n_targets();
+        be.download_f32(ws.logp(), &mut host[..nt])?;
+        let loss = -host[..nt].iter().map(|&x| x as f64).sum::<f64>() / nt as f64;
+        be.fill(ws.dlogp(), -1.0 / nt as f32)?;
+        model.backward_logprobs(be, &ws, &opt.grads, false)?;
+        let o = opt.step(be, model, lr)?;
+        if o.skipped {
+            bail!("{label}: non-finite gradient at SFT step {step}; lower sft.lr");
+        }
+        if step * 10 >= steps * 9 {
+            tail.push(loss);
+        }
+        bar.set_message(format!("loss {loss:.4}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let tail_loss = (tail.iter().sum::<f64>() / tail.len().max(1) as f64) as f32;
+    eprintln!("{label}: {steps} steps in {:.1}s, final loss {tail_loss:.4}", started.elapsed().as_secs_f64());
+    Ok(tail_loss)
+}
+
+/// Tokenized (prompt, response) pairs from a JSONL file of `{"prompt":..., "response":...}`.
+pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        prompt: String,
+        response: String,
+    }
+    let items: Vec<Item> = crate::cli::jsonl::read_all(path)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let p = tok.encode(&it.prompt)?;
+        let r = tok.encode(&it.response)?;
+        if p.is_empty() || r.is_empty() {
+            bail!("{}: item {}: prompt and response must both be non-empty", path.display(), i + 1);
+        }
+        out.push((p, r));
+    }
+    Ok(out)
+}
+
+/// The run's base model for a preset: `runs/<name>/base`, built once (tokenizer trained on task
+/// text, random init, SFT warm start) and reused by later runs and resumes.
+pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
+    let dir = cfg.out_dir.join(format!("base-{}-seed{}", cfg.model.preset, cfg.seed));
+    if dir.join("config.json").is_file() {
+        eprintln!("base model: reusing {}", dir.display());
+        return Ok(dir);
+    }
+    let template: Template = cfg.task.template.parse()?;
+    let s = &cfg.sft;
+    let problems = match cfg.task.name.as_str() {
+        "multiply" => task::generate_multiply(s.examples, derive_seed(cfg.seed, 0x5f7, 1)),
+        _ => task::generate_countdown(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &s.counts),
+    };
+    let texts: Vec<(String, String)> = problems
+        .iter()
+        .filter_map(|p| task::sft_response(p, template).map(|r| (task::render_prompt(p, template), r)))
+        .collect();
+    if texts.is_empty() {
+        bail!("no SFT examples could be written for task {}", cfg.task.name);
+    }
+    let corpus: Vec<String> = texts.iter().map(|(p, r)| format!("{p}{r}")).collect();
+    let preset = crate::model::presets::preset(&cfg.model.preset)?;
+    let tokenizer = crate::model::presets::train_tiny_tokenizer(&corpus, preset.tokenizer_vocab)?;
+    let tok = Tokenizer::from_tokenizers(tokenizer);
+    let mut mcfg = preset.cfg.clone();
+    mcfg.vocab_size = tok.vocab_size();
+    mcfg.eos_token_ids = tok.eos_ids(&[]);
+    let host = crate::model::presets::init_params(&mcfg, cfg.seed);
+    let model = Qwen2::from_host(be, mcfg.clone(), &host)?;
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().map(|(p, r)| Ok((tok.encode(p)?, tok.encode(r)?))).collect::<Result<_>>()?;
+    eprintln!("base model: preset {} ({} parameters, vocab {}), SFT on {} examples ({:?} numbers)", cfg.model.preset, model.layout.total, mcfg.vocab_size, pairs.len(), s.counts);
+    sft_train(be, &model, &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
+    save_model(&dir, &mcfg, &model.layout, &model.to_host(be)?, SaveDtype::F32, Some(&tok.to_json_string()?))?;
+    Ok(dir)
+}

@@ -1,0 +1,102 @@
+//! A*PO stage 1: V*(x) for every training prompt from N samples of the reference policy
+//! (temperature 1, top-p 1), cached on disk keyed by the prompts, the reference model's
+//! weights and the sampling settings, so runs sharing them compute it once.
+use super::checkpoint::write_atomic;
+use super::data::PromptSet;
+use super::eval::rollout;
+use crate::algo::astarpo::vstar;
+use crate::backend::{Backend, SamplingParams};
+use crate::model::Qwen2;
+use crate::rollout::{GenConfig, Generator};
+use crate::task::RewardKind;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Serialize, Deserialize)]
+struct VstarFile {
+    key: String,
+    /// Per prompt: V* and how many of the N samples scored above 0.
+    vstar: Vec<f32>,
+    nonzero: Vec<u32>,
+}
+
+pub struct VstarTable {
+    pub vstar: Vec<f32>,
+    pub nonzero: Vec<u32>,
+    pub from_cache: bool,
+}
+
+/// FNV-1a over bytes: a stable content key (not cryptographic; it names cache files).
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= b as u64;
+        *h = h.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_new: usize, seed: u64) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for t in &set.tokens {
+        for x in t {
+            fnv(&mut h, &x.to_le_bytes());
+        }
+        fnv(&mut h, b"|");
+    }
+    for p in &set.prompts {
+        fnv(&mut h, p.as_bytes());
+    }
+    for x in ref_params {
+        fnv(&mut h, &x.to_bits().to_le_bytes());
+    }
+    fnv(&mut h, format!("{n}/{beta1}/{max_new}/{seed}").as_bytes());
+    format!("{h:016x}")
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn compute_or_load<B: Backend>(
+    be: &B,
+    reference: &Qwen2<B>,
+    gen: &Generator<B>,
+    tok: &Tokenizer,
+    set: &PromptSet,
+    cache_dir: &Path,
+    n: usize,
+    beta1: f32,
+    stop: &GenConfig,
+    reward: RewardKind,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<VstarTable> {
+    let ref_host = reference.to_host(be)?;
+    let key = cache_key(set, &ref_host, n, beta1, stop.max_new_tokens, seed);
+    let path = cache_dir.join(format!("vstar-{key}.json"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(f) = serde_json::from_str::<VstarFile>(&text) {
+            if f.key == key && f.vstar.len() == set.len() {
+                return Ok(VstarTable { vstar: f.vstar, nonzero: f.nonzero, from_cache: true });
+            }
+        }
+    }
+    let gc = GenConfig { sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, ..stop.clone() };
+    let mut table = VstarTable { vstar: Vec::with_capacity(set.len()), nonzero: Vec::with_capacity(set.len()), from_cache: false };
+    // Chunks of whole prompts, N samples each, sized to fill the generator.
+    let per_chunk = (gen.slots / n).max(1) * 4;
+    for start in (0..set.len()).step_by(per_chunk) {
+        let end = (start + per_chunk).min(set.len());
+        let idx: Vec<usize> = (start..end).flat_map(|i| std::iter::repeat_n(i, n)).collect();
+        let seeds: Vec<u64> = idx.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed ^ 0x5a5a, i as u64, (j % n) as u64)).collect();
+        let outs = rollout(be, reference, gen, tok, set, &idx, &seeds, &gc, reward)?;
+        for group in outs.chunks(n) {
+            let r: Vec<f32> = group.iter().map(|o| o.score.score).collect();
+            table.vstar.push(vstar(&r, beta1));
+            table.nonzero.push(r.iter().filter(|&&x| x > 0.0).count() as u32);
+        }
+        progress(end, set.len());
+    }
+    std::fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    let f = VstarFile { key, vstar: table.vstar.clone(), nonzero: table.nonzero.clone() };
+    write_atomic(&path, serde_json::to_string(&f)?.as_bytes())?;
+    Ok(table)
+}
