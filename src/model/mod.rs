@@ -5,6 +5,7 @@ pub mod config;
 pub mod layout;
 pub mod load;
 pub mod logprob;
+pub mod presets;
 pub mod qwen2;
 pub mod weights;
 

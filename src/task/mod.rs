@@ -1,1 +1,34 @@
-//! Countdown and multiplication: data, prompt templates, TinyZero-exact rewards, solver.
+//! Countdown and 3-digit multiplication: problems, prompt templates, TinyZero-exact rewards,
+//! an exhaustive solver, and datasets (parquet, JSON lines, seeded generators).
+pub mod data;
+pub mod expr;
+pub mod reward;
+pub mod solver;
+pub mod template;
+
+pub use data::{generate_countdown, generate_multiply, load_problems};
+pub use reward::{score, Reason, RewardKind, Score};
+pub use solver::solve_countdown;
+pub use template::{render_prompt, sft_response, Template};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Problem {
+    Countdown { nums: Vec<i64>, target: i64 },
+    Multiply { a: i64, b: i64 },
+}
+
+impl Problem {
+    pub fn difficulty_label(&self) -> &'static str {
+        match self {
+            Problem::Countdown { nums, .. } => match nums.len() {
+                3 => "3 numbers",
+                4 => "4 numbers",
+                5 => "5 numbers",
+                6 => "6 numbers",
+                _ => "other",
+            },
+            Problem::Multiply { .. } => "multiply",
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! AdamW over the flat parameter buffer: one F32 allocation each for gradients and both
 //! moments (and, where the backend computes in bf16, the F32 master weights).
-use crate::backend::{AdamWParams, Backend, DType, View};
+use crate::backend::{AdamWParams, Backend, Buffer, DType, View};
 use crate::model::Qwen2;
 use anyhow::Result;
 

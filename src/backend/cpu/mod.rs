@@ -1,1 +1,267 @@
-//! The CPU backend: f32, multi-threaded, the oracle.
+//! The CPU backend: f32 everywhere, multi-threaded with rayon, GEMMs by `matrixmultiply`.
+//! It is the oracle the CUDA backend is tested against, so it favours plain loops and f64
+//! accumulation where that is cheap, and fixed work partitions so results are deterministic
+//! (a resumed run must end bit-identical to an uninterrupted one).
+mod attention;
+mod logprob;
+mod nn;
+mod optim;
+
+use super::{AdamWParams, AttnShape, Backend, Buffer, DType, SamplingParams, Seqs, View};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use std::cell::UnsafeCell;
+use std::sync::Arc;
+
+/// Rows per parallel task in reductions: fixed, so the summation order never depends on
+/// the thread count or on work stealing.
+pub(crate) const ROWS_PER_TASK: usize = 64;
+
+enum Storage {
+    F32(UnsafeCell<Vec<f32>>),
+    U32(UnsafeCell<Vec<u32>>),
+}
+
+struct Inner {
+    dtype: DType,
+    storage: Storage,
+}
+
+// SAFETY: a `CpuBuf` is shared like a device pointer. The Backend contract makes the caller
+// responsible for never writing a region while another op reads or writes it; every op here
+// runs to completion before returning, so no two ops ever touch a buffer concurrently.
+unsafe impl Sync for Inner {}
+unsafe impl Send for Inner {}
+
+#[derive(Clone)]
+pub struct CpuBuf(Arc<Inner>);
+
+impl Buffer for CpuBuf {
+    fn len(&self) -> usize {
+        match &self.0.storage {
+            // SAFETY: reading the length does not race with element writes.
+            Storage::F32(v) => unsafe { (*v.get()).len() },
+            Storage::U32(v) => unsafe { (*v.get()).len() },
+        }
+    }
+    fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+}
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn check(v: &View<CpuBackend>, what: &str) -> Result<()> {
+    if v.off + v.len > v.buf.len() {
+        bail!("{what}: view {}+{} beyond buffer of {}", v.off, v.len, v.buf.len());
+    }
+    Ok(())
+}
+
+/// The f32 elements of a view, writable. `len` must equal `expect` when given.
+#[allow(clippy::mut_from_ref)]
+pub(crate) fn fm<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Result<&'a mut [f32]> {
+    check(&v, what)?;
+    if v.len < expect {
+        bail!("{what}: view of {} elements, need {expect}", v.len);
+    }
+    match &v.buf.0.storage {
+        // SAFETY: in bounds (checked); aliasing is governed by the Backend contract (see Inner).
+        Storage::F32(data) => unsafe { Ok(std::slice::from_raw_parts_mut((*data.get()).as_mut_ptr().add(v.off), expect)) },
+        Storage::U32(_) => bail!("{what}: expected an f32/bf16 buffer, got u32"),
+    }
+}
+
+pub(crate) fn f<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Result<&'a [f32]> {
+    fm(v, expect, what).map(|s| &*s)
+}
+
+#[allow(clippy::mut_from_ref)]
+pub(crate) fn um<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Result<&'a mut [u32]> {
+    check(&v, what)?;
+    if v.len < expect {
+        bail!("{what}: view of {} elements, need {expect}", v.len);
+    }
+    match &v.buf.0.storage {
+        // SAFETY: as in `fm`.
+        Storage::U32(data) => unsafe { Ok(std::slice::from_raw_parts_mut((*data.get()).as_mut_ptr().add(v.off), expect)) },
+        Storage::F32(_) => bail!("{what}: expected a u32 buffer"),
+    }
+}
+
+pub(crate) fn u<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Result<&'a [u32]> {
+    um(v, expect, what).map(|s| &*s)
+}
+
+/// Whether two views start at the same element of the same buffer (an allowed in-place op).
+pub(crate) fn same(a: &View<CpuBackend>, b: &View<CpuBackend>) -> bool {
+    Arc::ptr_eq(&a.buf.0, &b.buf.0) && a.off == b.off
+}
+
+impl Backend for CpuBackend {
+    type Buf = CpuBuf;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn act_dtype(&self) -> DType {
+        DType::F32
+    }
+    fn needs_master_weights(&self) -> bool {
+        false
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
+        let storage = match dtype {
+            DType::U32 => Storage::U32(UnsafeCell::new(vec![0; len])),
+            // BF16 requests are stored as f32: the CPU computes in f32 throughout.
+            DType::F32 | DType::BF16 => Storage::F32(UnsafeCell::new(vec![0.0; len])),
+        };
+        Ok(CpuBuf(Arc::new(Inner { dtype, storage })))
+    }
+
+    fn upload_f32(&self, dst: View<Self>, src: &[f32]) -> Result<()> {
+        fm(dst, src.len(), "upload_f32")?.copy_from_slice(src);
+        Ok(())
+    }
+    fn upload_u32(&self, dst: View<Self>, src: &[u32]) -> Result<()> {
+        um(dst, src.len(), "upload_u32")?.copy_from_slice(src);
+        Ok(())
+    }
+    fn download_f32(&self, src: View<Self>, dst: &mut [f32]) -> Result<()> {
+        dst.copy_from_slice(f(src, dst.len(), "download_f32")?);
+        Ok(())
+    }
+    fn download_u32(&self, src: View<Self>, dst: &mut [u32]) -> Result<()> {
+        dst.copy_from_slice(u(src, dst.len(), "download_u32")?);
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn fill(&self, dst: View<Self>, value: f32) -> Result<()> {
+        fm(dst, dst.len, "fill")?.par_iter_mut().for_each(|x| *x = value);
+        Ok(())
+    }
+    fn copy(&self, dst: View<Self>, src: View<Self>) -> Result<()> {
+        if dst.len != src.len {
+            bail!("copy: lengths {} and {} differ", dst.len, src.len);
+        }
+        if same(&dst, &src) {
+            return Ok(());
+        }
+        fm(dst, dst.len, "copy")?.copy_from_slice(f(src, src.len, "copy")?);
+        Ok(())
+    }
+    fn add_assign(&self, dst: View<Self>, src: View<Self>) -> Result<()> {
+        let s = f(src, dst.len, "add_assign")?;
+        fm(dst, dst.len, "add_assign")?.par_iter_mut().zip(s.par_iter()).for_each(|(d, s)| *d += s);
+        Ok(())
+    }
+    fn scale(&self, dst: View<Self>, alpha: f32) -> Result<()> {
+        fm(dst, dst.len, "scale")?.par_iter_mut().for_each(|x| *x *= alpha);
+        Ok(())
+    }
+    fn sum_squares(&self, x: View<Self>) -> Result<f32> {
+        let x = f(x, x.len, "sum_squares")?;
+        let partial: Vec<f64> = x.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
+        Ok(partial.iter().sum::<f64>() as f32)
+    }
+    fn gather_rows(&self, out: View<Self>, x: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()> {
+        let r = u(rows, n_rows, "gather_rows")?;
+        let xs = f(x, x.len, "gather_rows")?;
+        let o = fm(out, n_rows * c, "gather_rows")?;
+        for (i, &row) in r.iter().enumerate() {
+            let row = row as usize;
+            if (row + 1) * c > xs.len() {
+                bail!("gather_rows: row {row} beyond the input");
+            }
+            o[i * c..(i + 1) * c].copy_from_slice(&xs[row * c..(row + 1) * c]);
+        }
+        Ok(())
+    }
+    fn scatter_add_rows(&self, dx: View<Self>, dout: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()> {
+        let r = u(rows, n_rows, "scatter_add_rows")?;
+        let d = f(dout, n_rows * c, "scatter_add_rows")?;
+        let x = fm(dx, dx.len, "scatter_add_rows")?;
+        for (i, &row) in r.iter().enumerate() {
+            let row = row as usize;
+            if (row + 1) * c > x.len() {
+                bail!("scatter_add_rows: row {row} beyond the output");
+            }
+            for (a, b) in x[row * c..(row + 1) * c].iter_mut().zip(&d[i * c..(i + 1) * c]) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+
+    fn embedding_fwd(&self, out: View<Self>, table: View<Self>, ids: View<Self>, n: usize, c: usize) -> Result<()> {
+        nn::embedding_fwd(out, table, ids, n, c)
+    }
+    fn embedding_bwd(&self, dtable: View<Self>, dout: View<Self>, ids: View<Self>, n: usize, c: usize) -> Result<()> {
+        nn::embedding_bwd(dtable, dout, ids, n, c)
+    }
+    fn rmsnorm_fwd(&self, out: View<Self>, rstd: View<Self>, x: View<Self>, w: View<Self>, n: usize, c: usize, eps: f32) -> Result<()> {
+        nn::rmsnorm_fwd(out, rstd, None, x, None, w, n, c, eps)
+    }
+    fn residual_rmsnorm_fwd(&self, resid_out: View<Self>, out: View<Self>, rstd: View<Self>, resid_in: View<Self>, delta: View<Self>, w: View<Self>, n: usize, c: usize, eps: f32) -> Result<()> {
+        nn::rmsnorm_fwd(out, rstd, Some(resid_out), resid_in, Some(delta), w, n, c, eps)
+    }
+    fn rmsnorm_bwd(&self, dx: View<Self>, dw: View<Self>, dout: View<Self>, x: View<Self>, w: View<Self>, rstd: View<Self>, n: usize, c: usize) -> Result<()> {
+        nn::rmsnorm_bwd(dx, dw, dout, x, w, rstd, n, c)
+    }
+    fn gemm(&self, c: View<Self>, a: View<Self>, b: View<Self>, bias: Option<View<Self>>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        nn::gemm(c, a, b, bias, m, n, k, trans_a, trans_b, alpha, beta)
+    }
+    fn bias_bwd(&self, dbias: View<Self>, dout: View<Self>, m: usize, n: usize) -> Result<()> {
+        nn::bias_bwd(dbias, dout, m, n)
+    }
+    fn rope(&self, qkv: View<Self>, pos: View<Self>, n: usize, shape: AttnShape, theta: f32, inverse: bool) -> Result<()> {
+        nn::rope(qkv, pos, n, shape, theta, inverse)
+    }
+    fn attention_fwd(&self, out: View<Self>, lse: View<Self>, qkv: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()> {
+        attention::fwd(out, lse, qkv, seqs, shape, scale)
+    }
+    fn attention_bwd(&self, dqkv: View<Self>, dout: View<Self>, qkv: View<Self>, out: View<Self>, lse: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()> {
+        attention::bwd(dqkv, dout, qkv, out, lse, seqs, shape, scale)
+    }
+    fn kv_store(&self, kcache: View<Self>, vcache: View<Self>, qkv: View<Self>, slot: View<Self>, pos: View<Self>, n: usize, shape: AttnShape, t_max: usize) -> Result<()> {
+        attention::kv_store(kcache, vcache, qkv, slot, pos, n, shape, t_max)
+    }
+    fn attention_decode(&self, out: View<Self>, qkv: View<Self>, kcache: View<Self>, vcache: View<Self>, slot: View<Self>, len: View<Self>, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()> {
+        attention::decode(out, qkv, kcache, vcache, slot, len, b, max_len, shape, t_max, scale)
+    }
+    fn swiglu_fwd(&self, out: View<Self>, gu: View<Self>, n: usize, inter: usize) -> Result<()> {
+        nn::swiglu_fwd(out, gu, n, inter)
+    }
+    fn swiglu_bwd(&self, dgu: View<Self>, dout: View<Self>, gu: View<Self>, n: usize, inter: usize) -> Result<()> {
+        nn::swiglu_bwd(dgu, dout, gu, n, inter)
+    }
+    fn logprob_fwd(&self, logp: View<Self>, lse: View<Self>, entropy: Option<View<Self>>, logits: View<Self>, targets: View<Self>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+        logprob::fwd(logp, lse, entropy, logits, targets, n, v, inv_temp)
+    }
+    fn logprob_bwd(&self, dlogits: View<Self>, logits: View<Self>, targets: View<Self>, lse: View<Self>, entropy: Option<View<Self>>, dlogp: View<Self>, dentropy: Option<View<Self>>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+        logprob::bwd(dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v, inv_temp)
+    }
+    fn sample(&self, out: View<Self>, logits: View<Self>, b: usize, v: usize, params: &SamplingParams, seeds: &[u64], counters: &[u64]) -> Result<()> {
+        logprob::sample(out, logits, b, v, params, seeds, counters)
+    }
+    fn apo_loss(&self, loss: View<Self>, dlogp: View<Self>, logp: View<Self>, ref_logp: View<Self>, target: View<Self>, seqs: Seqs<Self>, beta2: f32, grad_scale: f32) -> Result<()> {
+        optim::apo_loss(loss, dlogp, logp, ref_logp, target, seqs, beta2, grad_scale)
+    }
+    fn grpo_loss(&self, loss: View<Self>, dlogp: View<Self>, logp: View<Self>, old_logp: View<Self>, ref_logp: View<Self>, adv: View<Self>, weight: View<Self>, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()> {
+        optim::grpo_loss(loss, dlogp, logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef)
+    }
+    fn adamw(&self, params: View<Self>, master: Option<View<Self>>, grads: View<Self>, m: View<Self>, v: View<Self>, p: &AdamWParams) -> Result<()> {
+        optim::adamw(params, master, grads, m, v, p)
+    }
+}
