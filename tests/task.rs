@@ -1,0 +1,204 @@
+//! The task layer: TinyZero-exact rewards (golden cases mirroring their Python), the solver,
+//! generators, templates, parquet/JSONL loading, and property tests that the reward parser
+//! never panics and stays fast on hostile input.
+use proptest::prelude::*;
+use std::time::Instant;
+use tz_engine::task::{self, Problem, Reason, RewardKind, Template};
+
+fn cd(nums: &[i64], target: i64, response: &str) -> (f32, Reason) {
+    let s = task::score(&Problem::Countdown { nums: nums.to_vec(), target }, response, RewardKind::Tinyzero);
+    (s.score, s.reason)
+}
+
+#[test]
+fn countdown_golden_cases() {
+    let n = [44, 19, 35];
+    assert_eq!(cd(&n, 98, "<answer> 44 + 19 + 35 </answer>"), (1.0, Reason::Correct));
+    assert_eq!(cd(&n, 98, "so </think>\n<answer>(44 + 19) + 35</answer>"), (1.0, Reason::Correct));
+    // Only the last line counts.
+    assert_eq!(cd(&n, 98, "<answer>44 + 19 + 35</answer>\nthat's it"), (0.0, Reason::NoAnswer));
+    // The last answer on the last line counts.
+    assert_eq!(cd(&n, 98, "<answer>44 + 19 + 35</answer> <answer>44 - 19 + 35</answer>"), (0.1, Reason::WrongValue));
+    assert_eq!(cd(&n, 98, "<answer>44 - 19 + 35</answer> <answer>44 + 19 + 35</answer>"), (1.0, Reason::Correct));
+    assert_eq!(cd(&n, 98, "no tags"), (0.0, Reason::NoAnswer));
+    assert_eq!(cd(&n, 98, "<answer>44 + 19 + 35"), (0.0, Reason::NoAnswer));
+    assert_eq!(cd(&n, 98, "<ANSWER>44 + 19 + 35</ANSWER>"), (0.0, Reason::NoAnswer));
+    // Numbers: a multiset of digit runs.
+    assert_eq!(cd(&n, 98, "<answer>44 + 19 + 35 + 0</answer>"), (0.1, Reason::WrongNumbers));
+    assert_eq!(cd(&n, 98, "<answer>44 + 44 + 10</answer>"), (0.1, Reason::WrongNumbers));
+    assert_eq!(cd(&[2, 2, 3], 7, "<answer>2 + 2 + 3</answer>"), (1.0, Reason::Correct));
+    assert_eq!(cd(&n, 98, "<answer>044 + 19 + 35</answer>").1, Reason::EvalError); // Python: leading zero
+    // A decimal point splits digit runs, so TinyZero accepts 1.5 as "1" and "5".
+    assert_eq!(cd(&[1, 5, 2], 3, "<answer>1.5 * 2</answer>"), (1.0, Reason::Correct));
+    assert_eq!(cd(&[1, 5, 3], 3, "<answer>1.5 * 2</answer>"), (0.1, Reason::WrongNumbers));
+    // Characters and evaluation.
+    assert_eq!(cd(&n, 98, "<answer>44 + 19 + 35 = 98</answer>"), (0.1, Reason::WrongNumbers));
+    assert_eq!(cd(&[4, 19, 35], 98, "<answer>4 + 19 + 35 x</answer>"), (0.1, Reason::InvalidChars));
+    assert_eq!(cd(&[2, 3, 1], 8, "<answer>2**3*1</answer>"), (0.1, Reason::EvalError)); // our one difference
+    assert_eq!(cd(&[7, 2, 1], 3, "<answer>7//2*1</answer>"), (0.1, Reason::EvalError));
+    assert_eq!(cd(&[1, 0, 5], 5, "<answer>1/0+5</answer>"), (0.1, Reason::EvalError));
+    assert_eq!(cd(&[6, 4, 2], 3, "<answer>(6 / 4) * 2</answer>"), (1.0, Reason::Correct));
+    assert_eq!(cd(&[1, 3, 3], 1, "<answer>(1 / 3) * 3</answer>"), (1.0, Reason::Correct));
+    assert_eq!(cd(&n, 98, "<answer></answer>"), (0.1, Reason::WrongNumbers));
+    let b = task::score(&Problem::Countdown { nums: n.to_vec(), target: 98 }, "<answer>44</answer>", RewardKind::Binary);
+    assert_eq!(b.score, 0.0);
+}
+
+#[test]
+fn multiply_golden_cases() {
+    let m = |r: &str| {
+        let s = task::score(&Problem::Multiply { a: 123, b: 456 }, r, RewardKind::Tinyzero);
+        (s.score, s.reason)
+    };
+    assert_eq!(m("<think>x</think> <answer>56088</answer>"), (1.0, Reason::Correct));
+    assert_eq!(m("<answer> 56088 </answer>\nmore text"), (1.0, Reason::Correct));
+    assert_eq!(m("<answer>56087</answer>"), (0.1, Reason::WrongValue));
+    assert_eq!(m("<answer>+56088</answer>"), (1.0, Reason::Correct));
+    assert_eq!(m("<answer>-56088</answer>"), (0.1, Reason::WrongValue));
+    assert_eq!(m("<answer>56,088</answer>"), (0.0, Reason::NotAnInteger));
+    assert_eq!(m("nothing"), (0.0, Reason::NoAnswer));
+    assert_eq!(m("<answer>99999999999999999999999999999999999999</answer>"), (0.1, Reason::WrongValue));
+}
+
+#[test]
+fn templates_match_tinyzero() {
+    let p = Problem::Countdown { nums: vec![44, 19, 35], target: 98 };
+    let base = task::render_prompt(&p, Template::Base);
+    assert!(base.starts_with("A conversation between User and Assistant."));
+    assert!(base.contains("User: Using the numbers [44, 19, 35], create an equation that equals 98."));
+    assert!(base.ends_with("Assistant: Let me solve this step by step.\n<think>"));
+    assert_eq!(base.lines().count(), 4);
+    let inst = task::render_prompt(&p, Template::QwenInstruct);
+    assert!(inst.starts_with("<|im_start|>system\n") && inst.ends_with("<|im_start|>assistant\nLet me solve this step by step.\n<think>"));
+    let m = task::render_prompt(&Problem::Multiply { a: 123, b: 456 }, Template::Base);
+    assert_eq!(m, "User: Give me the answer of the following equation: 123 * 456 = Assistant: Ok let me think about it.\n<think>");
+    for t in [Template::Base, Template::QwenInstruct, Template::Compact] {
+        let r = task::sft_response(&p, t).unwrap();
+        assert!(task::score(&p, &r, RewardKind::Tinyzero).solved(), "{t:?}: {r}");
+    }
+    assert!("nope".parse::<Template>().is_err());
+}
+
+#[test]
+fn generators_are_seeded_solvable_and_distinct() {
+    let a = task::generate_countdown(200, 7, &[3, 4]);
+    assert_eq!(a, task::generate_countdown(200, 7, &[3, 4]));
+    assert_ne!(a, task::generate_countdown(200, 8, &[3, 4]));
+    for p in &a {
+        let Problem::Countdown { nums, target } = p else { panic!() };
+        assert!(nums.len() == 3 || nums.len() == 4);
+        assert!(nums.iter().all(|n| (1..=99).contains(n)) && (1..=99).contains(target));
+        let eq = task::solve_countdown(nums, *target).expect("generated problems are solvable");
+        assert!(task::score(p, &format!("<answer>{eq}</answer>"), RewardKind::Tinyzero).solved());
+    }
+    let m = task::generate_multiply(500, 1);
+    let set: std::collections::HashSet<_> = m.iter().collect();
+    assert_eq!(set.len(), 500);
+    assert!(task::solve_countdown(&[1, 1, 1], 99).is_none());
+}
+
+#[test]
+fn hostile_inputs_are_fast() {
+    let n = [44, 19, 35];
+    let t = Instant::now();
+    let deep = format!("<answer>{}44 + 19 + 35{}</answer>", "(".repeat(100_000), ")".repeat(100_000));
+    assert_eq!(cd(&n, 98, &deep).0, 0.1);
+    let long = format!("<answer>{}</answer>", "1 + ".repeat(300_000));
+    assert_eq!(cd(&n, 98, &long).0, 0.1);
+    let many_tags = "<answer>".repeat(200_000);
+    assert_eq!(cd(&n, 98, &many_tags).0, 0.0);
+    let many = "<answer>1</answer>".repeat(100_000);
+    assert_eq!(cd(&n, 98, &many).0, 0.1);
+    let unary = format!("<answer>{}44 + 19 + 35</answer>", "-".repeat(1_000_000));
+    assert_eq!(cd(&n, 98, &unary).0, 0.1);
+    // Loose bound: these are linear-time scans of a few megabytes.
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn solver_solutions_score_one(nums in prop::collection::vec(1i64..100, 3..=4), target in 1i64..100) {
+        let p = Problem::Countdown { nums: nums.clone(), target };
+        if let Some(eq) = task::solve_countdown(&nums, target) {
+            let resp = format!("<think>ok</think>\n<answer> {eq} </answer>");
+            prop_assert!(task::score(&p, &resp, RewardKind::Tinyzero).solved(), "{eq}");
+        }
+    }
+
+    #[test]
+    fn wrong_multiset_scores_format(nums in prop::collection::vec(1i64..100, 3..=4), extra in 1i64..100) {
+        let mut used = nums.clone();
+        used.push(extra);
+        let eq: Vec<String> = used.iter().map(|n| n.to_string()).collect();
+        let p = Problem::Countdown { nums, target: 1 };
+        let s = task::score(&p, &format!("<answer>{}</answer>", eq.join(" + ")), RewardKind::Tinyzero);
+        prop_assert_eq!(s.score, 0.1);
+        prop_assert_eq!(s.reason, Reason::WrongNumbers);
+    }
+
+    #[test]
+    fn arbitrary_strings_never_panic(s in "\\PC{0,200}", inner in "[0-9+\\-*/(). ]{0,60}") {
+        let p = Problem::Countdown { nums: vec![1, 2, 3], target: 6 };
+        let a = task::score(&p, &s, RewardKind::Tinyzero);
+        prop_assert!([0.0, 0.1, 1.0].contains(&a.score));
+        let b = task::score(&p, &format!("<answer>{inner}</answer>"), RewardKind::Tinyzero);
+        prop_assert!([0.0, 0.1, 1.0].contains(&b.score));
+        let _ = task::score(&Problem::Multiply { a: 100, b: 200 }, &s, RewardKind::Binary);
+        let _ = tz_engine::task::expr::eval(&inner);
+    }
+}
+
+#[test]
+fn parquet_and_jsonl_load() {
+    use parquet::data_type::Int64Type;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("countdown.parquet");
+    // The layout pyarrow writes for TinyZero's dataset: optional int64 target and a nullable
+    // LIST<int64> nums (3-level list).
+    let schema = parquet::schema::parser::parse_message_type(
+        "message schema { optional int64 target; optional group nums (LIST) { repeated group list { optional int64 element; } } }",
+    )
+    .unwrap();
+    let rows: Vec<(i64, Vec<i64>)> = (0..50).map(|i| (i + 10, (0..3 + i % 2).map(|k| i + k + 1).collect())).collect();
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(WriterProperties::builder().build())).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    let targets: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    col.typed::<Int64Type>().write_batch(&targets, Some(&vec![1; rows.len()]), None).unwrap();
+    col.close().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    let (mut vals, mut defs, mut reps) = (vec![], vec![], vec![]);
+    for (_, nums) in &rows {
+        for (k, &x) in nums.iter().enumerate() {
+            vals.push(x);
+            defs.push(3);
+            reps.push(if k == 0 { 0 } else { 1 });
+        }
+    }
+    col.typed::<Int64Type>().write_batch(&vals, Some(&defs), Some(&reps)).unwrap();
+    col.close().unwrap();
+    rg.close().unwrap();
+    w.close().unwrap();
+
+    let all = task::load_problems(&path, None).unwrap();
+    assert_eq!(all.len(), 50);
+    assert_eq!(all[3], Problem::Countdown { nums: rows[3].1.clone(), target: 13 });
+    let part = task::load_problems(&path, Some(40..45)).unwrap();
+    assert_eq!(part, all[40..45].to_vec());
+    assert!(format!("{:#}", task::load_problems(&path, Some(40..60)).unwrap_err()).contains("50 rows"));
+
+    let jl = dir.path().join("p.jsonl");
+    std::fs::write(&jl, "{\"nums\":[1,2,3],\"target\":6}\n\n{\"a\":123,\"b\":456}\n").unwrap();
+    assert_eq!(task::load_problems(&jl, None).unwrap().len(), 2);
+    std::fs::write(&jl, "{\"nums\":[1,2,3],\"target\":6}\n{\"nums\":\"x\"}\n").unwrap();
+    let e = format!("{:#}", task::load_problems(&jl, None).unwrap_err());
+    assert!(e.contains("p.jsonl:2"), "{e}");
+    std::fs::write(dir.path().join("bad.parquet"), b"PAR1 not really").unwrap();
+    assert!(task::load_problems(&dir.path().join("bad.parquet"), None).is_err());
+}
