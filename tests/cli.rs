@@ -1,0 +1,161 @@
+//! The command line end to end: init → score / generate / eval, the task commands, plan,
+//! resume, and bad input producing one clear line on stderr and a non-zero exit (never a panic).
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tz(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tz-engine"));
+    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// A clean failure: non-zero exit, one `error:` line, no panic.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+}
+
+fn init_tiny(dir: &Path) {
+    let o = tz(&["init", "--preset", "tiny-2l", "--out", dir.to_str().unwrap(), "--seed", "3"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn model_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("model");
+    init_tiny(&m);
+    let ms = m.to_str().unwrap();
+
+    let o = tz(&["score", "--model", ms, "--input", "-"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\",\"response\":\"<answer>1+2+3</answer>\"}\n{\"prompt\":\"x\",\"response\":\"y z\"}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    let lp = lines[0]["logprobs"].as_array().unwrap();
+    assert_eq!(lp.len(), lines[0]["response_tokens"].as_array().unwrap().len());
+    assert!(lp.iter().all(|x| x.as_f64().unwrap() < 0.0));
+
+    let o = tz(&["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let outs: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outs.len(), 6);
+    assert!(outs.iter().all(|g| g["response_tokens"].as_array().unwrap().len() <= 8));
+    let again = tz(&["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5", "--batch", "1"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"));
+    assert_eq!(text(&again.stdout), text(&o.stdout), "samples do not depend on the batch size");
+
+    let data = d.path().join("cd.jsonl");
+    let o = tz(&["data", "countdown", "--n", "20", "--seed", "1", "--out", data.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tz(&["eval", "--model", ms, "--data", data.to_str().unwrap(), "--template", "compact", "--max-new-tokens", "12", "--k", "2"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(r["n"], 20);
+    assert!(r["by_difficulty"]["3 numbers"]["n"].as_u64().unwrap() > 0);
+
+    // Bad input.
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("{\"prompt\":\"a\"}\n")), "line 1");
+    assert_clean_error(&tz(&["score", "--model", "/nonexistent", "--input", "-"], Some("")), "does not exist");
+    let long = format!("{{\"prompt\":\"{}\",\"response\":\"a\"}}\n", "1 ".repeat(600));
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some(&long)), "context");
+    assert_clean_error(&tz(&["generate", "--model", ms, "--input", "-", "--top-p", "0"], Some("")), "top-p");
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-", "--device", "cuda"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")), "cuda");
+    std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("")), "config.json");
+    std::fs::write(m.join("config.json"), "{\"model_type\":\"llama\"}").unwrap();
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("")), "unsupported architecture");
+}
+
+#[test]
+fn task_commands() {
+    let o = tz(&["solve", "--nums", "44,19,35", "--target", "98"], None);
+    assert!(o.status.success());
+    assert!(text(&o.stdout).contains("44"));
+    let o = tz(&["solve", "--nums", "1,1,1", "--target", "99"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_error(&tz(&["solve", "--nums", "1,x", "--target", "2"], None), "not an integer");
+
+    let input = "{\"task\":\"countdown\",\"nums\":[44,19,35],\"target\":98,\"response\":\"<answer>44+19+35</answer>\"}\n{bad\n\n{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>7</answer>\"}\n{\"task\":\"chess\",\"response\":\"\"}\n";
+    let o = tz(&["reward", "--input", "-"], Some(input));
+    assert_eq!(o.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["score"], 1.0);
+    assert!(lines[1]["error"].as_str().unwrap().starts_with("line 2"));
+    assert!(lines[2]["error"].is_string());
+    assert!((lines[3]["score"].as_f64().unwrap() - 0.1).abs() < 1e-6);
+    assert!(lines[4]["error"].as_str().unwrap().contains("chess"));
+    assert!(text(&o.stderr).contains("2 malformed") || text(&o.stderr).contains("3 malformed"));
+    let ok = tz(&["reward", "--input", "-"], Some("{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>6</answer>\"}\n"));
+    assert_eq!(ok.status.code(), Some(0));
+
+    let o = tz(&["plan", "--preset", "qwen2.5-1.5b", "--batch", "4", "--seq", "1280"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("total"));
+    assert_clean_error(&tz(&["plan", "--preset", "qwen9"], None), "unknown preset");
+    assert_clean_error(&tz(&["data", "countdown", "--out", "/tmp/x.jsonl"], None), "--n");
+}
+
+#[test]
+fn train_resume_is_bit_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    let common = |name: &str, steps: usize| -> Vec<String> {
+        [
+            format!("out_dir={out}"),
+            format!("name={name}"),
+            "model.preset=tiny-2l".into(),
+            "sft.steps=10".into(),
+            "sft.examples=300".into(),
+            "data.generate_train=48".into(),
+            "data.generate_test=16".into(),
+            "train.batch_prompts=16".into(),
+            "train.mini_batch=8".into(),
+            "train.micro_batch=4".into(),
+            "train.rollout_batch=16".into(),
+            "train.max_response_tokens=16".into(),
+            "train.lr=1e-3".into(),
+            "algo.beta2=0.05".into(),
+            "algo.n_vstar=2".into(),
+            "train.eval_every=2".into(),
+            "train.save_every=2".into(),
+            "train.eval_pass_k=0".into(),
+            format!("train.steps={steps}"),
+        ]
+        .into_iter()
+        .flat_map(|s| ["--set".to_string(), s])
+        .collect()
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = std::iter::once("train").chain(args.iter().map(String::as_str)).collect();
+        let o = tz(&a, None);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    run(common("straight", 4));
+    run(common("split", 2));
+    // Resume continues from step 2 to 4 with the run's saved config (steps raised by --set).
+    let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=4"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let a = std::fs::read(format!("{out}/straight/final/model.safetensors")).unwrap();
+    let b = std::fs::read(format!("{out}/split/final/model.safetensors")).unwrap();
+    assert!(a == b, "resumed run differs from the uninterrupted one");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{out}/split/summary.json")).unwrap()).unwrap();
+    assert!(s["base_solve_rate"].is_number() && s["final_solve_rate"].is_number());
+    assert!(Path::new(&format!("{out}/split/curves.png")).is_file());
+    // Starting over a run with checkpoints without --resume is refused.
+    let a: Vec<String> = common("split", 4);
+    let args: Vec<&str> = std::iter::once("train").chain(a.iter().map(String::as_str)).collect();
+    assert_clean_error(&tz(&args, None), "--resume");
+}
