@@ -96,7 +96,10 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32
 /// The run's base model for a preset: `runs/<name>/base`, built once (tokenizer trained on task
 /// text, random init, SFT warm start) and reused by later runs and resumes.
 pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
-    let dir = cfg.out_dir.join(format!("base-{}-seed{}", cfg.model.preset, cfg.seed));
+    // Keyed by everything that shapes the base model, so changing the SFT settings builds anew.
+    let key = format!("{:?}|{:?}|{}|{}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed);
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let dir = cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32));
     if dir.join("config.json").is_file() {
         eprintln!("base model: reusing {}", dir.display());
         return Ok(dir);
