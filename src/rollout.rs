@@ -247,3 +247,19 @@ fn hits_stop_string(tokens: &[u32], stops: &[String], decode: &dyn Fn(&[u32]) ->
     let text = decode(tail);
     stops.iter().any(|s| !s.is_empty() && text.contains(s.as_str()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hits_stop_string;
+
+    #[test]
+    fn stop_strings_are_found_across_token_boundaries() {
+        // A fake detokenizer: token t is the t-th piece.
+        let pieces = ["<ans", "wer>", "1+2", "</", "ans", "wer>", "x"];
+        let decode = |ids: &[u32]| ids.iter().map(|&i| pieces[i as usize]).collect::<String>();
+        let stops = vec!["</answer>".to_string()];
+        assert!(!hits_stop_string(&[0, 1, 2, 3, 4], &stops, &decode));
+        assert!(hits_stop_string(&[0, 1, 2, 3, 4, 5], &stops, &decode));
+        assert!(!hits_stop_string(&[0, 1, 2], &[], &decode));
+    }
+}
