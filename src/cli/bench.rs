@@ -82,6 +82,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
     let (ga, gb, gc) = (buf(act, g * g)?, buf(act, g * g)?, buf(act, g * g)?);
     let s = time(be, a.reps, || be.gemm(View::all(&gc), View::all(&ga), View::all(&gb), None, g, g, g, false, true, 1.0, 0.0))?;
     let gemm_tflops = 2.0 * (g * g * g) as f64 / s / 1e12;
+    println!("tz-engine commit {}", env!("TZ_GIT_COMMIT"));
     println!("device {}: measured copy {copy_gbps:.1} GB/s, GEMM {gemm_tflops:.2} TFLOP/s ({g}^3)", be.name());
     drop((x, y, ga, gb, gc));
 

@@ -17,7 +17,7 @@ pub mod solve;
 pub mod train;
 
 #[derive(Parser)]
-#[command(name = "tz-engine", version, about = "TinyZero-style RL (A*PO, GRPO) for Qwen2 models on CPU or CUDA")]
+#[command(name = "tz-engine", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TZ_GIT_COMMIT"), ")"), about = "TinyZero-style RL (A*PO, GRPO) for Qwen2 models on CPU or CUDA")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
