@@ -1,5 +1,14 @@
 //! Countdown and 3-digit multiplication: problems, prompt templates, TinyZero-exact rewards,
 //! an exhaustive solver, and datasets (parquet, JSON lines, seeded generators).
+//!
+//! ```
+//! use tz_engine::task::{render_prompt, score, solve_countdown, Problem, RewardKind, Template};
+//! let p = Problem::Countdown { nums: vec![44, 19, 35], target: 98 };
+//! assert!(render_prompt(&p, Template::Base).contains("Using the numbers [44, 19, 35]"));
+//! let eq = solve_countdown(&[44, 19, 35], 98).unwrap();
+//! assert_eq!(score(&p, &format!("<think>...</think>\n<answer>{eq}</answer>"), RewardKind::Tinyzero).score, 1.0);
+//! assert_eq!(score(&p, "<answer>44 + 19</answer>", RewardKind::Tinyzero).score, 0.1);
+//! ```
 pub mod data;
 pub mod expr;
 pub mod reward;
