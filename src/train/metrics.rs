@@ -35,12 +35,17 @@ pub struct StepMetrics {
 }
 
 pub fn append(path: &Path, m: &StepMetrics) -> Result<()> {
+    append_json(path, &serde_json::to_value(m)?)
+}
+
+/// Appends one JSON object as a line.
+pub fn append_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let mut line = serde_json::to_string(m)?;
+    let mut line = serde_json::to_string(v)?;
     line.push('\n');
     f.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }

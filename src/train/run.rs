@@ -180,8 +180,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             eprintln!("base model: held-out solve rate {:.3}, mean reward {:.3}", r.overall.solve_rate, r.overall.reward_mean);
             self.state.base_solve_rate = Some(r.overall.solve_rate);
             self.state.base_reward_mean = Some(r.overall.reward_mean);
-            let m = StepMetrics { step: 0, eval_solve_rate: Some(r.overall.solve_rate), eval_reward_mean: Some(r.overall.reward_mean), eval_format_rate: Some(r.overall.format_rate), ..Default::default() };
-            metrics::append(&metrics_path, &m)?;
+            // The base model's evaluation: eval fields only (no training step happened).
+            let line = serde_json::json!({"step": 0, "kind": "eval", "eval_solve_rate": r.overall.solve_rate, "eval_reward_mean": r.overall.reward_mean, "eval_format_rate": r.overall.format_rate});
+            metrics::append_json(&metrics_path, &line)?;
         }
         let bar = indicatif::ProgressBar::new(t.steps as u64);
         bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
