@@ -149,8 +149,10 @@ pub fn save_model(dir: &Path, cfg: &Qwen2Config, layout: &ParamLayout, params: &
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("save_model: {e}"))?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| anyhow!("save_model: {e}"))?;
-    write_synced(&tmp.join("model.safetensors"), &data)?;
+    // Streamed to the file: no second whole-model copy in memory (a 3B model is 6 GB in bf16).
+    let st_path = tmp.join("model.safetensors");
+    safetensors::serialize_to_file(views, Some(meta), &st_path).map_err(|e| anyhow!("save_model: {}: {e}", st_path.display()))?;
+    std::fs::File::open(&st_path)?.sync_all()?;
     write_synced(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg.to_json(dtype.hf_name()))?.as_bytes())?;
     let gen = serde_json::json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "do_sample": true});
     write_synced(&tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
