@@ -8,22 +8,8 @@ use tz_engine::rng::Rng;
 use tz_engine::rollout::{GenConfig, Generator};
 
 fn tiny() -> Qwen2Config {
-    Qwen2Config {
-        vocab_size: 512,
-        hidden_size: 128,
-        intermediate_size: 384,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 32,
-        max_position_embeddings: 512,
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-        dtype: None,
-    }
+    // The tiny preset's architecture with a 512-token vocabulary.
+    Qwen2Config { vocab_size: 512, ..tz_engine::model::presets::preset("tiny").unwrap().cfg }
 }
 
 fn model(be: &CpuBackend) -> Qwen2<CpuBackend> {

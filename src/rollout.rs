@@ -174,6 +174,7 @@ impl<B: Backend> Generator<B> {
         let mut counters = Vec::with_capacity(b);
         let (mut ids, mut pos, mut slot, mut len) = (vec![], vec![], vec![], vec![]);
         let mut logits_rows = b;
+        let mut keep: Vec<Live> = Vec::with_capacity(b);
         while !live.is_empty() {
             // Sample the next token of every live sequence from its logits row.
             row_seeds.clear();
@@ -186,7 +187,7 @@ impl<B: Backend> Generator<B> {
             debug_assert_eq!(nl, logits_rows);
             be.sample(a.prefix(p.tokens, nl), a.prefix(p.logits, nl * vocab), nl, vocab, &gc.sampling, &row_seeds, &counters)?;
             be.download_u32(a.prefix(p.tokens, nl), &mut sampled[..nl])?;
-            let mut keep = Vec::with_capacity(nl);
+            keep.clear();
             for (l, &tok) in live.drain(..).zip(&sampled[..nl]) {
                 let mut l = l;
                 l.tokens.push(tok);
@@ -204,7 +205,7 @@ impl<B: Backend> Generator<B> {
                     None => keep.push(l),
                 }
             }
-            live = keep;
+            std::mem::swap(&mut live, &mut keep);
             if live.is_empty() {
                 break;
             }

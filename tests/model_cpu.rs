@@ -8,22 +8,9 @@ use tz_engine::rng::Rng;
 use tz_engine::rollout::{GenConfig, Generator};
 
 fn tiny_cfg(tied: bool) -> Qwen2Config {
-    Qwen2Config {
-        vocab_size: 23,
-        hidden_size: 16,
-        intermediate_size: 24,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        max_position_embeddings: 64,
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: tied,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-        dtype: None,
-    }
+    // tiny-2l's architecture at a size where finite differences are quick.
+    let base = tz_engine::model::presets::preset("tiny-2l").unwrap().cfg;
+    Qwen2Config { vocab_size: 23, hidden_size: 16, intermediate_size: 24, head_dim: 4, max_position_embeddings: 64, tie_word_embeddings: tied, ..base }
 }
 
 /// Random parameters large enough that log-probs are far from uniform.
