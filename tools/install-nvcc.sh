@@ -5,6 +5,8 @@
 #
 #   tools/install-nvcc.sh            # install if missing, print the path
 #   NVCC=$(tools/install-nvcc.sh | tail -1)
+#   tools/install-nvcc.sh --nvrtc    # also libnvrtc into .cache/nvrtc (tests the NVRTC
+#                                    # fallback without a GPU: LD_LIBRARY_PATH=.cache/nvrtc/nvidia/cu13/lib)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.cache/nvcc"
@@ -27,6 +29,15 @@ else
     --target "$dest" "${pkgs[@]}" >&2
   # Wheels do not always keep the executable bit.
   chmod +x "$dest"/nvidia/cu13/bin/* "$dest"/nvidia/cu13/nvvm/bin/* 2>/dev/null || true
+fi
+if [ "${1:-}" = "--nvrtc" ]; then
+  nvrtc_dir="$root/.cache/nvrtc"
+  if [ ! -e "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+    py="$(command -v python3 || command -v python)"
+    rm -rf "$nvrtc_dir"
+    "$py" -m pip install --quiet --disable-pip-version-check --target "$nvrtc_dir" "nvidia-cuda-nvrtc==13.0.*" >&2
+  fi
+  echo "libnvrtc: $nvrtc_dir/nvidia/cu13/lib" >&2
 fi
 # Smoke test: a bf16 kernel for sm_90a (host compiler needed for nvcc's preprocessing).
 tmp="$(mktemp -d)"

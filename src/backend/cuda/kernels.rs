@@ -130,3 +130,23 @@ impl Loader {
         self.origins.lock().unwrap().clone()
     }
 }
+
+/// Compiles every embedded kernel source with NVRTC for `arch` (e.g. "compute_90"), without
+/// needing a GPU: checks the run-time fallback path. Errors if libnvrtc is absent.
+pub fn nvrtc_check_all(arch: &str) -> Result<Vec<(&'static str, usize)>> {
+    // SAFETY: dlopen probe only.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(anyhow!("the NVRTC library (libnvrtc.so) was not found"));
+    }
+    let mut out = Vec::new();
+    for kf in KERNEL_FILES {
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+            name: Some(format!("{}.cu", kf.name)),
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(kf.source, opts).map_err(|e| anyhow!("NVRTC {}.cu: {e:?}", kf.name))?;
+        out.push((kf.name, ptx.to_src().len()));
+    }
+    Ok(out)
+}

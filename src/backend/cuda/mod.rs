@@ -24,6 +24,7 @@ use anyhow::{anyhow, Result};
 use cudarc::driver::{sys as dsys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 
 pub use buffer::CudaBuf;
+pub use kernels::nvrtc_check_all;
 
 /// Whether the kernels were compiled by nvcc at build time (else NVRTC compiles them at run
 /// time), and that nvcc's version line.
