@@ -1,4 +1,5 @@
-//! Build script: compiles the CUDA kernels in `kernels/*.cu` ahead of time when `nvcc` is
+//! Build script. Stamps the git commit into the binary (`TZ_GIT_COMMIT`: `tz-engine --version`,
+//! bench output), and compiles the CUDA kernels in `kernels/*.cu` ahead of time when `nvcc` is
 //! available, and always embeds their sources so the backend can fall back to NVRTC at run
 //! time. See docs/cuda.md.
 //!
@@ -33,7 +34,11 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("compute_80", "ptx", &["-ptx", "-gencode=arch=compute_80,code=compute_80"]),
 ];
 
+/// Flags for every nvcc invocation.
+const COMMON_FLAGS: &[&str] = &["-std=c++17", "-O3", "-lineinfo"];
+
 fn main() {
+    stamp_git_commit();
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "TZ_REQUIRE_NVCC", "TZ_PTXAS_REPORT", "TZ_NVCC_JOBS"] {
@@ -44,6 +49,41 @@ fn main() {
     }
     if let Err(e) = run() {
         panic!("tz-engine build.rs: {e}");
+    }
+}
+
+/// `TZ_GIT_COMMIT` = the short commit hash, so every benchmark or run record can name it.
+fn stamp_git_commit() {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=TZ_GIT_COMMIT={commit}");
+    // Watch the real git dir (in a worktree `.git` is a file; a missing path would make cargo
+    // rerun this script on every build).
+    let git = |arg: &str| {
+        Command::new("git")
+            .args(["rev-parse", arg])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let Some(dir) = git("--absolute-git-dir") {
+        let head = dir.join("HEAD");
+        if head.exists() {
+            println!("cargo:rerun-if-changed={}", head.display());
+        }
+    }
+    if let Some(dir) = git("--git-common-dir") {
+        let heads = dir.join("refs/heads");
+        let heads = if heads.is_absolute() { heads } else { env::current_dir().unwrap_or_default().join(heads) };
+        if heads.exists() {
+            println!("cargo:rerun-if-changed={}", heads.display());
+        }
     }
 }
 
@@ -93,11 +133,30 @@ fn run() -> Result<(), String> {
                 .ok()
                 .map(|o| String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string())
                 .unwrap_or_default();
-            match compile_all(nvcc, &kdir, &kout, &names) {
+            // Skip nvcc when nothing it depends on changed since the last run (this script also
+            // reruns for unrelated reasons, e.g. a new git commit).
+            let stamp = compile_stamp(nvcc, &kdir, &names, &nvcc_version)?;
+            let stamp_path = kout.join("nvcc.stamp");
+            let report_path = out_dir.join("ptxas-report.txt");
+            let cached = fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) && report_path.exists();
+            let result = if cached {
+                Ok(String::new())
+            } else {
+                let _ = fs::remove_file(&stamp_path);
+                compile_all(nvcc, &kdir, &kout, &names)
+            };
+            match result {
+                Ok(_) if cached => {
+                    if flag("TZ_PTXAS_REPORT") {
+                        println!("cargo:warning=ptxas report: {}", report_path.display());
+                    }
+                    compiled = true;
+                }
                 Ok(report) => {
                     let path = out_dir.join("ptxas-report.txt");
                     let text = format!("nvcc: {}\n{}\n\n{}", nvcc.display(), nvcc_version, report);
                     fs::write(&path, text).map_err(|e| e.to_string())?;
+                    fs::write(&stamp_path, &stamp).map_err(|e| e.to_string())?;
                     if flag("TZ_PTXAS_REPORT") {
                         println!("cargo:warning=ptxas report: {}", path.display());
                     }
@@ -147,6 +206,24 @@ fn run() -> Result<(), String> {
     writeln!(gen, "];").unwrap();
     fs::write(out_dir.join("tz_kernels.rs"), gen).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// What the nvcc outputs depend on: nvcc's path and version, the flags, every kernel file.
+fn compile_stamp(nvcc: &Path, kdir: &Path, names: &[String], version: &str) -> Result<String, String> {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    nvcc.hash(&mut h);
+    version.hash(&mut h);
+    format!("{VARIANTS:?}{COMMON_FLAGS:?}").hash(&mut h);
+    names.hash(&mut h);
+    let mut files: Vec<_> = fs::read_dir(kdir).map_err(|e| e.to_string())?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        f.hash(&mut h);
+        fs::read(&f).map_err(|e| e.to_string())?.hash(&mut h);
+    }
+    Ok(format!("{:016x}", h.finish()))
 }
 
 /// `#include "x"` of files in kernels/ replaced by their (recursively inlined) text, each once.
@@ -228,7 +305,8 @@ fn compile_all(nvcc: &Path, kdir: &Path, kout: &Path, names: &[String]) -> Resul
     }
     let n_jobs = jobs.len();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>()));
-    let results: Arc<Mutex<Vec<(usize, Result<String, String>)>>> = Arc::new(Mutex::new(Vec::new()));
+    type Outcome = (usize, Result<String, String>);
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
     let threads = env::var("TZ_NVCC_JOBS")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
@@ -269,7 +347,8 @@ fn compile_one(nvcc: &Path, kdir: &Path, kout: &Path, job: &Job) -> Result<Strin
     let out = kout.join(format!("{}.{}.{}", job.name, job.tag, job.ext));
     let mut cmd = Command::new(nvcc);
     cmd.args(job.args)
-        .args(["-std=c++17", "-O3", "-lineinfo", "-I"])
+        .args(COMMON_FLAGS)
+        .arg("-I")
         .arg(kdir)
         .arg("-o")
         .arg(&out)

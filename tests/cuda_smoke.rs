@@ -330,11 +330,11 @@ fn rope_roundtrip_and_reference() {
     let pb = up_u32(&b, &pos);
     b.rope(View::all(&qb), View::all(&pb), n, s, 1e6, false).unwrap();
     let mut want = qkv.clone();
-    for i in 0..n {
+    for (i, &p) in pos.iter().enumerate() {
         for head in 0..s.n_head + s.n_kv_head {
             for j in 0..d / 2 {
                 let inv = 1.0 / 1e6f64.powf(2.0 * j as f64 / d as f64);
-                let a = pos[i] as f64 * inv;
+                let a = p as f64 * inv;
                 let (sn, cs) = (a.sin() as f32, a.cos() as f32);
                 let base = i * w + head * d;
                 let (x1, x2) = (qkv[base + j], qkv[base + j + d / 2]);

@@ -90,7 +90,7 @@ pub(crate) enum BiasDone {
 
 fn alignment(ptr: u64) -> u32 {
     let mut a = 256u32;
-    while a > 1 && ptr % a as u64 != 0 {
+    while a > 1 && !ptr.is_multiple_of(a as u64) {
         a /= 2;
     }
     a
@@ -179,7 +179,7 @@ impl Gemm {
     pub(crate) fn matmul(&self, c: u64, c_f32: bool, a: u64, b: u64, bias: Option<u64>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<BiasDone> {
         let mut key = Key { m, n, k, trans_a, trans_b, c_f32, bias: bias.is_some(), align_a: alignment(a), align_b: alignment(b), align_c: alignment(c) };
         let mut plans = self.plans.lock().unwrap();
-        if !plans.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(key) {
             let plan = match self.make_plan(&key, key.bias) {
                 Ok(p) => p,
                 Err(e) if key.bias => {
@@ -190,7 +190,7 @@ impl Gemm {
                 }
                 Err(e) => return Err(anyhow!("{e} for gemm m={m} n={n} k={k} trans_a={trans_a} trans_b={trans_b} c_f32={c_f32}")),
             };
-            plans.insert(key, plan);
+            slot.insert(plan);
         }
         let plan = plans.get(&key).expect("inserted above");
         key.bias = plan.bias_fused;

@@ -39,6 +39,9 @@ pub(crate) enum Scratch {
     B = 1,
 }
 
+/// A scratch allocation with its device pointer and size in bytes.
+type ScratchArea = (CudaSlice<u8>, u64, usize);
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -47,7 +50,7 @@ pub struct CudaBackend {
     name: String,
     loader: kernels::Loader,
     gemm: gemm::Gemm,
-    scratch: Mutex<[Option<(CudaSlice<u8>, u64, usize)>; 2]>,
+    scratch: Mutex<[Option<ScratchArea>; 2]>,
 }
 
 /// The error for a machine without the driver library.

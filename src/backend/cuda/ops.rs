@@ -89,7 +89,7 @@ impl CudaBackend {
         if shape.head_dim != 64 && shape.head_dim != 128 {
             bail!("cuda {what}: head_dim {} is not supported (64 or 128)", shape.head_dim);
         }
-        if shape.n_kv_head == 0 || shape.n_head % shape.n_kv_head != 0 {
+        if shape.n_kv_head == 0 || !shape.n_head.is_multiple_of(shape.n_kv_head) {
             bail!("cuda {what}: n_head {} is not a multiple of n_kv_head {}", shape.n_head, shape.n_kv_head);
         }
         Ok(())
@@ -419,7 +419,7 @@ impl Backend for CudaBackend {
         let w = shape.qkv_width();
         need(&qkv, DType::BF16, n * w, "rope qkv")?;
         need(&pos, DType::U32, n, "rope pos")?;
-        if shape.head_dim % 2 != 0 {
+        if !shape.head_dim.is_multiple_of(2) {
             bail!("cuda rope: odd head_dim {}", shape.head_dim);
         }
         if n == 0 {
@@ -505,7 +505,7 @@ impl Backend for CudaBackend {
         let kd = shape.kv_width();
         need(&kcache, DType::BF16, t_max * kd, "kv_store kcache")?;
         need(&vcache, DType::BF16, t_max * kd, "kv_store vcache")?;
-        if kcache.len % (t_max * kd).max(1) != 0 || vcache.len != kcache.len {
+        if !kcache.len.is_multiple_of((t_max * kd).max(1)) || vcache.len != kcache.len {
             bail!("cuda kv_store: caches of {} / {} elements are not [slots, {t_max}, {}, {}]", kcache.len, vcache.len, shape.n_kv_head, shape.head_dim);
         }
         need(&qkv, DType::BF16, n * shape.qkv_width(), "kv_store qkv")?;
@@ -650,7 +650,7 @@ impl Backend for CudaBackend {
         if seeds.len() < b || counters.len() < b {
             bail!("cuda sample: {} seeds / {} counters for {b} rows", seeds.len(), counters.len());
         }
-        if !(params.temperature >= 0.0) || !params.temperature.is_finite() {
+        if params.temperature.is_nan() || params.temperature < 0.0 || !params.temperature.is_finite() {
             bail!("cuda sample: invalid temperature {}", params.temperature);
         }
         if b == 0 {
