@@ -11,16 +11,16 @@
 //       the key (16 passes over the row, each a block-wide count or sum):
 //         top-k (0 < k < v): Kk = the largest key K with #{key ≥ K} ≥ k, i.e. the key of the
 //           k-th largest p; ties with it are kept ("p ≥ the k-th largest p").
-//         top-p (top_p < 1): Kp = the largest key K with Σ_{key ≥ K} p ≥ top_p, i.e. the
-//           largest threshold t whose kept mass reaches top_p (p over the full
-//           distribution, as the contract words it).
-//         kept = {j : key_j ≥ max(Kk, Kp)}  (both rules are upper sets in p, so applying
-//           both is their intersection).
+//         top-p (top_p < 1): Kp = the largest key K ≥ Kk with Σ_{key ≥ K} p ≥
+//           top_p · Σ_{key ≥ Kk} p, i.e. the largest threshold whose kept mass reaches top_p
+//           of the mass top-k kept (as the CPU oracle does: top-p renormalized after top-k).
+//         kept = {j : key_j ≥ max(Kk, Kp)}.
 //       Then with u = Philox4x32-10(seeds[i], counters[i]) → top 24 bits of word 0 × 2^-24
 //       (bit-identical to src/rng.rs), the token is the first kept j in index order whose
-//       cumulative kept mass reaches u·(total kept mass): each thread owns a contiguous
-//       chunk of the row, a block-wide exclusive scan of the chunk sums locates the chunk,
-//       and its owner walks it sequentially.
+//       cumulative kept mass exceeds u·(total kept mass) (strictly, like the CPU oracle, so
+//       u = 0 never picks a zero-probability token): each thread owns a contiguous chunk of
+//       the row, a block-wide exclusive scan of the chunk sums locates the chunk, and its
+//       owner walks it sequentially (the last kept index if rounding leaves it short).
 //   Launch: grid.x = b rows, one block of 1024 threads per row. The row (≤ 300 KB) stays in
 //   L2 across the ~35 passes.
 //   Performance plan: replace the 2×16 bisection passes with a two-level radix select
@@ -152,14 +152,15 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     // Top-p threshold.
     u32 kp = 0u;
     if (top_p < 1.f) {
-        float total = 0.f;
+        float kept_k = 0.f;  // the mass top-k kept (everything when top-k is off)
         for (int j = tid; j < v; j += blockDim.x) {
-            const float z = bf2f(x[j]) / temperature;
-            if (z == z) total += __expf(z - mref);
+            const bf16 b = x[j];
+            const float z = bf2f(b) / temperature;
+            if (z == z && order_key(b) >= kk) kept_k += __expf(z - mref);
         }
-        total = block_sum_f(total, shf);
-        const float need = top_p * total;
-        u32 lo = 0u, hi = kmax;  // mass(key >= kmax) > 0 and mass(key >= 0) = total
+        kept_k = block_sum_f(kept_k, shf);
+        const float need = top_p * kept_k;
+        u32 lo = kk, hi = kmax;  // mass(key >= kk) = kept_k >= need: lo is always feasible
         while (lo < hi) {
             const u32 mid = lo + (hi - lo + 1u) / 2u;
             float mass = 0.f;
@@ -212,7 +213,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     const float total_kept = scan_warp[nwarps - 1];
     const float u = philox_uniform(seeds[row], counters[row]);
     const float target = u * total_kept;
-    if (local > 0.f && excl + local >= target) atomicMin(&winner, tid);
+    if (local > 0.f && excl + local > target) atomicMin(&winner, tid);
     __syncthreads();
     if (tid == winner) {
         float cum = excl;
@@ -224,7 +225,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 if (!(z == z)) continue;
                 last = j;
                 cum += __expf(z - mref);
-                if (cum >= target) {
+                if (cum > target) {
                     pick = j;
                     break;
                 }

@@ -390,9 +390,10 @@ fn logprob_fwd_bwd() {
     }
 }
 
-/// The `SamplingParams` semantics on the host, for the device to match.
+/// The `SamplingParams` semantics on the host (as the CPU oracle implements them: top-p mass
+/// relative to what top-k kept; the first kept index whose cumulative mass exceeds u·kept).
 fn sample_ref(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
-    if p.temperature == 0.0 {
+    if p.temperature <= 0.0 {
         let mut best = 0;
         for (j, &x) in logits.iter().enumerate() {
             if x > logits[best] {
@@ -404,7 +405,6 @@ fn sample_ref(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
     let z: Vec<f64> = logits.iter().map(|&x| (x / p.temperature) as f64).collect();
     let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = z.iter().map(|x| (x - mx).exp()).collect();
-    let total: f64 = e.iter().sum();
     let mut sorted = e.clone();
     sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
     let mut t = 0.0f64;
@@ -412,10 +412,12 @@ fn sample_ref(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
         t = t.max(sorted[p.top_k - 1]);
     }
     if p.top_p < 1.0 {
+        // relative to the mass top-k kept
+        let kept_k: f64 = sorted.iter().filter(|&&x| x >= t).sum();
         let mut cum = 0.0;
-        for &v in &sorted {
+        for &v in sorted.iter().filter(|&&x| x >= t) {
             cum += v;
-            if cum >= p.top_p as f64 * total {
+            if cum >= p.top_p as f64 * kept_k {
                 t = t.max(v);
                 break;
             }
@@ -428,7 +430,7 @@ fn sample_ref(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
         if v >= t {
             cum += v;
             last = j;
-            if cum >= u as f64 * kept {
+            if cum > u as f64 * kept {
                 return j as u32;
             }
         }

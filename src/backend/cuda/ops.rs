@@ -650,7 +650,7 @@ impl Backend for CudaBackend {
         if seeds.len() < b || counters.len() < b {
             bail!("cuda sample: {} seeds / {} counters for {b} rows", seeds.len(), counters.len());
         }
-        if params.temperature.is_nan() || params.temperature < 0.0 || !params.temperature.is_finite() {
+        if !params.temperature.is_finite() {
             bail!("cuda sample: invalid temperature {}", params.temperature);
         }
         if b == 0 {
@@ -659,7 +659,7 @@ impl Backend for CudaBackend {
         if v == 0 {
             bail!("cuda sample: empty vocabulary");
         }
-        if params.temperature == 0.0 {
+        if params.temperature <= 0.0 {
             let f = self.func("sampling", "argmax_bf16")?;
             return self.launch(&f, (grid_dim(b, "sample")?, 1, 1), (1024, 1, 1), 0, args![vptr(&out), vptr(&logits), int(v, "sample")?]);
         }
