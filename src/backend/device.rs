@@ -33,10 +33,21 @@ macro_rules! with_backend {
     };
 }
 
+#[cfg(feature = "cuda")]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_cuda {
+    ($be:ident => $body:expr) => {{
+        let $be = $crate::backend::cuda::CudaBackend::new(0)?;
+        $body
+    }};
+}
+
+#[cfg(not(feature = "cuda"))]
 #[macro_export]
 #[doc(hidden)]
 macro_rules! with_cuda {
     ($be:ident => $body:expr) => {
-        Err(anyhow::anyhow!("--device cuda: the CUDA backend is not part of this build yet; use --device cpu"))
+        Err(anyhow::anyhow!("--device cuda: this build has no CUDA support (rebuild with the `cuda` feature)"))
     };
 }

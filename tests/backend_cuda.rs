@@ -1,0 +1,45 @@
+//! CUDA backend vs the CPU oracle (the parity suite), plus driver-probe behaviour.
+//! Every test skips, with a printed reason, on machines without an NVIDIA GPU.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+tz_parity_tests!(common::cuda::cuda_or_skip());
+
+use tz_engine::backend::cuda::{driver_present, CudaBackend, NO_DRIVER};
+
+/// Without a driver, opening the backend is an error with a clear message, never a panic.
+#[test]
+fn new_without_driver_errs_cleanly() {
+    let r = std::panic::catch_unwind(|| CudaBackend::new(0).map(|_| ()));
+    let r = r.expect("CudaBackend::new must not panic");
+    if driver_present() {
+        eprintln!("skipped: a CUDA driver is present here (new(0) returned {:?})", r.as_ref().err().map(|e| e.to_string()));
+        return;
+    }
+    let err = r.expect_err("no driver: new(0) must fail");
+    assert_eq!(err.to_string(), NO_DRIVER);
+}
+
+/// An out-of-range ordinal is an error too (on machines with a driver).
+#[test]
+fn bad_ordinal_errs() {
+    let r = std::panic::catch_unwind(|| CudaBackend::new(4096).map(|_| ()));
+    let r = r.expect("CudaBackend::new must not panic");
+    assert!(r.is_err());
+}
+
+/// The NVRTC fallback (used when the crate was built without nvcc) compiles every embedded
+/// kernel source. Needs only libnvrtc, no GPU; skips when it is absent.
+#[test]
+fn nvrtc_fallback_sources_compile() {
+    // SAFETY: dlopen probe only.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        eprintln!("skipped: libnvrtc not found (e.g. LD_LIBRARY_PATH=.cache/nvrtc/nvidia/cu13/lib after tools/install-nvcc.sh --nvrtc)");
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        let done = tz_engine::backend::cuda::nvrtc_check_all(arch).unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        assert!(done.iter().all(|(_, len)| *len > 0));
+    }
+}

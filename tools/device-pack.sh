@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine needs into the git-ignored .device/ (that machine has no Rust
+# toolchain): the release tz-engine binary and the CUDA test executables, stripped, plus a
+# manifest. All kernels are compiled by nvcc here (TZ_REQUIRE_NVCC=1: a missing or failing
+# nvcc is an error, never a silent NVRTC fallback).
+#
+#   tools/device-pack.sh        # then, on the device, with .device carried:
+#                               #   bash tools/gpu-check.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+limit=$((64 * 1024 * 1024))
+
+if [ -z "${NVCC:-}" ] && ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_HOME:-}" ]; then
+  NVCC="$(tools/install-nvcc.sh | tail -1)"
+  export NVCC
+fi
+export TZ_REQUIRE_NVCC=1
+
+rm -rf .device
+mkdir -p .device/bin
+cargo build --release --bin tz-engine
+# Every integration test with "cuda" in its name.
+tests=()
+for f in tests/*cuda*.rs; do
+  [ -e "$f" ] || continue
+  tests+=(--test "$(basename "$f" .rs)")
+done
+cargo test --release --no-run --message-format=json "${tests[@]}" >.device/cargo-test.json
+python3 - <<'PY'
+import json, shutil, os
+seen = {}
+for line in open(".device/cargo-test.json"):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
+        name = m["target"]["name"]
+        seen[name] = m["executable"]
+for name, exe in sorted(seen.items()):
+    shutil.copy2(exe, os.path.join(".device/bin", name))
+    print("test executable:", name)
+PY
+rm -f .device/cargo-test.json
+cp target/release/tz-engine .device/bin/tz-engine
+if command -v strip >/dev/null 2>&1; then
+  strip .device/bin/* || true
+fi
+cp target/release/build/tz-engine-*/out/ptxas-report.txt .device/ 2>/dev/null || true
+
+{
+  echo "tz-engine device pack"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
+  echo "nvcc: $("${NVCC:-nvcc}" --version 2>/dev/null | tail -1)"
+  echo
+  (cd .device && find . -type f ! -name MANIFEST.txt | sort | while read -r f; do
+    printf '%10d  %s  %s\n' "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -c1-16)" "$f"
+  done)
+} >.device/MANIFEST.txt
+
+total=$(du -sb .device | cut -f1)
+cat .device/MANIFEST.txt
+echo "total: $total bytes"
+if [ "$total" -ge "$limit" ]; then
+  echo "error: .device is $total bytes, over the 64 MiB the device run can carry" >&2
+  exit 1
+fi

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, with .device/ (tools/device-pack.sh)
+# carried along. Needs no Rust toolchain. Writes its report to $OUT (or .device/out):
+#   gpu-check.txt   summary and every step's output
+# Steps: the CUDA test executables (TZ_REQUIRE_GPU=1, so "no GPU" fails instead of
+# skipping); compute-sanitizer memcheck and racecheck on the kernel tests; `tz-engine bench
+# kernels` if that subcommand exists; `python3 tools/bench_torch.py` if present.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+out="${OUT:-$root/.device/out}"
+mkdir -p "$out"
+report="$out/gpu-check.txt"
+: >"$report"
+bin="$root/.device/bin"
+pass=0
+fail=0
+
+log() { echo "$*" | tee -a "$report"; }
+step() {
+  # step NAME TIMEOUT CMD...
+  local name="$1" t="$2"
+  shift 2
+  log ""
+  log "=== $name: $*"
+  local start=$SECONDS
+  timeout "$t" "$@" >"$out/step.log" 2>&1
+  local rc=$?
+  tail -c 20000 "$out/step.log" >>"$report"
+  rm -f "$out/step.log"
+  if [ $rc -eq 0 ]; then
+    pass=$((pass + 1))
+    log "--- $name: ok ($((SECONDS - start)) s)"
+  else
+    fail=$((fail + 1))
+    log "--- $name: FAILED rc=$rc ($((SECONDS - start)) s)"
+  fi
+}
+
+if [ ! -d "$bin" ]; then
+  log "no .device/bin: run tools/device-pack.sh on the build machine and carry .device"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+# cuBLASLt / NVRTC: the toolkit's, or the ones PyTorch's wheels carry.
+extra="$(python3 - 2>/dev/null <<'PY'
+import glob, os, site
+paths = []
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    paths += glob.glob(os.path.join(sp, "nvidia", "*", "lib"))
+print(":".join(p for p in paths if os.path.isdir(p)))
+PY
+)"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && extra="$extra:$d"
+done
+export LD_LIBRARY_PATH="${extra#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+log "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+[ -f .device/MANIFEST.txt ] && head -4 .device/MANIFEST.txt | tee -a "$report"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 | tee -a "$report"
+export TZ_REQUIRE_GPU=1 RUST_BACKTRACE=1
+
+tests=()
+for exe in "$bin"/*; do
+  case "$(basename "$exe")" in
+    tz-engine) ;;
+    *) tests+=("$exe") ;;
+  esac
+done
+
+for exe in "${tests[@]}"; do
+  step "test $(basename "$exe")" 600 "$exe" --test-threads=1 --nocapture
+done
+
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for exe in "${tests[@]}"; do
+    case "$(basename "$exe")" in
+      cuda_smoke*)
+        step "memcheck $(basename "$exe")" 900 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --test-threads=1
+        step "racecheck $(basename "$exe")" 900 compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --test-threads=1
+        ;;
+    esac
+  done
+else
+  log "compute-sanitizer not found: memcheck/racecheck skipped"
+fi
+
+if [ -x "$bin/tz-engine" ] && "$bin/tz-engine" bench --help 2>/dev/null | grep -qi kernels; then
+  step "tz-engine bench kernels" 600 "$bin/tz-engine" bench kernels
+else
+  log "tz-engine bench kernels: not available in this build (skipped)"
+fi
+
+if [ -f tools/bench_torch.py ]; then
+  step "bench_torch.py" 600 python3 tools/bench_torch.py
+fi
+
+log ""
+log "$pass passed, $fail failed"
+[ $fail -eq 0 ]
