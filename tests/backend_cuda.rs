@@ -1,10 +1,6 @@
-//! CUDA backend vs the CPU oracle (the parity suite), plus driver-probe behaviour.
-//! Every test skips, with a printed reason, on machines without an NVIDIA GPU.
+//! CUDA backend construction and driver-probe behaviour (the per-op parity suite is
+//! tests/parity_cuda.rs). Tests needing a GPU skip, with a printed reason, without one.
 #![cfg(feature = "cuda")]
-
-mod common;
-
-tz_parity_tests!(common::cuda::cuda_or_skip());
 
 use tz_engine::backend::cuda::{driver_present, CudaBackend, NO_DRIVER};
 

@@ -1,5 +1,5 @@
-//! CUDA kernels against small host references written here (independent of the CPU backend),
-//! so the kernels can be checked on a GPU even before the parity suite is merged. Inputs are
+//! CUDA kernels against small host references written here (independent of the CPU backend;
+//! tests/parity_cuda.rs compares with the CPU oracle). Inputs are
 //! rounded to bf16 on the host first, so references see exactly what the device sees.
 //! Every test skips, with a printed reason, without a GPU.
 #![cfg(feature = "cuda")]
