@@ -81,9 +81,17 @@ fn templates_match_tinyzero() {
 
 #[test]
 fn generators_are_seeded_solvable_and_distinct() {
-    let a = task::generate_countdown(200, 7, &[3, 4]);
-    assert_eq!(a, task::generate_countdown(200, 7, &[3, 4]));
-    assert_ne!(a, task::generate_countdown(200, 8, &[3, 4]));
+    let spec = task::CountdownSpec::default();
+    let a = task::generate_countdown(200, 7, &spec);
+    assert_eq!(a, task::generate_countdown(200, 7, &spec));
+    assert_ne!(a, task::generate_countdown(200, 8, &spec));
+    // Ranges are honoured.
+    let small = task::CountdownSpec { counts: vec![4], max_number: 9, max_target: 30 };
+    for p in task::generate_countdown(100, 3, &small) {
+        let task::Problem::Countdown { nums, target } = p else { panic!("not countdown") };
+        assert_eq!(nums.len(), 4);
+        assert!(nums.iter().all(|n| (1..=9).contains(n)) && (1..=30).contains(&target));
+    }
     for p in &a {
         let Problem::Countdown { nums, target } = p else { panic!() };
         assert!(nums.len() == 3 || nums.len() == 4);

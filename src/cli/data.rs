@@ -30,6 +30,12 @@ pub struct CountdownArgs {
     /// How many numbers per instance, e.g. 3,4.
     #[arg(long, default_value = "3,4")]
     pub counts: String,
+    /// Numbers are drawn from 1..=max-number
+    #[arg(long, default_value_t = 99)]
+    pub max_number: i64,
+    /// Targets are drawn from 1..=max-target
+    #[arg(long, default_value_t = 99)]
+    pub max_target: i64,
     #[arg(long)]
     pub from_parquet: Option<PathBuf>,
     /// Row range of the parquet file, e.g. 0..327680 (TinyZero's train split).
@@ -73,7 +79,12 @@ pub fn run(args: DataArgs) -> Result<i32> {
                         .map(|s| s.trim().parse::<usize>().ok().filter(|c| (2..=6).contains(c)))
                         .collect::<Option<_>>()
                         .ok_or_else(|| anyhow::anyhow!("--counts must list sizes between 2 and 6, e.g. 3,4"))?;
-                    task::generate_countdown(n, a.seed, &counts)
+                    {
+                    if a.max_number < 1 || a.max_target < 1 {
+                        bail!("--max-number and --max-target must be at least 1");
+                    }
+                    task::generate_countdown(n, a.seed, &task::CountdownSpec { counts, max_number: a.max_number, max_target: a.max_target })
+                }
                 }
                 (None, None) => bail!("give --n N (generate) or --from-parquet FILE (convert)"),
             };

@@ -109,7 +109,7 @@ pub fn init_params(cfg: &Qwen2Config, seed: u64) -> Vec<f32> {
 pub fn default_corpus(seed: u64) -> Vec<String> {
     use crate::task::{self, Template};
     let mut out = vec![];
-    for p in task::generate_countdown(2000, seed, &[3, 4]) {
+    for p in task::generate_countdown(2000, seed, &task::CountdownSpec::default()) {
         for t in [Template::Compact, Template::Base] {
             let r = task::sft_response(&p, t).unwrap_or_default();
             out.push(format!("{}{}", task::render_prompt(&p, t), r));

@@ -104,18 +104,40 @@ fn read_parquet(path: &Path, rows: Option<Range<usize>>) -> Result<Vec<Problem>>
     Ok(out)
 }
 
-/// Countdown problems with `counts[k]` numbers (chosen uniformly among `counts`), numbers
-/// uniform in 1..=99, targets uniform in 1..=99, kept only when the solver finds a solution.
-pub fn generate_countdown(n: usize, seed: u64, counts: &[usize]) -> Vec<Problem> {
-    let counts: Vec<usize> = if counts.is_empty() { vec![3, 4] } else { counts.to_vec() };
+/// How generated Countdown problems look: how many numbers (chosen uniformly among `counts`),
+/// numbers uniform in 1..=max_number, targets uniform in 1..=max_target. TinyZero's dataset uses
+/// 3 or 4 numbers and targets below 100; smaller ranges make an easier curriculum for tiny models.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountdownSpec {
+    pub counts: Vec<usize>,
+    pub max_number: i64,
+    pub max_target: i64,
+}
+
+impl Default for CountdownSpec {
+    fn default() -> Self {
+        CountdownSpec { counts: vec![3, 4], max_number: 99, max_target: 99 }
+    }
+}
+
+/// Countdown problems drawn from `spec`, kept only when the solver finds a solution; sizes are
+/// uniform over `spec.counts`.
+pub fn generate_countdown(n: usize, seed: u64, spec: &CountdownSpec) -> Vec<Problem> {
+    let counts: Vec<usize> = if spec.counts.is_empty() { vec![3, 4] } else { spec.counts.clone() };
+    let (max_number, max_target) = (spec.max_number.max(1) as u64, spec.max_target.max(1) as u64);
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
+        // The size is drawn first and kept while redrawing unsolvable instances, so sizes stay
+        // uniform over `counts` even though small instances are less often solvable.
         let k = counts[rng.below(counts.len() as u64) as usize].clamp(2, 6);
-        let nums: Vec<i64> = (0..k).map(|_| 1 + rng.below(99) as i64).collect();
-        let target = 1 + rng.below(99) as i64;
-        if solve_countdown(&nums, target).is_some() {
-            out.push(Problem::Countdown { nums, target });
+        for _ in 0..10_000 {
+            let nums: Vec<i64> = (0..k).map(|_| 1 + rng.below(max_number) as i64).collect();
+            let target = 1 + rng.below(max_target) as i64;
+            if solve_countdown(&nums, target).is_some() {
+                out.push(Problem::Countdown { nums, target });
+                break;
+            }
         }
     }
     out

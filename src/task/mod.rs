@@ -15,7 +15,7 @@ pub mod reward;
 pub mod solver;
 pub mod template;
 
-pub use data::{generate_countdown, generate_multiply, load_problems};
+pub use data::{generate_countdown, CountdownSpec, generate_multiply, load_problems};
 pub use reward::{score, Reason, RewardKind, Score};
 pub use solver::solve_countdown;
 pub use template::{render_prompt, sft_response, Template};

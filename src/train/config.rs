@@ -55,6 +55,10 @@ pub struct DataSection {
     pub generate_test: usize,
     /// How many numbers generated Countdown problems use.
     pub counts: Vec<usize>,
+    /// Generated Countdown numbers lie in 1..=max_number, targets in 1..=max_target (the SFT
+    /// warm start draws from the same ranges).
+    pub max_number: i64,
+    pub max_target: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +120,10 @@ pub struct SftSection {
     /// Countdown sizes the warm start sees (e.g. [3]: the model must discover 4 by RL).
     pub counts: Vec<usize>,
     pub examples: usize,
+    /// Fraction of warm-start answers written as `expr=target` inside the answer tag, the way
+    /// base language models often answer. TinyZero's reward scores those as format-only (the
+    /// target joins the numbers used), so RL must discover the bare-equation style.
+    pub equals_fraction: f32,
     /// `tz-engine sft`: JSONL of {"prompt", "response"} to train on.
     pub data: PathBuf,
 }
@@ -159,6 +167,8 @@ impl Default for DataSection {
             generate_train: 4096,
             generate_test: 256,
             counts: vec![3, 4],
+            max_number: 99,
+            max_target: 99,
         }
     }
 }
@@ -207,7 +217,7 @@ impl Default for TrainSection {
 
 impl Default for SftSection {
     fn default() -> Self {
-        SftSection { steps: 0, lr: 1e-3, batch: 64, counts: vec![3], examples: 20000, data: PathBuf::new() }
+        SftSection { steps: 0, lr: 1e-3, batch: 64, counts: vec![3], examples: 20000, equals_fraction: 0.0, data: PathBuf::new() }
     }
 }
 
@@ -271,12 +281,23 @@ impl TrainConfig {
         if self.data.counts.iter().any(|&c| !(2..=6).contains(&c)) || self.data.counts.is_empty() {
             bail!("data.counts must list Countdown sizes between 2 and 6");
         }
+        if !(0.0..=1.0).contains(&self.sft.equals_fraction) {
+            bail!("sft.equals_fraction must lie in [0, 1]");
+        }
+        if !(1..=1_000_000).contains(&self.data.max_number) || !(1..=1_000_000).contains(&self.data.max_target) {
+            bail!("data.max_number and data.max_target must lie in 1..=1000000");
+        }
         parse_rows(&self.data.train_rows)?;
         parse_rows(&self.data.test_rows)?;
         if self.name.is_empty() || self.name.contains(['/', '\\']) {
             bail!("name must be a non-empty file name");
         }
         Ok(())
+    }
+
+    /// The generator settings for Countdown problems with `counts` numbers.
+    pub fn countdown_spec(&self, counts: &[usize]) -> crate::task::CountdownSpec {
+        crate::task::CountdownSpec { counts: counts.to_vec(), max_number: self.data.max_number, max_target: self.data.max_target }
     }
 
     pub fn run_dir(&self) -> PathBuf {

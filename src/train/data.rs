@@ -52,7 +52,7 @@ pub fn load_problems(cfg: &TrainConfig) -> Result<(Vec<Problem>, Vec<Problem>)> 
         let seed = crate::rng::derive_seed(cfg.seed, salt, 0x5eed);
         match cfg.task.name.as_str() {
             "multiply" => task::generate_multiply(n, seed),
-            _ => task::generate_countdown(n, seed, &d.counts),
+            _ => task::generate_countdown(n, seed, &cfg.countdown_spec(&d.counts)),
         }
     };
     let train = if d.train.as_os_str().is_empty() {

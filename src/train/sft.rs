@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Trains `model` on (prompt, response) token pairs: `steps` AdamW updates of `batch`
-/// sequences each, mean token cross-entropy. Returns the mean loss of the last 10% of steps.
+/// sequences each, mean token cross-entropy, learning rate decayed from `lr` to `lr / 10` on a
+/// cosine. Returns the mean loss of the last 10% of steps.
 #[allow(clippy::too_many_arguments)]
 pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, pairs: &[(Vec<u32>, Vec<u32>)], steps: usize, lr: f32, batch: usize, seed: u64, label: &str) -> Result<f32> {
     if pairs.is_empty() || steps == 0 {
@@ -56,7 +57,11 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, pairs: &[(Vec<u32>, Vec<u
         let loss = -host[..nt].iter().map(|&x| x as f64).sum::<f64>() / nt as f64;
         be.fill(ws.dlogp(), -1.0 / nt as f32)?;
         model.backward_logprobs(be, &ws, &opt.grads, false)?;
-        let o = opt.step(be, model, lr)?;
+        // Cosine decay to a tenth of `lr`: a warm start from random init converges much
+        // further than at a constant rate in the same number of steps.
+        let frac = step as f32 / steps.max(1) as f32;
+        let lr_t = lr * (0.1 + 0.45 * (1.0 + (std::f32::consts::PI * frac).cos()));
+        let o = opt.step(be, model, lr_t)?;
         if o.skipped {
             bail!("{label}: non-finite gradient at SFT step {step}; lower sft.lr");
         }
@@ -97,7 +102,7 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32
 /// text, random init, SFT warm start) and reused by later runs and resumes.
 pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
     // Keyed by everything that shapes the base model, so changing the SFT settings builds anew.
-    let key = format!("{:?}|{:?}|{}|{}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed);
+    let key = format!("{:?}|{:?}|{}|{}|{}|{}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed, cfg.data.max_number, cfg.data.max_target);
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let dir = cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32));
     if dir.join("config.json").is_file() {
@@ -108,11 +113,18 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let s = &cfg.sft;
     let problems = match cfg.task.name.as_str() {
         "multiply" => task::generate_multiply(s.examples, derive_seed(cfg.seed, 0x5f7, 1)),
-        _ => task::generate_countdown(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &s.counts),
+        _ => task::generate_countdown(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.countdown_spec(&s.counts)),
     };
+    let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
     let texts: Vec<(String, String)> = problems
         .iter()
-        .filter_map(|p| task::sft_response(p, template).map(|r| (task::render_prompt(p, template), r)))
+        .filter_map(|p| {
+            let mut r = task::sft_response(p, template)?;
+            if style.next_f64() < s.equals_fraction as f64 {
+                r = with_equals_target(p, &r);
+            }
+            Some((task::render_prompt(p, template), r))
+        })
         .collect();
     if texts.is_empty() {
         bail!("no SFT examples could be written for task {}", cfg.task.name);
@@ -131,4 +143,37 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     sft_train(be, &model, &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
     save_model(&dir, &mcfg, &model.layout, &model.to_host(be)?, SaveDtype::F32, Some(&tok.to_json_string()?))?;
     Ok(dir)
+}
+
+/// `…<answer>EXPR</answer>` → `…<answer>EXPR=TARGET</answer>` (Countdown; other tasks as is).
+fn with_equals_target(p: &task::Problem, response: &str) -> String {
+    match (p, response.rfind("</answer>")) {
+        (task::Problem::Countdown { target, .. }, Some(at)) => {
+            let (head, tail) = response.split_at(at);
+            if head.ends_with(' ') {
+                format!("{} = {target} {tail}", head.trim_end())
+            } else {
+                format!("{head}={target}{tail}")
+            }
+        }
+        _ => response.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_equals_target;
+    use crate::task::{score, Problem, RewardKind, Template};
+
+    #[test]
+    fn equals_style_is_format_only_under_the_tinyzero_reward() {
+        let p = Problem::Countdown { nums: vec![4, 5, 3], target: 27 };
+        for t in [Template::Compact, Template::Base] {
+            let bare = crate::task::sft_response(&p, t).unwrap();
+            let eq = with_equals_target(&p, &bare);
+            assert!(eq.contains("27") && eq.ends_with("</answer>"), "{eq}");
+            assert_eq!(score(&p, &bare, RewardKind::Tinyzero).score, 1.0, "{bare}");
+            assert_eq!(score(&p, &eq, RewardKind::Tinyzero).score, 0.1, "{eq}");
+        }
+    }
 }
