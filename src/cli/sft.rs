@@ -30,13 +30,14 @@ pub fn run(args: SftArgs) -> Result<i32> {
 
 fn sft<B: Backend>(be: &B, cfg: &crate::train::TrainConfig) -> Result<i32> {
     let (model, tok) = load_model(be, &cfg.model.path)?;
+    let host = crate::model::weights::load_params(&cfg.model.path, &model.cfg, &model.layout)?;
     let pairs = load_pairs(&cfg.sft.data, &tok)?;
     if let Some((i, _)) = pairs.iter().enumerate().find(|(_, (p, r))| p.len() + r.len() > model.cfg.max_position_embeddings) {
         bail!("{}: item {}: longer than the model's context ({})", cfg.sft.data.display(), i + 1, model.cfg.max_position_embeddings);
     }
-    let loss = sft_train(be, &model, &pairs, cfg.sft.steps, cfg.sft.lr, cfg.sft.batch, cfg.seed, "SFT")?;
+    let (loss, trained) = sft_train(be, &model, Some(&host), &pairs, cfg.sft.steps, cfg.sft.lr, cfg.sft.batch, cfg.seed, "SFT")?;
     let out = cfg.run_dir().join("final");
-    save_model(&out, &model.cfg, &model.layout, &model.to_host(be)?, SaveDtype::F32, Some(&tok.to_json_string()?))?;
+    save_model(&out, &model.cfg, &model.layout, &trained, SaveDtype::F32, Some(&tok.to_json_string()?))?;
     println!("SFT done: final loss {loss:.4}; model written to {}", out.display());
     Ok(0)
 }

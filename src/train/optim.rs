@@ -59,6 +59,29 @@ impl<B: Backend> Optimizer<B> {
         })
     }
 
+    /// Sets the f32 master weights (backends that keep them) from full-precision host values:
+    /// `new` can only copy the act-dtype (bf16) parameters, which would round an f32
+    /// checkpoint's weights before training starts. No-op without master weights.
+    pub fn init_master(&self, be: &B, host: &[f32]) -> Result<()> {
+        if let Some(mw) = &self.master {
+            anyhow::ensure!(host.len() == mw.len(), "master weights: {} values for {} parameters", host.len(), mw.len());
+            be.upload_f32(View::all(mw), host)?;
+        }
+        Ok(())
+    }
+
+    /// The parameters at full precision on the host: the master copy where there is one.
+    pub fn params_to_host(&self, be: &B, model: &Qwen2<B>) -> Result<Vec<f32>> {
+        match &self.master {
+            Some(mw) => {
+                let mut h = vec![0f32; mw.len()];
+                be.download_f32(View::all(mw), &mut h)?;
+                Ok(h)
+            }
+            None => model.to_host(be),
+        }
+    }
+
     pub fn zero_grad(&self, be: &B) -> Result<()> {
         be.fill(View::all(&self.grads), 0.0)
     }

@@ -131,6 +131,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let bufs = LossBufs { ref_logp: f(max_targets)?, old_logp: f(max_targets)?, adv: f(max_targets)?, weight: f(max_targets)?, target: f(mb)?, loss: f(max_targets)? };
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
         let mut opt = Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
+        if ckpt.is_none() && opt.master.is_some() {
+            let layout = crate::model::ParamLayout::new(&policy.cfg);
+            opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
+        }
         let state = match &ckpt {
             Some(c) => {
                 opt.load_state(be, &c.opt)?;
@@ -240,7 +244,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             interrupted,
         };
         checkpoint::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-        crate::model::weights::save_model(&self.run_dir.join("final"), &self.policy.cfg, &self.policy.layout, &self.policy.to_host(self.be)?, crate::model::weights::SaveDtype::F32, Some(&self.tokenizer_json))?;
+        crate::model::weights::save_model(&self.run_dir.join("final"), &self.policy.cfg, &self.policy.layout, &self.opt.params_to_host(self.be, &self.policy)?, crate::model::weights::SaveDtype::F32, Some(&self.tokenizer_json))?;
         if let Err(e) = super::plot::plot_run(&self.run_dir) {
             eprintln!("warning: could not draw learning curves: {e:#}");
         }
@@ -442,7 +446,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     }
 
     fn save(&mut self) -> Result<()> {
-        let params = self.policy.to_host(self.be)?;
+        let params = self.opt.params_to_host(self.be, &self.policy)?;
         let opt = self.opt.state_to_host(self.be)?;
         checkpoint::save(&self.run_dir, &self.policy.cfg, &self.policy.layout, &params, &self.tokenizer_json, &opt, &self.state)?;
         Ok(())

@@ -18,9 +18,11 @@ use std::time::Instant;
 /// sequences each, mean token cross-entropy, learning rate decayed from `lr` to `lr / 10` on a
 /// cosine. Returns the mean loss of the last 10% of steps.
 #[allow(clippy::too_many_arguments)]
-pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, pairs: &[(Vec<u32>, Vec<u32>)], steps: usize, lr: f32, batch: usize, seed: u64, label: &str) -> Result<f32> {
+/// `master`: the parameters at full precision (f32 master weights start from them on backends
+/// that keep such a copy). Returns the trained parameters at full precision too.
+pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, master: Option<&[f32]>, pairs: &[(Vec<u32>, Vec<u32>)], steps: usize, lr: f32, batch: usize, seed: u64, label: &str) -> Result<(f32, Vec<f32>)> {
     if pairs.is_empty() || steps == 0 {
-        return Ok(f32::NAN);
+        return Ok((f32::NAN, model.to_host(be)?));
     }
     let batch = batch.min(pairs.len()).max(1);
     let max_len = pairs.iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
@@ -28,6 +30,9 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, pairs: &[(Vec<u32>, Vec<u
     let mut ws = LogprobWorkspace::new(be, &model.cfg, batch * max_len, batch, batch * max_resp, true)?;
     // A warm start from random init: no weight decay, clip at 1.
     let mut opt = Optimizer::new(be, model, AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() })?;
+    if let Some(h) = master {
+        opt.init_master(be, h)?;
+    }
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     let mut rng = Rng::new(derive_seed(seed, 0x5f7, 0));
     rng.shuffle(&mut order);
@@ -74,7 +79,7 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, pairs: &[(Vec<u32>, Vec<u
     bar.finish_and_clear();
     let tail_loss = (tail.iter().sum::<f64>() / tail.len().max(1) as f64) as f32;
     eprintln!("{label}: {steps} steps in {:.1}s, final loss {tail_loss:.4}", started.elapsed().as_secs_f64());
-    Ok(tail_loss)
+    Ok((tail_loss, opt.params_to_host(be, model)?))
 }
 
 /// Tokenized (prompt, response) pairs from a JSONL file of `{"prompt":..., "response":...}`.
@@ -140,8 +145,8 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let model = Qwen2::from_host(be, mcfg.clone(), &host)?;
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().map(|(p, r)| Ok((tok.encode(p)?, tok.encode(r)?))).collect::<Result<_>>()?;
     eprintln!("base model: preset {} ({} parameters, vocab {}), SFT on {} examples ({:?} numbers)", cfg.model.preset, model.layout.total, mcfg.vocab_size, pairs.len(), s.counts);
-    sft_train(be, &model, &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
-    save_model(&dir, &mcfg, &model.layout, &model.to_host(be)?, SaveDtype::F32, Some(&tok.to_json_string()?))?;
+    let (_, trained) = sft_train(be, &model, Some(&host), &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
+    save_model(&dir, &mcfg, &model.layout, &trained, SaveDtype::F32, Some(&tok.to_json_string()?))?;
     Ok(dir)
 }
 
