@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what the GPU machine needs into the git-ignored .device/ (that machine has no Rust
-# toolchain): the release tz-engine binary and the CUDA test executables, stripped, plus a
-# manifest. All kernels are compiled by nvcc here (TZ_REQUIRE_NVCC=1: a missing or failing
+# toolchain): the release tz-engine binary, the CUDA test executables and the per-kernel
+# criterion bench, stripped, plus a manifest. All kernels are compiled by nvcc here (TZ_REQUIRE_NVCC=1: a missing or failing
 # nvcc is an error, never a silent NVRTC fallback).
 #
 #   tools/device-pack.sh        # then, on the device, with .device carried:
@@ -43,9 +43,24 @@ for name, exe in sorted(seen.items()):
     print("test executable:", name)
 PY
 rm -f .device/cargo-test.json
+# The per-kernel criterion bench (benches/kernels.rs), run there filtered to its CUDA group.
+mkdir -p .device/bench
+cargo bench --no-run --bench kernels --message-format=json >.device/cargo-bench.json
+python3 - <<'PY'
+import json, shutil
+for line in open(".device/cargo-bench.json"):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        shutil.copy2(m["executable"], ".device/bench/" + m["target"]["name"])
+        print("bench executable:", m["target"]["name"])
+PY
+rm -f .device/cargo-bench.json
 cp target/release/tz-engine .device/bin/tz-engine
 if command -v strip >/dev/null 2>&1; then
-  strip .device/bin/* || true
+  strip .device/bin/* .device/bench/* || true
 fi
 cp target/release/build/tz-engine-*/out/ptxas-report.txt .device/ 2>/dev/null || true
 

@@ -4,7 +4,7 @@
 #   gpu-check.txt   summary and every step's output
 # Steps: the CUDA test executables (TZ_REQUIRE_GPU=1, so "no GPU" fails instead of
 # skipping); compute-sanitizer memcheck and racecheck on the kernel tests; `tz-engine bench
-# kernels` if that subcommand exists; `python3 tools/bench_torch.py` if present.
+# kernels --device cuda` if that subcommand exists; the criterion kernel bench's CUDA group; `python3 tools/bench_torch.py` if present.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -88,9 +88,13 @@ else
 fi
 
 if [ -x "$bin/tz-engine" ] && "$bin/tz-engine" bench --help 2>/dev/null | grep -qi kernels; then
-  step "tz-engine bench kernels" 600 "$bin/tz-engine" bench kernels
+  step "tz-engine bench kernels" 600 "$bin/tz-engine" bench kernels --device cuda --json "$out/bench-kernels.jsonl"
 else
   log "tz-engine bench kernels: not available in this build (skipped)"
+fi
+
+if [ -x .device/bench/kernels ]; then
+  step "criterion kernels (cuda group)" 600 .device/bench/kernels --bench cuda_
 fi
 
 if [ -f tools/bench_torch.py ]; then
