@@ -13,6 +13,7 @@ use crate::algo::{grpo, Algorithm};
 use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
+use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::rollout::{Finish, GenConfig, Generator};
 use crate::task::{RewardKind, Template};
@@ -254,6 +255,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// A*PO stage 1 (cached): V* per training prompt from the reference policy.
     fn stage1(&mut self) -> Result<()> {
         let a = &self.cfg.algo;
+        let _r = nvtx::range("vstar");
         let started = Instant::now();
         let cache_dir = self.cfg.out_dir.join("vstar-cache");
         let table = vstar::compute_or_load(self.be, &self.reference, &self.gen, &self.tok, &self.train, &cache_dir, a.n_vstar, a.beta1, &self.stop, self.reward, self.cfg.seed, |done, total| {
@@ -301,15 +303,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let prompts = self.next_prompts(t.batch_prompts);
         let idx: Vec<usize> = prompts.iter().flat_map(|&i| std::iter::repeat_n(i, per_prompt)).collect();
         let seeds: Vec<u64> = (0..idx.len()).map(|j| derive_seed(cfg.seed, self.state.step as u64 + 1, j as u64)).collect();
-        let outs = rollout(self.be, &self.policy, &self.gen, &self.tok, &self.train, &idx, &seeds, &self.stop, self.reward)?;
+        let outs = {
+            let _r = nvtx::range("rollout");
+            rollout(self.be, &self.policy, &self.gen, &self.tok, &self.train, &idx, &seeds, &self.stop, self.reward)?
+        };
         let t_rollout = t0.elapsed().as_secs_f32();
 
         let rewards: Vec<f32> = outs.iter().map(|o| o.score.score).collect();
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = outs.iter().map(|o| (self.train.tokens[o.idx].clone(), o.tokens.clone())).collect();
         // Reference (and, for GRPO, behaviour-policy) log-probs of every response.
         let t1 = Instant::now();
-        let ref_lp = self.logprobs_of(&pairs, false)?;
-        let old_lp = if grpo_mode { Some(self.logprobs_of(&pairs, true)?) } else { None };
+        let ref_lp = {
+            let _r = nvtx::range("ref_logprobs");
+            self.logprobs_of(&pairs, false)?
+        };
+        let old_lp = if grpo_mode {
+            let _r = nvtx::range("old_logprobs");
+            Some(self.logprobs_of(&pairs, true)?)
+        } else {
+            None
+        };
         let t_ref = t1.elapsed().as_secs_f32();
 
         let t2 = Instant::now();
@@ -330,7 +343,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ent_sum += e;
             }
             ntok_total += ntok_mini;
-            let o = self.opt.step(self.be, &self.policy, t.lr)?;
+            let o = {
+                let _r = nvtx::range("optimizer");
+                self.opt.step(self.be, &self.policy, t.lr)?
+            };
             grad_norm = o.grad_norm;
             skipped |= o.skipped;
         }
@@ -393,6 +409,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let a = &self.cfg.algo;
         let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
         let batch = PackedBatch::from_pairs(&sub)?;
+        let fwd = nvtx::range("forward");
         self.ws.load(be, &self.policy.cfg, &batch)?;
         self.policy.forward_logprobs(be, &self.ws, true)?;
         let nt = batch.n_targets();
@@ -422,7 +439,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         // Loss term −entropy_coeff · mean token entropy over the mini-batch.
         be.fill(self.ws.dentropy(), -a.entropy_coeff / mini_tokens as f32)?;
-        self.policy.backward_logprobs(be, &self.ws, &self.opt.grads, true)?;
+        drop(fwd);
+        {
+            let _r = nvtx::range("backward");
+            self.policy.backward_logprobs(be, &self.ws, &self.opt.grads, true)?;
+        }
         let mut l = vec![0f32; loss_len];
         be.download_f32(View { buf: &self.bufs.loss, off: 0, len: loss_len }, &mut l)?;
         let mut e = vec![0f32; nt];
@@ -436,6 +457,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     }
 
     fn eval(&mut self) -> Result<EvalReport> {
+        let _r = nvtx::range("eval");
         let t = &self.cfg.train;
         evaluate(self.be, &self.policy, &self.gen, &self.tok, &self.test, t.eval_limit, t.max_response_tokens, &self.stop, self.reward, 0, self.cfg.seed)
     }

@@ -7,6 +7,7 @@ use super::optim::{AdamWConfig, Optimizer};
 use crate::backend::Backend;
 use crate::model::weights::{save_model, SaveDtype};
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
+use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::task::{self, Template};
 use crate::tokenizer::Tokenizer;
@@ -54,19 +55,27 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, master: Option<&[f32]>, p
         }
         let sub: Vec<(&[u32], &[u32])> = sel.iter().map(|(p, r)| (p.as_slice(), r.as_slice())).collect();
         let b = PackedBatch::from_pairs(&sub)?;
+        let fwd = nvtx::range("sft_forward");
         ws.load(be, &model.cfg, &b)?;
         opt.zero_grad(be)?;
         model.forward_logprobs(be, &ws, false)?;
         let nt = b.n_targets();
         be.download_f32(ws.logp(), &mut host[..nt])?;
         let loss = -host[..nt].iter().map(|&x| x as f64).sum::<f64>() / nt as f64;
-        be.fill(ws.dlogp(), -1.0 / nt as f32)?;
-        model.backward_logprobs(be, &ws, &opt.grads, false)?;
+        drop(fwd);
+        {
+            let _r = nvtx::range("sft_backward");
+            be.fill(ws.dlogp(), -1.0 / nt as f32)?;
+            model.backward_logprobs(be, &ws, &opt.grads, false)?;
+        }
         // Cosine decay to a tenth of `lr`: a warm start from random init converges much
         // further than at a constant rate in the same number of steps.
         let frac = step as f32 / steps.max(1) as f32;
         let lr_t = lr * (0.1 + 0.45 * (1.0 + (std::f32::consts::PI * frac).cos()));
-        let o = opt.step(be, model, lr_t)?;
+        let o = {
+            let _r = nvtx::range("optimizer");
+            opt.step(be, model, lr_t)?
+        };
         if o.skipped {
             bail!("{label}: non-finite gradient at SFT step {step}; lower sft.lr");
         }
