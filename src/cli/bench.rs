@@ -108,6 +108,12 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
     let (logits, tgt, lp, lse) = (buf(act, lrows * vocab)?, buf(DType::U32, lrows)?, buf(DType::F32, lrows)?, buf(DType::F32, lrows)?);
     let s = time(be, a.reps, || be.logprob_fwd(View::all(&lp), View::all(&lse), None, View::all(&logits), View::all(&tgt), lrows, vocab, 1.0))?;
     mem("logprob_fwd", format!("{lrows}x{vocab}"), s, (lrows * vocab) as f64 * es);
+    // Backward: reads the logits, writes the logit gradients (fused softmax − one-hot).
+    let (dlogits, dlp) = (buf(act, lrows * vocab)?, buf(DType::F32, lrows)?);
+    be.fill(View::all(&dlp), 1.0)?;
+    let s = time(be, a.reps, || be.logprob_bwd(View::all(&dlogits), View::all(&logits), View::all(&tgt), View::all(&lse), None, View::all(&dlp), None, lrows, vocab, 1.0))?;
+    mem("logprob_bwd", format!("{lrows}x{vocab}"), s, 2.0 * (lrows * vocab) as f64 * es);
+    drop((dlogits, dlp));
 
     // Sampling over [rows, vocab] with top-p.
     let srows = lrows.min(256);
@@ -124,6 +130,12 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
     let ap = AdamWParams { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 1, grad_scale: 1.0 };
     let s = time(be, a.reps, || be.adamw(View::all(&p), None, View::all(&gr), View::all(&m), View::all(&v), &ap))?;
     mem("adamw_f32", format!("{np}"), s, 7.0 * 4.0 * np as f64);
+    if be.needs_master_weights() {
+        // What training runs on this backend: f32 master + moments, activation-dtype weights out.
+        let w = buf(act, np)?;
+        let s = time(be, a.reps, || be.adamw(View::all(&w), Some(View::all(&p)), View::all(&gr), View::all(&m), View::all(&v), &ap))?;
+        mem("adamw_master", format!("{np}"), s, 7.0 * 4.0 * np as f64 + es * np as f64);
+    }
     drop((p, gr, m, v));
 
     // Causal attention forward, sequences of 1024 tokens.
@@ -142,6 +154,12 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
         let flops = nseq as f64 * 2.0 * (seq * seq) as f64 * hd as f64 * shape.n_head as f64;
         let tf = flops / s / 1e12;
         rows.push(Row { op: "attention_fwd".into(), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
+        // Backward: 2.5× the forward's FLOPs (dV, dP, dQ, dK GEMMs plus the recomputed scores).
+        let (dout, dqkv) = (buf(act, tok * shape.q_width())?, buf(act, tok * shape.qkv_width())?);
+        be.fill(View::all(&dout), 0.01)?;
+        let s = time(be, a.reps, || be.attention_bwd(View::all(&dqkv), View::all(&dout), View::all(&qkv), View::all(&o), View::all(&l), seqs, shape, 1.0 / (hd as f32).sqrt()))?;
+        let tf = 2.5 * flops / s / 1e12;
+        rows.push(Row { op: "attention_bwd".into(), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
     }
 
     println!("{:<16} {:<28} {:>10} {:>10} {:>10} {:>8}", "op", "shape", "ms", "GB/s", "TFLOP/s", "% peak");
