@@ -143,6 +143,11 @@ __device__ __forceinline__ float philox_uniform(u64 seed, u64 counter) {
 }
 
 // ---- misc ----------------------------------------------------------------------------------
+// Dynamic shared memory (sized by the launch). A macro so the CPU emulator (tools/cuda-emu)
+// can give it a per-block buffer instead.
+#ifndef TZ_DYN_SMEM
+#define TZ_DYN_SMEM(T, name) extern __shared__ T name[]
+#endif
 // Grid-stride loop over [0, n) with 64-bit indices.
 #define TZ_GRID_STRIDE(i, n)                                                              \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n);                 \

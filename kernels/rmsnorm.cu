@@ -60,7 +60,7 @@ extern "C" __global__ void residual_rmsnorm_fwd_bf16(bf16* resid_out, bf16* out,
 
 extern "C" __global__ void rmsnorm_bwd_bf16(bf16* dx, float* dw, const bf16* dout, const bf16* x, const bf16* w,
                                             const float* rstd, int n, int c) {
-    extern __shared__ float dw_acc[];  // c floats
+    TZ_DYN_SMEM(float, dw_acc);  // c floats
     __shared__ float sh[32];
     for (int j = threadIdx.x; j < c; j += blockDim.x) dw_acc[j] = 0.f;
     // No barrier needed: thread t only ever touches dw_acc[j] with j % blockDim == t.
