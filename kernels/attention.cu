@@ -9,9 +9,9 @@
 //   kcache / vcache [slots, t_max, KVH, D]
 //   q head h reads kv head g = h / (H / KVH).
 //
-// attn_fwd_d{64,128}: grid (ceil(max_len / 64), H, S), 256 threads = 16×16 (ty, tx).
+// attn_fwd_d{16,32,64,128}: grid (ceil(max_len / 64), H, S), 256 threads = 16×16 (ty, tx).
 //   A block owns 64 queries of one head of one sequence, keeps them in shared memory and
-//   loops over key tiles of BC keys (BC = 64 for D = 64, 32 for D = 128, so that shared
+//   loops over key tiles of BC keys (BC = 64 for D ≤ 64, 32 for D = 128, so that shared
 //   memory stays under the 48 KB static limit: ≈ 42 KB) up to the causal diagonal:
 //     1. S = scale·Q·Kᵀ for the tile: thread (ty, tx) computes rows ty + 16i, columns
 //        tx + 16j (fp32 FMA; K rows padded to D + 2 elements so the 16 rows a warp reads
@@ -26,7 +26,7 @@
 //
 // Backward (3 kernels, FA2 scheme):
 //   attn_bwd_dot: Dvec[t·H + h] = Σ_d dO·O (fp32), one warp per (t, h).
-//   attn_bwd_d{64,128}: grid (ceil(max_len / 32), KVH, S), 256 threads. A block owns a
+//   attn_bwd_d{16,32,64,128}: grid (ceil(max_len / 32), KVH, S), 256 threads. A block owns a
 //     32-key tile of one kv head and loops over the query heads of its group and the query
 //     tiles at or after the diagonal: recomputes P = e^{scale·QKᵀ − lse}, dP = dO·Vᵀ,
 //     dS = P∘(dP − Dvec); accumulates dV += Pᵀ·dO and dK += scale·dSᵀ·Q in registers
@@ -35,7 +35,7 @@
 //     k/v part of dqkv at the end.
 //   attn_dq_convert: dqkv's q part = bf16(dq accumulator).
 //
-// Decode: attn_decode_partial_d{64,128}: grid (n_split, H, b), 128 threads (4 warps). Row i's
+// Decode: attn_decode_partial_d{16,32,64,128}: grid (n_split, H, b), 128 threads (4 warps). Row i's
 //   query (the q heads of qkv row i) against cache positions [0, len[i]) of slot[i], split
 //   into n_split chunks of `chunk` keys: each warp takes every 4th key of the chunk (lane
 //   holds D/32 dims; the dot product is a warp sum), online softmax per warp, the 4 warps
@@ -199,6 +199,14 @@ __device__ __forceinline__ void attn_fwd_impl(bf16* out, float* lse, const bf16*
     if (tid < BR && q0 + tid < L) lse[(u64)(start + q0 + tid) * H + h] = sM[tid] + logf(sL[tid]);
 }
 
+extern "C" __global__ void __launch_bounds__(256) attn_fwd_d16(bf16* out, float* lse, const bf16* qkv, const u32* cu,
+                                                               int H, int KVH, float scale) {
+    attn_fwd_impl<16, 64>(out, lse, qkv, cu, H, KVH, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) attn_fwd_d32(bf16* out, float* lse, const bf16* qkv, const u32* cu,
+                                                               int H, int KVH, float scale) {
+    attn_fwd_impl<32, 64>(out, lse, qkv, cu, H, KVH, scale);
+}
 extern "C" __global__ void __launch_bounds__(256) attn_fwd_d64(bf16* out, float* lse, const bf16* qkv, const u32* cu,
                                                                int H, int KVH, float scale) {
     attn_fwd_impl<64, 64>(out, lse, qkv, cu, H, KVH, scale);
@@ -393,6 +401,16 @@ __device__ __forceinline__ void attn_bwd_impl(bf16* dqkv, float* dq_acc, const b
 }
 
 extern "C" __global__ void __launch_bounds__(256)
+    attn_bwd_d16(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dvec,
+                 const u32* cu, int H, int KVH, float scale) {
+    attn_bwd_impl<16>(dqkv, dq_acc, dout, qkv, lse, dvec, cu, H, KVH, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    attn_bwd_d32(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dvec,
+                 const u32* cu, int H, int KVH, float scale) {
+    attn_bwd_impl<32>(dqkv, dq_acc, dout, qkv, lse, dvec, cu, H, KVH, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_d64(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dvec,
                  const u32* cu, int H, int KVH, float scale) {
     attn_bwd_impl<64>(dqkv, dq_acc, dout, qkv, lse, dvec, cu, H, KVH, scale);
@@ -417,7 +435,7 @@ template <int D>
 __device__ __forceinline__ void decode_partial_impl(float* part, const bf16* qkv, const bf16* kc, const bf16* vc,
                                                     const u32* slot, const u32* len, int H, int KVH, int t_max,
                                                     int n_split, int chunk, float scale) {
-    constexpr int EPL = D / 32;  // dims per lane
+    constexpr int EPL = (D + 31) / 32;  // dims per lane (D < 32: lanes ≥ D hold none)
     constexpr int NW = 4;        // warps per block
     __shared__ float sq[D];
     __shared__ float sm[NW], sl[NW];
@@ -439,14 +457,16 @@ __device__ __forceinline__ void decode_partial_impl(float* part, const bf16* qkv
         const u64 base = ((sl_i * t_max + j) * KVH + g) * D;
         float s = 0.f;
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) s += sq[lane + 32 * e] * bf2f(kc[base + lane + 32 * e]);
+        for (int e = 0; e < EPL; ++e)
+            if (D % 32 == 0 || lane + 32 * e < D) s += sq[lane + 32 * e] * bf2f(kc[base + lane + 32 * e]);
         s = warp_sum(s);
         const float mn = fmaxf(m, s);
         const float a = __expf(m - mn);  // 0 on the first key (m = −inf)
         const float p = __expf(s - mn);
         l = l * a + p;
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[e] = acc[e] * a + p * bf2f(vc[base + lane + 32 * e]);
+        for (int e = 0; e < EPL; ++e)
+            if (D % 32 == 0 || lane + 32 * e < D) acc[e] = acc[e] * a + p * bf2f(vc[base + lane + 32 * e]);
         m = mn;
     }
     if (lane == 0) {
@@ -454,7 +474,8 @@ __device__ __forceinline__ void decode_partial_impl(float* part, const bf16* qkv
         sl[w] = l;
     }
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) sacc[w][lane + 32 * e] = acc[e];
+    for (int e = 0; e < EPL; ++e)
+        if (D % 32 == 0 || lane + 32 * e < D) sacc[w][lane + 32 * e] = acc[e];
     __syncthreads();
     float M = TZ_NEG_INF;
 #pragma unroll
@@ -476,6 +497,16 @@ __device__ __forceinline__ void decode_partial_impl(float* part, const bf16* qkv
     }
 }
 
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode_partial_d16(float* part, const bf16* qkv, const bf16* kc, const bf16* vc, const u32* slot,
+                            const u32* len, int H, int KVH, int t_max, int n_split, int chunk, float scale) {
+    decode_partial_impl<16>(part, qkv, kc, vc, slot, len, H, KVH, t_max, n_split, chunk, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode_partial_d32(float* part, const bf16* qkv, const bf16* kc, const bf16* vc, const u32* slot,
+                            const u32* len, int H, int KVH, int t_max, int n_split, int chunk, float scale) {
+    decode_partial_impl<32>(part, qkv, kc, vc, slot, len, H, KVH, t_max, n_split, chunk, scale);
+}
 extern "C" __global__ void __launch_bounds__(128)
     attn_decode_partial_d64(float* part, const bf16* qkv, const bf16* kc, const bf16* vc, const u32* slot,
                             const u32* len, int H, int KVH, int t_max, int n_split, int chunk, float scale) {

@@ -1,6 +1,7 @@
 //! Whole-model parity: the same model code on the CUDA backend (bf16 weights and activations,
 //! f32 accumulation and master weights) against the CPU oracle (f32), on the tiny preset's
-//! architecture and on the committed transformers fixture (tests/fixtures/parity):
+//! architecture and on the committed transformers fixture (tests/fixtures/parity, weights halved:
+//! see `fixture`):
 //! per-token log-probs and entropies, the gradient of every parameter tensor, one AdamW step,
 //! and greedy generation. The same function computes each side (`run_side`).
 //!
@@ -171,7 +172,13 @@ fn fixture(case: &str) {
     let dir = root.join(case);
     let cfg = load_config(&dir).unwrap();
     let layout = ParamLayout::new(&cfg);
-    let host = weights::load_params(&dir, &cfg, &layout).unwrap();
+    // The fixture's weights (std 0.4, for the f32 transformers parity) drive this 2-layer model
+    // into a regime so sharp that bf16 activations alone move it: on the emulated GPU
+    // (tools/cuda-emu, 2026-11-29) the worst per-tensor gradient error was 12.5% at full
+    // scale, 1.9% at half, 1.5% at a quarter — errors that shrink with the weights are
+    // precision, a logic error would not. Halved (exact in bf16) so the 5% bar still catches
+    // bugs with a margin.
+    let host: Vec<f32> = weights::load_params(&dir, &cfg, &layout).unwrap().iter().map(|x| 0.5 * x).collect();
     #[derive(serde::Deserialize)]
     struct Item {
         prompt_ids: Vec<u32>,

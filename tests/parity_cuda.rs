@@ -5,7 +5,7 @@
 //! CUDA backend (bf16 activations, f32 accumulation), and compares. Outputs on the device are
 //! poisoned with NaN (u32::MAX for token ids) first, so an element a kernel forgets to write
 //! fails; NaN or Inf never passes. Shapes include ones that are not multiples of any tile
-//! size (1, 7, 37, 130, ...), Qwen2.5's head ratios (7:1 and 8:1), head_dim 64 and 128, and
+//! size (1, 7, 37, 130, ...), Qwen2.5's head ratios (7:1 and 8:1), head_dim 64 and 128 (and the small presets' 32 and 16), and
 //! Qwen2.5's 151,936-token vocabulary.
 //!
 //! Tolerances (`assert_close`): relative L2 error of the whole tensor, and every element within
@@ -276,8 +276,14 @@ fn bias_backward() {
 }
 
 /// Qwen2.5-0.5B's attention (14 q heads, 2 kv heads: 7:1, head_dim 64) and Qwen2.5-3B's
-/// (16:2 = 8:1, head_dim 128).
-const ATTN_SHAPES: [AttnShape; 2] = [AttnShape { n_head: 14, n_kv_head: 2, head_dim: 64 }, AttnShape { n_head: 16, n_kv_head: 2, head_dim: 128 }];
+/// (16:2 = 8:1, head_dim 128), the tiny preset's (4:2, head_dim 32) and the transformers
+/// fixture's (head_dim 16).
+const ATTN_SHAPES: [AttnShape; 4] = [
+    AttnShape { n_head: 14, n_kv_head: 2, head_dim: 64 },
+    AttnShape { n_head: 16, n_kv_head: 2, head_dim: 128 },
+    AttnShape { n_head: 4, n_kv_head: 2, head_dim: 32 },
+    AttnShape { n_head: 4, n_kv_head: 1, head_dim: 16 },
+];
 
 #[test]
 fn rope_forward_and_inverse() {

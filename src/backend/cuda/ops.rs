@@ -86,8 +86,8 @@ impl CudaBackend {
     }
 
     fn check_attn(&self, shape: &AttnShape, what: &str) -> Result<()> {
-        if shape.head_dim != 64 && shape.head_dim != 128 {
-            bail!("cuda {what}: head_dim {} is not supported (64 or 128)", shape.head_dim);
+        if !matches!(shape.head_dim, 16 | 32 | 64 | 128) {
+            bail!("cuda {what}: head_dim {} is not supported (16, 32, 64 or 128)", shape.head_dim);
         }
         if shape.n_kv_head == 0 || !shape.n_head.is_multiple_of(shape.n_kv_head) {
             bail!("cuda {what}: n_head {} is not a multiple of n_kv_head {}", shape.n_head, shape.n_kv_head);
@@ -457,7 +457,12 @@ impl Backend for CudaBackend {
         if s == 0 || max_len == 0 {
             return Ok(());
         }
-        let name = if d == 64 { "attn_fwd_d64" } else { "attn_fwd_d128" };
+        let name = match d {
+            16 => "attn_fwd_d16",
+            32 => "attn_fwd_d32",
+            64 => "attn_fwd_d64",
+            _ => "attn_fwd_d128",
+        };
         let f = self.func("attention", name)?;
         self.launch(
             &f,
@@ -489,7 +494,12 @@ impl Backend for CudaBackend {
         let rows = t * h;
         let f = self.func("attention", "attn_bwd_dot")?;
         self.launch(&f, (grid_dim(rows.div_ceil(8), "attention_bwd")?, 1, 1), (256, 1, 1), 0, args![dvec, vptr(&dout), vptr(&out), rows as u64, d as i32])?;
-        let name = if d == 64 { "attn_bwd_d64" } else { "attn_bwd_d128" };
+        let name = match d {
+            16 => "attn_bwd_d16",
+            32 => "attn_bwd_d32",
+            64 => "attn_bwd_d64",
+            _ => "attn_bwd_d128",
+        };
         let f = self.func("attention", name)?;
         self.launch(
             &f,
@@ -555,7 +565,12 @@ impl Backend for CudaBackend {
         let n_split = want.min(max_len.div_ceil(64)).clamp(1, 64);
         let chunk = max_len.div_ceil(n_split).max(1);
         let part = self.scratch(Scratch::A, b * h * n_split * (d + 2) * 4)?;
-        let name = if d == 64 { "attn_decode_partial_d64" } else { "attn_decode_partial_d128" };
+        let name = match d {
+            16 => "attn_decode_partial_d16",
+            32 => "attn_decode_partial_d32",
+            64 => "attn_decode_partial_d64",
+            _ => "attn_decode_partial_d128",
+        };
         let f = self.func("attention", name)?;
         self.launch(
             &f,
