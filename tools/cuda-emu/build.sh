@@ -29,8 +29,11 @@ gen="$out/kernels.gen.cpp"
 } > "$gen"
 
 inc=(-I "$root/tools/cuda-emu" -I "$root/kernels")
-"$cxx" "${flags[@]}" "${inc[@]}" -include emu.h "$gen" "$root/tools/cuda-emu/runtime.cpp" -o "$out/libcuda.so"
+# Write to temporary names and rename: a process still running on the old library keeps it.
+"$cxx" "${flags[@]}" "${inc[@]}" -include emu.h "$gen" "$root/tools/cuda-emu/runtime.cpp" -o "$out/libcuda.so.tmp"
+mv -f "$out/libcuda.so.tmp" "$out/libcuda.so"
 ln -sf libcuda.so "$out/libcuda.so.1"
-"$cxx" "${flags[@]}" "${inc[@]}" "$root/tools/cuda-emu/cublaslt.cpp" -o "$out/libcublasLt.so"
+"$cxx" "${flags[@]}" "${inc[@]}" "$root/tools/cuda-emu/cublaslt.cpp" -o "$out/libcublasLt.so.tmp"
+mv -f "$out/libcublasLt.so.tmp" "$out/libcublasLt.so"
 ln -sf libcublasLt.so "$out/libcublasLt.so.13"
 echo "$out"

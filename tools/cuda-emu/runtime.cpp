@@ -4,7 +4,7 @@
 // concurrent test threads take turns.
 //
 // Kernel execution: blocks run one after another; the threads of a block are fibers
-// (ucontext, one host thread) scheduled round-robin until each finishes or blocks on a
+// (one host thread; a 14-instruction stack switch on x86-64, ucontext elsewhere) scheduled round-robin until each finishes or blocks on a
 // barrier (emu.h lists which). If no fiber can run while some are unfinished, the launch
 // fails with a "barrier deadlock" message naming the kernel and block.
 //
@@ -23,6 +23,64 @@
 #include "emu.h"
 #include "registry.h"
 
+// ---- fiber switching -------------------------------------------------------------------------
+// x86-64: save the System V callee-saved registers on the current stack, swap stack pointers,
+// restore. glibc's swapcontext also saves the signal mask with a system call per switch,
+// which made it most of the emulator's run time.
+#if defined(__x86_64__)
+extern "C" void tz_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl tz_emu_switch
+    .type tz_emu_switch, @function
+tz_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size tz_emu_switch, .-tz_emu_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+struct FiberCtx {
+    void* sp = nullptr;
+};
+// A fresh fiber's stack: six zeroed registers, then `entry` as the return address, placed so
+// that `entry` starts with the stack alignment of a called function (rsp ≡ 8 mod 16).
+inline void fiber_init(FiberCtx& c, char* stack, size_t size, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
+    void** sp = (void**)(top - 16);
+    sp[0] = (void*)entry;
+    sp -= 6;
+    for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+    c.sp = sp;
+}
+inline void fiber_switch(FiberCtx& from, FiberCtx& to) { tz_emu_switch(&from.sp, to.sp); }
+#else
+struct FiberCtx {
+    ucontext_t uc;
+};
+inline void fiber_init(FiberCtx& c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+inline void fiber_switch(FiberCtx& from, FiberCtx& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 namespace tz_emu {
 ThreadCtx* cur = nullptr;
 dim3 block_idx, block_dim, grid_dim;
@@ -31,7 +89,7 @@ namespace {
 constexpr size_t kStack = 256 << 10;
 
 struct Fiber {
-    ucontext_t ctx;
+    FiberCtx ctx;
     ThreadCtx t;
     char* stack = nullptr;
     bool done = false;
@@ -46,7 +104,7 @@ struct Warp {
 
 std::vector<Fiber> fibers;
 std::vector<Warp> warps;
-ucontext_t sched_ctx;
+FiberCtx sched_ctx;
 int cur_idx = 0;
 unsigned long long block_gen = 0;
 int block_arrived = 0, block_alive = 0;
@@ -58,13 +116,13 @@ void block_wait() {
     Fiber& f = fibers[cur_idx];
     f.wait = 1;
     f.wait_gen = block_gen;
-    swapcontext(&f.ctx, &sched_ctx);
+    fiber_switch(f.ctx, sched_ctx);
 }
 void warp_wait() {
     Fiber& f = fibers[cur_idx];
     f.wait = 2;
     f.wait_gen = warps[f.t.warp].gen;
-    swapcontext(&f.ctx, &sched_ctx);
+    fiber_switch(f.ctx, sched_ctx);
 }
 void release_if_complete() {
     if (block_arrived > 0 && block_arrived >= block_alive) {
@@ -77,13 +135,17 @@ void release_if_complete() {
             ++w.gen;
         }
 }
-void fiber_main(int idx) {
+// A fiber's whole life: run the kernel, retire, hand control back for good.
+void fiber_main() {
+    const int idx = cur_idx;
     cur_kernel(cur_params);
     Fiber& f = fibers[idx];
     f.done = true;
     --block_alive;
     --warps[f.t.warp].alive;
     release_if_complete();
+    fiber_switch(f.ctx, sched_ctx);  // never resumed
+    std::abort();
 }
 }  // namespace
 
@@ -114,6 +176,45 @@ unsigned long long exchange(unsigned long long v, int src) {
 }
 void* dyn_smem() { return dyn.data(); }
 
+namespace {
+struct MmaSlot {
+    unsigned a[4], b[2];
+};
+std::vector<MmaSlot> mma_slots;  // 32 per warp
+float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
+float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+}  // namespace
+
+void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned lane = cur->lane, warp = cur->warp;
+    if (mma_slots.size() < (warp + 1) * 32) mma_slots.resize((warp + 1) * 32);
+    MmaSlot* w = &mma_slots[warp * 32];
+    std::memcpy(w[lane].a, a, sizeof w[lane].a);
+    std::memcpy(w[lane].b, b, sizeof w[lane].b);
+    syncwarp();
+    // Rebuild A (16×16) and B (16×8) from every lane's registers (layouts in kernels/mma.cuh).
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, t = l & 3;
+        const unsigned* ra = w[l].a;
+        A[g][2 * t] = bf_lo(ra[0]), A[g][2 * t + 1] = bf_hi(ra[0]);
+        A[g + 8][2 * t] = bf_lo(ra[1]), A[g + 8][2 * t + 1] = bf_hi(ra[1]);
+        A[g][2 * t + 8] = bf_lo(ra[2]), A[g][2 * t + 9] = bf_hi(ra[2]);
+        A[g + 8][2 * t + 8] = bf_lo(ra[3]), A[g + 8][2 * t + 9] = bf_hi(ra[3]);
+        const unsigned* rb = w[l].b;
+        B[2 * t][g] = bf_lo(rb[0]), B[2 * t + 1][g] = bf_hi(rb[0]);
+        B[2 * t + 8][g] = bf_lo(rb[1]), B[2 * t + 9][g] = bf_hi(rb[1]);
+    }
+    syncwarp();  // every lane has read the slots before any lane's next mma overwrites them
+    const int g = (int)lane >> 2, t = (int)lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
+        float acc = 0.f;
+        for (int k = 0; k < 16; ++k) acc += A[r][k] * B[k][c];
+        d[i] += acc;
+    }
+}
+
 // Runs one launch; returns an error message or "".
 std::string run_grid(void (*kernel)(void**), void** params, dim3 grid, dim3 block, size_t smem, const char* name) {
     const unsigned n = block.x * block.y * block.z;
@@ -143,11 +244,7 @@ std::string run_grid(void (*kernel)(void**), void** params, dim3 grid, dim3 bloc
                     ++warps[f.t.warp].alive;
                     f.done = false;
                     f.wait = 0;
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack;
-                    f.ctx.uc_stack.ss_size = kStack;
-                    f.ctx.uc_link = &sched_ctx;
-                    makecontext(&f.ctx, (void (*)())fiber_main, 1, (int)i);
+                    fiber_init(f.ctx, f.stack, kStack, fiber_main);
                 }
                 unsigned finished = 0;
                 while (finished < n) {
@@ -160,7 +257,7 @@ std::string run_grid(void (*kernel)(void**), void** params, dim3 grid, dim3 bloc
                         f.wait = 0;
                         cur_idx = (int)i;
                         cur = &f.t;
-                        swapcontext(&sched_ctx, &f.ctx);
+                        fiber_switch(sched_ctx, f.ctx);
                         ran = true;
                         if (f.done) ++finished;
                     }
