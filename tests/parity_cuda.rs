@@ -315,10 +315,12 @@ fn attention_forward_backward_varlen_gqa() {
         cu.push(cu.last().unwrap() + l);
     }
     let t = *cu.last().unwrap() as usize;
-    for s in ATTN_SHAPES {
+    // Both forward implementations: tensor cores (the default for head_dim 64/128) and FMA.
+    for (fma, s) in [false, true].into_iter().flat_map(|f| ATTN_SHAPES.map(|s| (f, s))) {
+        dev.use_fma_attention(fma);
         let (w, qw) = (s.qkv_width(), s.q_width());
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let what = format!("attention h={}:{} d={}", s.n_head, s.n_kv_head, s.head_dim);
+        let what = format!("attention h={}:{} d={} fma={fma}", s.n_head, s.n_kv_head, s.head_dim);
         let qkv = randn(&mut rng, t * w, 1.0);
         let (qc, qd) = both(&cpu, &dev, DType::BF16, &qkv);
         let (cuc, cud) = both_u32(&cpu, &dev, &cu);

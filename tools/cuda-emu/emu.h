@@ -67,6 +67,9 @@ void syncwarp();
 // (own value when src is out of range), wait again so the slots can be reused.
 unsigned long long exchange(unsigned long long v, int src);
 void* dyn_smem();
+// mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32, d += a·b, from the PTX fragment layouts
+// (kernels/mma.cuh); a warp collective.
+void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
 }  // namespace tz_emu
 
 #define threadIdx (tz_emu::cur->tid)

@@ -18,6 +18,7 @@ mod kernels;
 mod ops;
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
@@ -51,6 +52,9 @@ pub struct CudaBackend {
     loader: kernels::Loader,
     gemm: gemm::Gemm,
     scratch: Mutex<[Option<ScratchArea>; 2]>,
+    /// Attention forward on the FMA kernels instead of tensor cores (`TZ_ATTN_FMA=1`, or
+    /// `use_fma_attention`): the fallback, and the second implementation tests compare.
+    fma_attention: AtomicBool,
 }
 
 /// The error for a machine without the driver library.
@@ -109,7 +113,8 @@ impl CudaBackend {
         let name = ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into());
         let gemm = gemm::Gemm::new(stream.clone(), cc.0 >= 9)?;
         let loader = kernels::Loader::new(ctx.clone(), cc);
-        Ok(CudaBackend { ctx, stream, cc, sm_count, name, loader, gemm, scratch: Mutex::new([None, None]) })
+        let fma_attention = AtomicBool::new(matches!(std::env::var("TZ_ATTN_FMA").as_deref(), Ok("1")));
+        Ok(CudaBackend { ctx, stream, cc, sm_count, name, loader, gemm, scratch: Mutex::new([None, None]), fma_attention })
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -123,6 +128,16 @@ impl CudaBackend {
 
     pub fn multiprocessors(&self) -> u32 {
         self.sm_count
+    }
+
+    /// Chooses the attention forward implementation for head_dim 64/128: the FMA kernels
+    /// (`true`) or tensor cores (`false`, the default). Smaller head dims always use FMA.
+    pub fn use_fma_attention(&self, on: bool) {
+        self.fma_attention.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn fma_attention(&self) -> bool {
+        self.fma_attention.load(Ordering::Relaxed)
     }
 
     /// How each kernel file loaded so far was obtained (cubin / PTX / NVRTC).

@@ -457,17 +457,21 @@ impl Backend for CudaBackend {
         if s == 0 || max_len == 0 {
             return Ok(());
         }
-        let name = match d {
-            16 => "attn_fwd_d16",
-            32 => "attn_fwd_d32",
-            64 => "attn_fwd_d64",
-            _ => "attn_fwd_d128",
+        // Tensor cores for head_dim 64/128 (attention_mma.cu), the FMA kernels otherwise or when
+        // asked (`use_fma_attention`). Both take 64 queries per block.
+        let (file, name, threads) = match (d, self.fma_attention()) {
+            (64, false) => ("attention_mma", "attn_fwd_mma_d64", 128),
+            (128, false) => ("attention_mma", "attn_fwd_mma_d128", 128),
+            (16, _) => ("attention", "attn_fwd_d16", 256),
+            (32, _) => ("attention", "attn_fwd_d32", 256),
+            (64, _) => ("attention", "attn_fwd_d64", 256),
+            _ => ("attention", "attn_fwd_d128", 256),
         };
-        let f = self.func("attention", name)?;
+        let f = self.func(file, name)?;
         self.launch(
             &f,
             (grid_dim(max_len.div_ceil(64), "attention_fwd")?, grid_yz(h, "attention_fwd heads")?, grid_yz(s, "attention_fwd sequences")?),
-            (256, 1, 1),
+            (threads, 1, 1),
             0,
             args![vptr(&out), vptr(&lse), vptr(&qkv), vptr(&seqs.cu_dev), int(h, "attention_fwd")?, int(shape.n_kv_head, "attention_fwd")?, scale],
         )

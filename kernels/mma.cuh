@@ -1,0 +1,34 @@
+// mma.cuh — warp-level tensor-core helpers (sm_80+): mma.sync.m16n8k16 with bf16 inputs and
+// fp32 accumulation, and bf16 packing.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type");
+// lane = 4·g + t (g = lane >> 2 in 0..8, t = lane & 3), two bf16 per u32 with the
+// lower-index element in the low half:
+//   A (16×16, row-major): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1],
+//                         a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9];
+//   B (16×8, "col"):      b[0] = B[2t, 2t+1][g],  b[1] = B[2t+8, 2t+9][g];
+//   C/D (16×8, fp32):     c[0], c[1] = C[g][2t, 2t+1], c[2], c[3] = C[g+8][2t, 2t+1].
+// So a row-major [n][k] matrix in shared memory gives B fragments of its transpose with
+// one u32 load per register (the two k values are adjacent).
+//
+// Under the CPU emulator (tools/cuda-emu) the instruction is emulated from exactly these
+// layouts; on a GPU it is the PTX instruction.
+#pragma once
+#include "common.cuh"
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+#ifdef TZ_EMU
+    tz_emu::mma_bf16_16816(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Two floats → a u32 of two bf16 (round to nearest even), `lo` in the low half.
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+// Two bf16 from memory (any alignment) → a u32, p[0] in the low half.
+__device__ __forceinline__ u32 load_bf16x2(const bf16* p) { return (u32)p[0] | ((u32)p[1] << 16); }
