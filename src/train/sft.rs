@@ -17,7 +17,7 @@ use std::time::Instant;
 
 /// Trains `model` on (prompt, response) token pairs: `steps` AdamW updates of `batch`
 /// sequences each, mean token cross-entropy, learning rate decayed from `lr` to `lr / 10` on a
-/// cosine. Returns the mean loss of the last 10% of steps.
+/// cosine. Returns the mean loss of the last 10% of steps (at least the last step).
 #[allow(clippy::too_many_arguments)]
 /// `master`: the parameters at full precision (f32 master weights start from them on backends
 /// that keep such a copy). Returns the trained parameters at full precision too.
@@ -79,7 +79,7 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, master: Option<&[f32]>, p
         if o.skipped {
             bail!("{label}: non-finite gradient at SFT step {step}; lower sft.lr");
         }
-        if step * 10 >= steps * 9 {
+        if step * 10 >= steps * 9 || step + 1 == steps {
             tail.push(loss);
         }
         bar.set_message(format!("loss {loss:.4}"));
