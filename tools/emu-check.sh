@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(bash tools/cuda-emu/build.sh)
+"$dir/selftest"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TZ_REQUIRE_GPU=1
 cargo test --release --test cuda_smoke --test parity_cuda --test model_cuda "$@"

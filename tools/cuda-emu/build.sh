@@ -10,7 +10,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$root/target/cuda-emu}"
 mkdir -p "$out"
 cxx="${CXX:-c++}"
-flags=(-std=c++17 -O2 -g -fPIC -shared -Wall -Wno-unused-function -Wno-unused-variable -Wno-unknown-pragmas)
+flags=(-std=c++17 -O2 -g -fPIC -Wall -Wno-unused-function -Wno-unused-variable -Wno-unknown-pragmas)
 if [ "${TZ_EMU_ASAN:-0}" = 1 ]; then flags+=(-fsanitize=address -fno-omit-frame-pointer); fi
 
 # One translation unit: every kernel file, then the table of every extern "C" __global__.
@@ -30,10 +30,12 @@ gen="$out/kernels.gen.cpp"
 
 inc=(-I "$root/tools/cuda-emu" -I "$root/kernels")
 # Write to temporary names and rename: a process still running on the old library keeps it.
-"$cxx" "${flags[@]}" "${inc[@]}" -include emu.h "$gen" "$root/tools/cuda-emu/runtime.cpp" -o "$out/libcuda.so.tmp"
+"$cxx" "${flags[@]}" "${inc[@]}" -shared -include emu.h "$gen" "$root/tools/cuda-emu/runtime.cpp" -o "$out/libcuda.so.tmp"
 mv -f "$out/libcuda.so.tmp" "$out/libcuda.so"
 ln -sf libcuda.so "$out/libcuda.so.1"
-"$cxx" "${flags[@]}" "${inc[@]}" "$root/tools/cuda-emu/cublaslt.cpp" -o "$out/libcublasLt.so.tmp"
+"$cxx" "${flags[@]}" "${inc[@]}" -shared "$root/tools/cuda-emu/cublaslt.cpp" -o "$out/libcublasLt.so.tmp"
 mv -f "$out/libcublasLt.so.tmp" "$out/libcublasLt.so"
 ln -sf libcublasLt.so "$out/libcublasLt.so.13"
+# The emulator's own checks (tools/emu-check.sh runs it).
+"$cxx" "${flags[@]}" "${inc[@]}" -include emu.h "$root/tools/cuda-emu/selftest.cpp" "$root/tools/cuda-emu/runtime.cpp" -o "$out/selftest"
 echo "$out"
