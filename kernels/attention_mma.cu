@@ -1,7 +1,8 @@
-// attention_mma.cu — causal grouped-query attention forward on tensor cores
+// attention_mma.cu — causal grouped-query attention forward and backward on tensor cores
 // (mma.sync.m16n8k16, bf16 in, fp32 accumulate), flash-attention-2 style: same inputs,
-// outputs and masking as attn_fwd_d* in attention.cu (layouts there), which stays as the
-// FMA fallback for head_dim 16/32 and for `TZ_ATTN_FMA=1`.
+// outputs and masking as attn_fwd_d* / attn_bwd_d* in attention.cu (layouts there), which
+// stay as the FMA fallback for head_dim 16/32 and for `TZ_ATTN_FMA=1`. The backward is
+// described before its kernel, below.
 //
 // attn_fwd_mma_d{64,128}: grid (ceil(max_len / 64), H, S), 128 threads = 4 warps.
 //   A block owns 64 queries of one head of one sequence; warp w owns rows 16w..16w+15 and
@@ -28,8 +29,10 @@
 // Shared memory: (64·(D+8) + D·72)·2 bytes = 18.4 KB (D = 64), 35.8 KB (D = 128).
 //
 // Not yet done (performance): ldmatrix, cp.async double-buffering of K/V, K/V tiles shared
-// by the query heads of a GQA group, wgmma on sm_90a. Logic is verified on the CPU emulator
-// (tools/cuda-emu) against the CPU oracle; nothing here has run on a GPU yet.
+// by the query heads of a GQA group, wgmma on sm_90a. Logic (forward and backward) is
+// verified on the CPU emulator (tools/cuda-emu) against the CPU oracle, including mutation
+// checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 128/168
+// registers, bwd d64/d128 168/250 registers, no spills.
 #include "mma.cuh"
 
 template <int D>
@@ -182,4 +185,220 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_d64(bf16* out, fl
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_d128(bf16* out, float* lse, const bf16* qkv,
                                                                     const u32* cu, int H, int KVH, float scale) {
     attn_fwd_mma_impl<128>(out, lse, qkv, cu, H, KVH, scale);
+}
+
+// ---- backward --------------------------------------------------------------------------------
+//
+// attn_bwd_mma_d{64,128}: grid (ceil(max_len / 64), KVH, S), 128 threads = 4 warps; the same
+// arguments, Dvec precompute (attn_bwd_dot) and dQ accumulator (fp32, zeroed, then
+// attn_dq_convert) as attn_bwd_d* in attention.cu.
+//   A block owns 64 keys of one kv head; warp w owns keys 16w..16w+15 and keeps in registers
+//   its V rows as A fragments and its dK, dV accumulators (16 × D fp32 each). It loops over
+//   the group's query heads and the 32-query tiles at or after the diagonal:
+//     1. Q, dO tiles → sQ, sdO [32][D+8]; lse, Dvec → shared (rows past the end: lse = +inf,
+//        so P = 0, and Dvec = 0).
+//     2. Sᵀ = K·Qᵀ (16 keys × 32 queries per warp; K rows from sK, loaded once per block),
+//        Pᵀ = e^{scale·Sᵀ − lse} with the causal / sequence mask; dPᵀ = V·dOᵀ;
+//        dSᵀ = Pᵀ ∘ (dPᵀ − Dvec).
+//     3. dV += Pᵀ·dO and dK += dSᵀ·Q: Pᵀ and dSᵀ repacked from C to A fragments as in the
+//        forward; B fragments of dO and Q (pairs along the query axis) from two 16-bit
+//        shared loads each (conflict-free with the D+8 stride; ldmatrix.trans: not yet).
+//     4. dSᵀ → sdS [32 queries][64+8 keys] (bf16); then dQ = scale·dS·K for the tile, split
+//        over the warps (2 query m-tiles × 2 halves of D), added to the fp32 accumulator
+//        with atomics (blocks of other key tiles add to the same rows).
+//   Finally dK·scale and dV → the k and v parts of dqkv (bf16).
+// Shared memory: (64 + 2·32)·(D+8)·2 + 32·72·2 + 256 bytes = 23.5 KB (D = 64), 39.7 KB (128).
+
+template <int D>
+__device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv,
+                                                  const float* lse, const float* dvec, const u32* cu, int H, int KVH,
+                                                  float scale) {
+    constexpr int BC = 64, BR = 32;
+    constexpr int KS = D + 8;   // sK / sQ / sdO row stride
+    constexpr int SS = BC + 8;  // sdS row stride
+    constexpr int KSTEPS = D / 16;
+    constexpr int DT = D / 8;
+    __shared__ __align__(16) bf16 sK[BC * KS];
+    __shared__ __align__(16) bf16 sQ[BR * KS];
+    __shared__ __align__(16) bf16 sdO[BR * KS];
+    __shared__ __align__(16) bf16 sdS[BR * SS];
+    __shared__ float sLse[BR], sDv[BR];
+
+    const int s = blockIdx.z, g_kv = blockIdx.y;
+    const int start = (int)cu[s];
+    const int L = (int)cu[s + 1] - start;
+    const int k0 = blockIdx.x * BC;
+    if (k0 >= L) return;  // uniform over the block
+    const int G = H / KVH;
+    const u64 W = (u64)(H + 2 * KVH) * D;
+    const u64 HD = (u64)H * D;
+    const u64 koff = (u64)(H + g_kv) * D, voff = (u64)(H + KVH + g_kv) * D;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const float sl2 = scale * TZ_LOG2E;
+    // The two keys (within the sequence) this lane's fragments cover.
+    const int kr0 = k0 + warp * 16 + g, kr1 = kr0 + 8;
+
+    for (int e = tid; e < BC * D; e += 128) {
+        const int r = e / D, d = e - r * D;
+        const int kj = k0 + r;
+        sK[r * KS + d] = kj < L ? qkv[(u64)(start + kj) * W + koff + d] : (bf16)0;
+    }
+    u32 va[KSTEPS][4];
+    {
+        const bf16* v0 = qkv + (u64)(start + kr0) * W + voff;
+        const bf16* v1 = qkv + (u64)(start + kr1) * W + voff;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+            const int c = kk * 16 + 2 * t;
+            va[kk][0] = kr0 < L ? load_bf16x2(v0 + c) : 0u;
+            va[kk][1] = kr1 < L ? load_bf16x2(v1 + c) : 0u;
+            va[kk][2] = kr0 < L ? load_bf16x2(v0 + c + 8) : 0u;
+            va[kk][3] = kr1 < L ? load_bf16x2(v1 + c + 8) : 0u;
+        }
+    }
+    float dk[DT][4], dv[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dk[j][i] = dv[j][i] = 0.f;
+
+    const bf16* krow = sK + (warp * 16 + g) * KS + 2 * t;  // this lane's K A-fragment base
+    for (int hh = 0; hh < G; ++hh) {
+        const int h = g_kv * G + hh;
+        const u64 qoff = (u64)h * D;
+        for (int q0 = k0; q0 < L; q0 += BR) {
+            __syncthreads();  // previous tile's readers of sQ, sdO, sdS are done (first: sK visible)
+            for (int e = tid; e < BR * D; e += 128) {
+                const int r = e / D, d = e - r * D;
+                const int qi = q0 + r;
+                const bool ok = qi < L;
+                sQ[r * KS + d] = ok ? qkv[(u64)(start + qi) * W + qoff + d] : (bf16)0;
+                sdO[r * KS + d] = ok ? dout[(u64)(start + qi) * HD + qoff + d] : (bf16)0;
+            }
+            if (tid < BR) {
+                const int qi = q0 + tid;
+                sLse[tid] = qi < L ? lse[(u64)(start + qi) * H + h] * TZ_LOG2E : TZ_INF;
+                sDv[tid] = qi < L ? dvec[(u64)(start + qi) * H + h] : 0.f;
+            }
+            __syncthreads();
+
+            // 2. Sᵀ and dPᵀ: 4 n-tiles of 8 queries
+            float p[4][4], ds[4][4];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) p[nt][i] = ds[nt][i] = 0.f;
+                const bf16* qrow = sQ + (nt * 8 + g) * KS + 2 * t;
+                const bf16* orow = sdO + (nt * 8 + g) * KS + 2 * t;
+#pragma unroll
+                for (int kk = 0; kk < KSTEPS; ++kk) {
+                    const u32 ka[4] = {*(const u32*)(krow + kk * 16), *(const u32*)(krow + 8 * KS + kk * 16),
+                                       *(const u32*)(krow + kk * 16 + 8), *(const u32*)(krow + 8 * KS + kk * 16 + 8)};
+                    const u32 bq[2] = {*(const u32*)(qrow + kk * 16), *(const u32*)(qrow + kk * 16 + 8)};
+                    mma_bf16_16816(p[nt], ka, bq);
+                    const u32 bo[2] = {*(const u32*)(orow + kk * 16), *(const u32*)(orow + kk * 16 + 8)};
+                    mma_bf16_16816(ds[nt], va[kk], bo);
+                }
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int key = i < 2 ? kr0 : kr1;
+                    const int qc = nt * 8 + 2 * t + (i & 1);
+                    const int q = q0 + qc;
+                    const float pv = (key <= q && key < L && q < L) ? exp2f(p[nt][i] * sl2 - sLse[qc]) : 0.f;
+                    p[nt][i] = pv;
+                    ds[nt][i] = pv * (ds[nt][i] - sDv[qc]);
+                }
+            }
+            // 3. dV += Pᵀ·dO, dK += dSᵀ·Q (A fragments: query blocks of 16)
+#pragma unroll
+            for (int kb = 0; kb < 2; ++kb) {
+                const u32 pa[4] = {pack_bf16x2(p[2 * kb][0], p[2 * kb][1]), pack_bf16x2(p[2 * kb][2], p[2 * kb][3]),
+                                   pack_bf16x2(p[2 * kb + 1][0], p[2 * kb + 1][1]),
+                                   pack_bf16x2(p[2 * kb + 1][2], p[2 * kb + 1][3])};
+                const u32 sa[4] = {pack_bf16x2(ds[2 * kb][0], ds[2 * kb][1]), pack_bf16x2(ds[2 * kb][2], ds[2 * kb][3]),
+                                   pack_bf16x2(ds[2 * kb + 1][0], ds[2 * kb + 1][1]),
+                                   pack_bf16x2(ds[2 * kb + 1][2], ds[2 * kb + 1][3])};
+                const int qa = kb * 16 + 2 * t;  // query rows 2t, 2t+1 (+8) of this block
+#pragma unroll
+                for (int j = 0; j < DT; ++j) {
+                    const int c = j * 8 + g;
+                    const u32 bo[2] = {(u32)sdO[qa * KS + c] | ((u32)sdO[(qa + 1) * KS + c] << 16),
+                                       (u32)sdO[(qa + 8) * KS + c] | ((u32)sdO[(qa + 9) * KS + c] << 16)};
+                    mma_bf16_16816(dv[j], pa, bo);
+                    const u32 bq[2] = {(u32)sQ[qa * KS + c] | ((u32)sQ[(qa + 1) * KS + c] << 16),
+                                       (u32)sQ[(qa + 8) * KS + c] | ((u32)sQ[(qa + 9) * KS + c] << 16)};
+                    mma_bf16_16816(dk[j], sa, bq);
+                }
+            }
+            // 4. dS (query-major) to shared memory, then dQ += scale·dS·K
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int kc = warp * 16 + g + 8 * (i >> 1);
+                    const int qc = nt * 8 + 2 * t + (i & 1);
+                    sdS[qc * SS + kc] = f2bf(ds[nt][i]);
+                }
+            __syncthreads();
+            {
+                const int mt = warp & 1;           // queries mt·16 .. +15
+                const int j0 = (warp >> 1) * (DT / 2);  // this warp's half of D's n-tiles
+                float dq[DT / 2][4];
+#pragma unroll
+                for (int j = 0; j < DT / 2; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+                const bf16* srow = sdS + (mt * 16 + g) * SS + 2 * t;
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; ++kk) {
+                    const u32 a[4] = {*(const u32*)(srow + kk * 16), *(const u32*)(srow + 8 * SS + kk * 16),
+                                      *(const u32*)(srow + kk * 16 + 8), *(const u32*)(srow + 8 * SS + kk * 16 + 8)};
+                    const int kq = kk * 16 + 2 * t;  // key rows 2t, 2t+1 (+8)
+#pragma unroll
+                    for (int j = 0; j < DT / 2; ++j) {
+                        const int c = (j0 + j) * 8 + g;
+                        const u32 b[2] = {(u32)sK[kq * KS + c] | ((u32)sK[(kq + 1) * KS + c] << 16),
+                                          (u32)sK[(kq + 8) * KS + c] | ((u32)sK[(kq + 9) * KS + c] << 16)};
+                        mma_bf16_16816(dq[j], a, b);
+                    }
+                }
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int q = q0 + mt * 16 + g + 8 * hf;
+                    if (q >= L) continue;
+                    float* dst = dq_acc + (u64)(start + q) * HD + qoff + 2 * t;
+#pragma unroll
+                    for (int j = 0; j < DT / 2; ++j) {
+                        atomicAdd(dst + (j0 + j) * 8, dq[j][2 * hf] * scale);
+                        atomicAdd(dst + (j0 + j) * 8 + 1, dq[j][2 * hf + 1] * scale);
+                    }
+                }
+            }
+        }
+    }
+
+    // dK, dV → dqkv
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int key = hf ? kr1 : kr0;
+        if (key >= L) continue;
+        bf16* drow = dqkv + (u64)(start + key) * W + 2 * t;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            drow[koff + j * 8] = f2bf(dk[j][2 * hf] * scale);
+            drow[koff + j * 8 + 1] = f2bf(dk[j][2 * hf + 1] * scale);
+            drow[voff + j * 8] = f2bf(dv[j][2 * hf]);
+            drow[voff + j * 8 + 1] = f2bf(dv[j][2 * hf + 1]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_mma_d64(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dvec,
+                     const u32* cu, int H, int KVH, float scale) {
+    attn_bwd_mma_impl<64>(dqkv, dq_acc, dout, qkv, lse, dvec, cu, H, KVH, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_mma_d128(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dvec,
+                      const u32* cu, int H, int KVH, float scale) {
+    attn_bwd_mma_impl<128>(dqkv, dq_acc, dout, qkv, lse, dvec, cu, H, KVH, scale);
 }

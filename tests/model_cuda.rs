@@ -113,6 +113,12 @@ fn compare(label: &str, cfg: &Qwen2Config, host: &[f32], pairs: &[(Vec<u32>, Vec
     let layout = ParamLayout::new(cfg);
     let mut worst = (0f64, String::new());
     for t in &layout.entries {
+        // The k bias adds q·b_k to every score of a query row, which softmax ignores: its
+        // exact gradient is 0 and both sides hold rounding noise, so no relative error means
+        // anything there (it was the "worst" tensor of the tiny case at 4.3e-2).
+        if t.name.ends_with("k_proj.bias") {
+            continue;
+        }
         let r = t.offset..t.offset + t.numel();
         let e = rel_l2(&d.grads[r.clone()], &c.grads[r]);
         if e > worst.0 {
@@ -143,7 +149,18 @@ fn compare(label: &str, cfg: &Qwen2Config, host: &[f32], pairs: &[(Vec<u32>, Vec
 #[test]
 fn tiny_preset_cuda_matches_cpu() {
     let preset = tz_engine::model::presets::preset("tiny").unwrap();
-    let cfg = Qwen2Config { vocab_size: 300, ..preset.cfg.clone() };
+    tiny_case("tiny", Qwen2Config { vocab_size: 300, ..preset.cfg.clone() });
+}
+
+/// The tiny preset reshaped to 2 query heads of 64 dims over 1 kv head: attention runs on the
+/// tensor-core kernels (head_dim 64), not the FMA ones the preset's head_dim 32 uses.
+#[test]
+fn tiny_head_dim_64_tensor_core_attention_cuda_matches_cpu() {
+    let preset = tz_engine::model::presets::preset("tiny").unwrap();
+    tiny_case("tiny-d64", Qwen2Config { vocab_size: 300, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 64, ..preset.cfg.clone() });
+}
+
+fn tiny_case(label: &str, cfg: Qwen2Config) {
     // Larger-than-init weights so log-probs are far from uniform and greedy has clear winners.
     let layout = ParamLayout::new(&cfg);
     let mut rng = Rng::new(9);
@@ -161,7 +178,7 @@ fn tiny_preset_cuda_matches_cpu() {
         pairs.push((prompt, resp));
     }
     let prompts: Vec<Vec<u32>> = pairs.iter().map(|(p, _)| p.clone()).collect();
-    compare("tiny", &cfg, &host, &pairs, &prompts, 24);
+    compare(label, &cfg, &host, &pairs, &prompts, 24);
 }
 
 fn fixture(case: &str) {

@@ -498,17 +498,21 @@ impl Backend for CudaBackend {
         let rows = t * h;
         let f = self.func("attention", "attn_bwd_dot")?;
         self.launch(&f, (grid_dim(rows.div_ceil(8), "attention_bwd")?, 1, 1), (256, 1, 1), 0, args![dvec, vptr(&dout), vptr(&out), rows as u64, d as i32])?;
-        let name = match d {
-            16 => "attn_bwd_d16",
-            32 => "attn_bwd_d32",
-            64 => "attn_bwd_d64",
-            _ => "attn_bwd_d128",
+        // (file, kernel, keys per block, threads): tensor cores for head_dim 64/128 unless the
+        // FMA kernels are asked for (as in attention_fwd).
+        let (file, name, keys, threads) = match (d, self.fma_attention()) {
+            (64, false) => ("attention_mma", "attn_bwd_mma_d64", 64, 128),
+            (128, false) => ("attention_mma", "attn_bwd_mma_d128", 64, 128),
+            (16, _) => ("attention", "attn_bwd_d16", 32, 256),
+            (32, _) => ("attention", "attn_bwd_d32", 32, 256),
+            (64, _) => ("attention", "attn_bwd_d64", 32, 256),
+            _ => ("attention", "attn_bwd_d128", 32, 256),
         };
-        let f = self.func("attention", name)?;
+        let f = self.func(file, name)?;
         self.launch(
             &f,
-            (grid_dim(max_len.div_ceil(32), "attention_bwd")?, grid_yz(kvh, "attention_bwd heads")?, grid_yz(s, "attention_bwd sequences")?),
-            (256, 1, 1),
+            (grid_dim(max_len.div_ceil(keys), "attention_bwd")?, grid_yz(kvh, "attention_bwd heads")?, grid_yz(s, "attention_bwd sequences")?),
+            (threads, 1, 1),
             0,
             args![vptr(&dqkv), dq, vptr(&dout), vptr(&qkv), vptr(&lse), dvec, vptr(&seqs.cu_dev), int(h, "attention_bwd")?, int(kvh, "attention_bwd")?, scale],
         )?;
