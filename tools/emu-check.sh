@@ -2,13 +2,31 @@
 # Runs the CUDA test suites on the emulated GPU (tools/cuda-emu: the driver API and every
 # kernel compiled as host C++, a reference cuBLASLt), so the CUDA backend's host code and
 # the kernels' logic are checked against the CPU oracle on a machine without a GPU.
+#   1. the emulator's self-test;
+#   2. cuda_smoke, parity_cuda, model_cuda;
+#   3. cuda_smoke and parity_cuda again with each block's threads run in reverse order
+#      between barriers (TZ_EMU_ORDER=reverse): a missing __syncthreads/__syncwarp that the
+#      forward order happened to satisfy gives a different result there.
+# TZ_EMU_ASAN=1: the emulator built with AddressSanitizer and preloaded into the tests — the
+# emulated counterpart of compute-sanitizer memcheck (device buffers are exact-size heap
+# blocks, __shared__ arrays are globals: both get redzones). About 5x slower.
 # TZ_REQUIRE_GPU=1: a suite that cannot open the (emulated) device fails instead of skipping.
-# Release build: the emulator runs every CUDA thread as a fiber, so the oracle side must not
-# be the slow part. Usage: bash tools/emu-check.sh [extra cargo test args]
+# Release build: the oracle side must not be the slow part. Extra args go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=$(bash tools/cuda-emu/build.sh)
+if [ "${TZ_EMU_ASAN:-0}" = 1 ]; then
+  dir=$(bash tools/cuda-emu/build.sh target/cuda-emu-asan)
+  asan="$(${CXX:-c++} -print-file-name=libasan.so)"
+  # Fiber stacks are switched by hand: no use-after-return tracking; leaks are not the point.
+  export ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0
+  # cargo runs each test executable through this runner.
+  export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$asan"
+else
+  dir=$(bash tools/cuda-emu/build.sh)
+fi
 "$dir/selftest"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TZ_REQUIRE_GPU=1
 cargo test --release --test cuda_smoke --test parity_cuda --test model_cuda "$@"
+echo "emu-check: again, threads in reverse order between barriers"
+TZ_EMU_ORDER=reverse cargo test --release --test cuda_smoke --test parity_cuda "$@"

@@ -56,9 +56,16 @@ tz_emu_switch:
 struct FiberCtx {
     void* sp = nullptr;
 };
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+#define TZ_EMU_UNPOISON(p, n) __asan_unpoison_memory_region(p, n)
+#else
+#define TZ_EMU_UNPOISON(p, n) ((void)0)
+#endif
 // A fresh fiber's stack: six zeroed registers, then `entry` as the return address, placed so
 // that `entry` starts with the stack alignment of a called function (rsp ≡ 8 mod 16).
 inline void fiber_init(FiberCtx& c, char* stack, size_t size, void (*entry)()) {
+    TZ_EMU_UNPOISON(stack, size);  // a finished fiber's frames were never unwound (ASan builds)
     uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
     void** sp = (void**)(top - 16);
     sp[0] = (void*)entry;
@@ -180,14 +187,13 @@ namespace {
 struct MmaSlot {
     unsigned a[4], b[2];
 };
-std::vector<MmaSlot> mma_slots;  // 32 per warp
+MmaSlot mma_slots[1024];  // 32 per warp; fixed: lanes keep pointers into it across barriers
 float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
 float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
 }  // namespace
 
 void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     const unsigned lane = cur->lane, warp = cur->warp;
-    if (mma_slots.size() < (warp + 1) * 32) mma_slots.resize((warp + 1) * 32);
     MmaSlot* w = &mma_slots[warp * 32];
     std::memcpy(w[lane].a, a, sizeof w[lane].a);
     std::memcpy(w[lane].b, b, sizeof w[lane].b);
@@ -219,6 +225,19 @@ void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2
 std::string run_grid(void (*kernel)(void**), void** params, dim3 grid, dim3 block, size_t smem, const char* name) {
     const unsigned n = block.x * block.y * block.z;
     if (fibers.size() < n) fibers.resize(n);
+    // Which thread runs first after each barrier (TZ_EMU_ORDER): forward (default), reverse,
+    // or shuffle (seeded by TZ_EMU_SEED). Threads run one at a time between barriers, so a
+    // missing barrier shows up as an order-dependent result: run the suites in more than
+    // one order to catch it.
+    static const int order_mode = [] {
+        const char* e = std::getenv("TZ_EMU_ORDER");
+        return !e ? 0 : std::strcmp(e, "reverse") == 0 ? 1 : std::strcmp(e, "shuffle") == 0 ? 2 : 0;
+    }();
+    static const unsigned long long seed = [] {
+        const char* e = std::getenv("TZ_EMU_SEED");
+        return e ? std::strtoull(e, nullptr, 10) | 1 : 0x2545f4914f6cdd1dull;
+    }();
+    std::vector<unsigned> order(n);
     for (Fiber& f : fibers)
         if (!f.stack) f.stack = (char*)std::malloc(kStack);
     warps.assign((n + 31) / 32, Warp{});
@@ -247,9 +266,17 @@ std::string run_grid(void (*kernel)(void**), void** params, dim3 grid, dim3 bloc
                     fiber_init(f.ctx, f.stack, kStack, fiber_main);
                 }
                 unsigned finished = 0;
+                for (unsigned i = 0; i < n; ++i) order[i] = order_mode == 1 ? n - 1 - i : i;
+                unsigned long long rng = seed ^ (0x9e3779b97f4a7c15ull * (1 + bx + grid.x * (by + grid.y * (unsigned long long)bz)));
                 while (finished < n) {
                     bool ran = false;
-                    for (unsigned i = 0; i < n; ++i) {
+                    if (order_mode == 2)  // a fresh permutation for every sweep
+                        for (unsigned i = n - 1; i > 0; --i) {
+                            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                            std::swap(order[i], order[rng % (i + 1)]);
+                        }
+                    for (unsigned oi = 0; oi < n; ++oi) {
+                        const unsigned i = order[oi];
                         Fiber& f = fibers[i];
                         if (f.done) continue;
                         if (f.wait == 1 && f.wait_gen == block_gen) continue;
@@ -386,10 +413,11 @@ CUresult cuStreamIsCapturing(void*, int* status) {
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     LOCK;
     if (allocated + bytes > kTotalMem) return ERR_OUT_OF_MEMORY;
-    const size_t rounded = (bytes + 255) / 256 * 256;
-    void* mem = std::aligned_alloc(256, rounded ? rounded : 256);
-    if (!mem) return ERR_OUT_OF_MEMORY;
-    std::memset(mem, 0xff, rounded);  // fresh device memory is garbage: NaN-poison it
+    // Exactly `bytes` (256-byte aligned like cudaMalloc): under AddressSanitizer
+    // (TZ_EMU_ASAN=1) the first byte past the allocation is already an error.
+    void* mem = nullptr;
+    if (posix_memalign(&mem, 256, bytes ? bytes : 1) != 0) return ERR_OUT_OF_MEMORY;
+    std::memset(mem, 0xff, bytes);  // fresh device memory is garbage: NaN-poison it
     *p = (CUdeviceptr)mem;
     allocations[*p] = bytes;
     allocated += bytes;
