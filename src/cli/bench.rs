@@ -65,7 +65,7 @@ fn time<B: Backend>(be: &B, reps: usize, mut f: impl FnMut() -> Result<()>) -> R
     Ok(t.elapsed().as_secs_f64() / reps as f64)
 }
 
-fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
+fn bench<B: Backend + 'static>(be: &B, a: &BenchArgs) -> Result<i32> {
     let n = a.tokens.unwrap_or(if be.name() == "cpu" { 512 } else { 16384 });
     let (c, inter, vocab) = (a.hidden, a.inter, a.vocab);
     let act = be.act_dtype();
@@ -83,6 +83,10 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
     let s = time(be, a.reps, || be.gemm(View::all(&gc), View::all(&ga), View::all(&gb), None, g, g, g, false, true, 1.0, 0.0))?;
     let gemm_tflops = 2.0 * (g * g * g) as f64 / s / 1e12;
     println!("tz-engine commit {}", env!("TZ_GIT_COMMIT"));
+    #[cfg(feature = "cuda")]
+    if let Some(c) = (be as &dyn std::any::Any).downcast_ref::<crate::backend::cuda::CudaBackend>() {
+        println!("gpu: {} (compute capability {}.{}, {} SMs)", c.device_name(), c.compute_capability().0, c.compute_capability().1, c.multiprocessors());
+    }
     println!("device {}: measured copy {copy_gbps:.1} GB/s, GEMM {gemm_tflops:.2} TFLOP/s ({g}^3)", be.name());
     drop((x, y, ga, gb, gc));
 
@@ -138,8 +142,19 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
     }
     drop((p, gr, m, v));
 
-    // Causal attention forward, sequences of 1024 tokens.
-    for hd in [64usize, 128] {
+    // Causal attention forward and backward, sequences of 1024 tokens. On CUDA both
+    // implementations: tensor cores (the default) and the FMA kernels (rows `*_fma`).
+    #[cfg(feature = "cuda")]
+    let cuda = (be as &dyn std::any::Any).downcast_ref::<crate::backend::cuda::CudaBackend>();
+    #[cfg(not(feature = "cuda"))]
+    let cuda: Option<&()> = None;
+    let variants: &[(&str, bool)] = if cuda.is_some() { &[("", false), ("_fma", true)] } else { &[("", false)] };
+    for (hd, &(suffix, fma)) in [64usize, 128].into_iter().flat_map(|hd| variants.iter().map(move |v| (hd, v))) {
+        #[cfg(feature = "cuda")]
+        if let Some(c) = cuda {
+            c.use_fma_attention(fma);
+        }
+        let _ = fma;
         let shape = AttnShape { n_head: c / hd, n_kv_head: 2.min(c / hd), head_dim: hd };
         let seq = 1024.min(n);
         let nseq = (n / seq).max(1);
@@ -153,13 +168,17 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<i32> {
         // Causal: half of the 4·T²·d·heads multiply-adds.
         let flops = nseq as f64 * 2.0 * (seq * seq) as f64 * hd as f64 * shape.n_head as f64;
         let tf = flops / s / 1e12;
-        rows.push(Row { op: "attention_fwd".into(), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
+        rows.push(Row { op: format!("attention_fwd{suffix}"), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
         // Backward: 2.5× the forward's FLOPs (dV, dP, dQ, dK GEMMs plus the recomputed scores).
         let (dout, dqkv) = (buf(act, tok * shape.q_width())?, buf(act, tok * shape.qkv_width())?);
         be.fill(View::all(&dout), 0.01)?;
         let s = time(be, a.reps, || be.attention_bwd(View::all(&dqkv), View::all(&dout), View::all(&qkv), View::all(&o), View::all(&l), seqs, shape, 1.0 / (hd as f32).sqrt()))?;
         let tf = 2.5 * flops / s / 1e12;
-        rows.push(Row { op: "attention_bwd".into(), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
+        rows.push(Row { op: format!("attention_bwd{suffix}"), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(c) = cuda {
+        c.use_fma_attention(false);
     }
 
     println!("{:<16} {:<28} {:>10} {:>10} {:>10} {:>8}", "op", "shape", "ms", "GB/s", "TFLOP/s", "% peak");
