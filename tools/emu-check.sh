@@ -30,3 +30,18 @@ export TZ_REQUIRE_GPU=1
 cargo test --release --test cuda_smoke --test parity_cuda --test model_cuda "$@"
 echo "emu-check: again, threads in reverse order between barriers"
 TZ_EMU_ORDER=reverse cargo test --release --test cuda_smoke --test parity_cuda "$@"
+
+# The trainer end to end on the emulated GPU: SFT, V*, A*PO steps with rollouts (KV cache,
+# decode attention, sampling), evaluation and checkpoints, all through --device cuda.
+echo "emu-check: tz-engine train --device cuda, a few steps end to end"
+cargo build --release --bin tz-engine
+run_dir=$(mktemp -d)
+trap 'rm -rf "$run_dir"' EXIT
+target/release/tz-engine train --set device=cuda --set out_dir="$run_dir" \
+  --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 \
+  --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
+  --set train.steps=2 --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
+  --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1
+test -s "$run_dir/tiny-astarpo/summary.json"
+test -d "$run_dir/tiny-astarpo/checkpoints/step-000002"
+echo "emu-check: ok"
