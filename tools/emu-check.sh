@@ -32,16 +32,28 @@ echo "emu-check: again, threads in reverse order between barriers"
 TZ_EMU_ORDER=reverse cargo test --release --test cuda_smoke --test parity_cuda "$@"
 
 # The trainer end to end on the emulated GPU: SFT, V*, A*PO steps with rollouts (KV cache,
-# decode attention, sampling), evaluation and checkpoints, all through --device cuda.
-echo "emu-check: tz-engine train --device cuda, a few steps end to end"
+# decode attention, sampling), evaluation and checkpoints, all through --device cuda. Run for
+# 1 and for 3 RL steps with every device allocation logged: the counts must be equal (the
+# issue's "no device allocation inside a training step or decode step").
+echo "emu-check: tz-engine train --device cuda end to end, 1 and 3 steps"
 cargo build --release --bin tz-engine
 run_dir=$(mktemp -d)
 trap 'rm -rf "$run_dir"' EXIT
-target/release/tz-engine train --set device=cuda --set out_dir="$run_dir" \
-  --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 \
-  --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
-  --set train.steps=2 --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
-  --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1
-test -s "$run_dir/tiny-astarpo/summary.json"
-test -d "$run_dir/tiny-astarpo/checkpoints/step-000002"
+for steps in 1 3; do
+  TZ_EMU_TRACE_ALLOC=1 target/release/tz-engine train --set device=cuda --set out_dir="$run_dir/s$steps" \
+    --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 \
+    --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
+    --set train.steps=$steps --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
+    --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1 \
+    2> "$run_dir/s$steps.log"
+  test -s "$run_dir/s$steps/tiny-astarpo/summary.json"
+  test -d "$run_dir/s$steps/tiny-astarpo/checkpoints/step-00000$steps"
+done
+a1=$(grep -c "cuda-emu: alloc" "$run_dir/s1.log")
+a3=$(grep -c "cuda-emu: alloc" "$run_dir/s3.log")
+echo "emu-check: device allocations: $a1 for 1 training step, $a3 for 3"
+if [ "$a1" != "$a3" ]; then
+  echo "emu-check: FAILED: training steps after the first allocate device memory" >&2
+  exit 1
+fi
 echo "emu-check: ok"

@@ -321,6 +321,7 @@ std::map<CUdeviceptr, size_t> allocations;
 size_t allocated = 0;
 constexpr size_t kTotalMem = 16ull << 30;
 std::string sticky_error;  // a failed launch poisons the context, as on a GPU
+unsigned long long launches = 0;
 
 struct EmuFunc {
     const tz_emu::KernelEntry* entry;
@@ -421,6 +422,10 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     *p = (CUdeviceptr)mem;
     allocations[*p] = bytes;
     allocated += bytes;
+    // TZ_EMU_TRACE_ALLOC=1: one stderr line per allocation, with the number of kernel
+    // launches so far (to see whether a loop allocates after its first iteration).
+    static const bool trace = std::getenv("TZ_EMU_TRACE_ALLOC") != nullptr;
+    if (trace) std::fprintf(stderr, "cuda-emu: alloc %zu bytes (live %zu) after %llu launches\n", bytes, allocated, launches);
     return OK;
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
@@ -516,6 +521,7 @@ CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, unsigne
         return ERR_INVALID_CONFIGURATION;
     }
     if (!sticky_error.empty()) return ERR_LAUNCH_FAILED;
+    ++launches;
     const std::string err = tz_emu::run_grid(f->entry->invoke, params, dim3{gx, gy, gz}, dim3{bx, by, bz}, smem, f->entry->name);
     if (!err.empty()) {
         std::fprintf(stderr, "cuda-emu: %s\n", err.c_str());
