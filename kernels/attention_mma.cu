@@ -31,7 +31,7 @@
 // Not yet done (performance): ldmatrix, cp.async double-buffering of K/V, K/V tiles shared
 // by the query heads of a GQA group, wgmma on sm_90a. Logic (forward and backward) is
 // verified on the CPU emulator (tools/cuda-emu) against the CPU oracle, including mutation
-// checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 128/168
+// checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 128/174
 // registers, bwd d64/d128 168/250 registers, no spills.
 #include "mma.cuh"
 
@@ -61,18 +61,8 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
 
     // Q fragments, straight from global memory (once per block; rows past the end are 0).
     u32 qa[KSTEPS][4];
-    {
-        const bf16* q_r0 = qkv + (u64)(start + r0) * W + qoff;
-        const bf16* q_r1 = qkv + (u64)(start + r1) * W + qoff;
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-            const int c = kk * 16 + 2 * t;
-            qa[kk][0] = r0 < L ? load_bf16x2(q_r0 + c) : 0u;
-            qa[kk][1] = r1 < L ? load_bf16x2(q_r1 + c) : 0u;
-            qa[kk][2] = r0 < L ? load_bf16x2(q_r0 + c + 8) : 0u;
-            qa[kk][3] = r1 < L ? load_bf16x2(q_r1 + c + 8) : 0u;
-        }
-    }
+    load_a_frags<KSTEPS>(qa, r0 < L ? qkv + (u64)(start + r0) * W + qoff : nullptr,
+                         r1 < L ? qkv + (u64)(start + r1) * W + qoff : nullptr, t);
     float o[DT][4];
 #pragma unroll
     for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
@@ -245,18 +235,8 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
         sK[r * KS + d] = kj < L ? qkv[(u64)(start + kj) * W + koff + d] : (bf16)0;
     }
     u32 va[KSTEPS][4];
-    {
-        const bf16* v0 = qkv + (u64)(start + kr0) * W + voff;
-        const bf16* v1 = qkv + (u64)(start + kr1) * W + voff;
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-            const int c = kk * 16 + 2 * t;
-            va[kk][0] = kr0 < L ? load_bf16x2(v0 + c) : 0u;
-            va[kk][1] = kr1 < L ? load_bf16x2(v1 + c) : 0u;
-            va[kk][2] = kr0 < L ? load_bf16x2(v0 + c + 8) : 0u;
-            va[kk][3] = kr1 < L ? load_bf16x2(v1 + c + 8) : 0u;
-        }
-    }
+    load_a_frags<KSTEPS>(va, kr0 < L ? qkv + (u64)(start + kr0) * W + voff : nullptr,
+                         kr1 < L ? qkv + (u64)(start + kr1) * W + voff : nullptr, t);
     float dk[DT][4], dv[DT][4];
 #pragma unroll
     for (int j = 0; j < DT; ++j)

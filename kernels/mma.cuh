@@ -32,3 +32,18 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const u32 (&a)[4],
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 // Two bf16 from memory (any alignment) → a u32, p[0] in the low half.
 __device__ __forceinline__ u32 load_bf16x2(const bf16* p) { return (u32)p[0] | ((u32)p[1] << 16); }
+
+// The A fragments of a 16-row × 16·KSTEPS tile, one per k-step, for lane (g, t): `row_g` and
+// `row_g8` point at rows g and g+8 of the tile (global or shared memory, any alignment);
+// a null row reads as zeros (rows past a sequence's end).
+template <int KSTEPS>
+__device__ __forceinline__ void load_a_frags(u32 (&a)[KSTEPS][4], const bf16* row_g, const bf16* row_g8, int t) {
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+        const int c = kk * 16 + 2 * t;
+        a[kk][0] = row_g ? load_bf16x2(row_g + c) : 0u;
+        a[kk][1] = row_g8 ? load_bf16x2(row_g8 + c) : 0u;
+        a[kk][2] = row_g ? load_bf16x2(row_g + c + 8) : 0u;
+        a[kk][3] = row_g8 ? load_bf16x2(row_g8 + c + 8) : 0u;
+    }
+}
