@@ -32,7 +32,7 @@
 // by the query heads of a GQA group, wgmma on sm_90a. Logic (forward and backward) is
 // verified on the CPU emulator (tools/cuda-emu) against the CPU oracle, including mutation
 // checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 128/174
-// registers, bwd d64/d128 168/250 registers, no spills.
+// registers, bwd d64/d128 129/255 registers, no spills.
 #include "mma.cuh"
 
 template <int D>
@@ -194,8 +194,9 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_d128(bf16* out, f
 //        forward; B fragments of dO and Q (pairs along the query axis) from two 16-bit
 //        shared loads each (conflict-free with the D+8 stride; ldmatrix.trans: not yet).
 //     4. dSᵀ → sdS [32 queries][64+8 keys] (bf16); then dQ = scale·dS·K for the tile, split
-//        over the warps (2 query m-tiles × 2 halves of D), added to the fp32 accumulator
-//        with atomics (blocks of other key tiles add to the same rows).
+//        over the warps (2 query m-tiles × 2 halves of D; K's B fragments by ldmatrix.trans
+//        from sK), added to the fp32 accumulator with atomics (blocks of other key tiles add
+//        to the same rows).
 //   Finally dK·scale and dV → the k and v parts of dqkv (bf16).
 // Shared memory: (64 + 2·32)·(D+8)·2 + 32·72·2 + 256 bytes = 23.5 KB (D = 64), 39.7 KB (128).
 
@@ -299,16 +300,15 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
                 const u32 sa[4] = {pack_bf16x2(ds[2 * kb][0], ds[2 * kb][1]), pack_bf16x2(ds[2 * kb][2], ds[2 * kb][3]),
                                    pack_bf16x2(ds[2 * kb + 1][0], ds[2 * kb + 1][1]),
                                    pack_bf16x2(ds[2 * kb + 1][2], ds[2 * kb + 1][3])};
-                const int qa = kb * 16 + 2 * t;  // query rows 2t, 2t+1 (+8) of this block
 #pragma unroll
-                for (int j = 0; j < DT; ++j) {
-                    const int c = j * 8 + g;
-                    const u32 bo[2] = {(u32)sdO[qa * KS + c] | ((u32)sdO[(qa + 1) * KS + c] << 16),
-                                       (u32)sdO[(qa + 8) * KS + c] | ((u32)sdO[(qa + 9) * KS + c] << 16)};
-                    mma_bf16_16816(dv[j], pa, bo);
-                    const u32 bq[2] = {(u32)sQ[qa * KS + c] | ((u32)sQ[(qa + 1) * KS + c] << 16),
-                                       (u32)sQ[(qa + 8) * KS + c] | ((u32)sQ[(qa + 9) * KS + c] << 16)};
-                    mma_bf16_16816(dk[j], sa, bq);
+                for (int j = 0; j < DT; j += 2) {
+                    u32 bo0[2], bo1[2], bq0[2], bq1[2];
+                    load_b_frags_x2(bo0, bo1, sdO, KS, kb * 16, j * 8);
+                    load_b_frags_x2(bq0, bq1, sQ, KS, kb * 16, j * 8);
+                    mma_bf16_16816(dv[j], pa, bo0);
+                    mma_bf16_16816(dv[j + 1], pa, bo1);
+                    mma_bf16_16816(dk[j], sa, bq0);
+                    mma_bf16_16816(dk[j + 1], sa, bq1);
                 }
             }
             // 4. dS (query-major) to shared memory, then dQ += scale·dS·K
@@ -332,13 +332,12 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
                 for (int kk = 0; kk < BC / 16; ++kk) {
                     const u32 a[4] = {*(const u32*)(srow + kk * 16), *(const u32*)(srow + 8 * SS + kk * 16),
                                       *(const u32*)(srow + kk * 16 + 8), *(const u32*)(srow + 8 * SS + kk * 16 + 8)};
-                    const int kq = kk * 16 + 2 * t;  // key rows 2t, 2t+1 (+8)
 #pragma unroll
-                    for (int j = 0; j < DT / 2; ++j) {
-                        const int c = (j0 + j) * 8 + g;
-                        const u32 b[2] = {(u32)sK[kq * KS + c] | ((u32)sK[(kq + 1) * KS + c] << 16),
-                                          (u32)sK[(kq + 8) * KS + c] | ((u32)sK[(kq + 9) * KS + c] << 16)};
-                        mma_bf16_16816(dq[j], a, b);
+                    for (int j = 0; j < DT / 2; j += 2) {
+                        u32 b0[2], b1[2];
+                        load_b_frags_x2(b0, b1, sK, KS, kk * 16, (j0 + j) * 8);
+                        mma_bf16_16816(dq[j], a, b0);
+                        mma_bf16_16816(dq[j + 1], a, b1);
                     }
                 }
 #pragma unroll

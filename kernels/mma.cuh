@@ -28,6 +28,36 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const u32 (&a)[4],
 #endif
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: four 8×8 bf16 matrices in shared memory,
+// each row 16 contiguous bytes (16-byte aligned); lane l gives the address of row l % 8 of
+// matrix l / 8 and receives r[i] = (M_i[2t][g], M_i[2t+1][g]) — the transposed fragment.
+// For a row-major [k][n] tile that is exactly the B fragment of mma.m16n8k16:
+// M_0 = rows k0..k0+7, M_1 = rows k0+8..k0+15 (columns n0..n0+7) give b = {r[0], r[1]}, and
+// M_2, M_3 the same for columns n0+8..n0+15.
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) {
+#ifdef TZ_EMU
+    tz_emu::ldmatrix_x4_trans(r, row);
+#else
+    u32 addr;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#endif
+}
+// The B fragments of n-tiles n0/8 and n0/8 + 1 for k rows k0..k0+15 of a row-major bf16 tile
+// in shared memory with row stride `ld` elements (a multiple of 8): b0 for columns n0..n0+7,
+// b1 for n0+8..n0+15.
+__device__ __forceinline__ void load_b_frags_x2(u32 (&b0)[2], u32 (&b1)[2], const bf16* tile, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, m = lane >> 3;
+    u32 r[4];
+    ldmatrix_x4_trans(r, tile + (k0 + (lane & 7) + 8 * (m & 1)) * ld + n0 + 8 * (m >> 1));
+    b0[0] = r[0];
+    b0[1] = r[1];
+    b1[0] = r[2];
+    b1[1] = r[3];
+}
+
 // Two floats → a u32 of two bf16 (round to nearest even), `lo` in the low half.
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 // Two bf16 from memory (any alignment) → a u32, p[0] in the low half.

@@ -70,6 +70,8 @@ void* dyn_smem();
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32, d += a·b, from the PTX fragment layouts
 // (kernels/mma.cuh); a warp collective.
 void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 (kernels/mma.cuh); a warp collective.
+void ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* row);
 }  // namespace tz_emu
 
 #define threadIdx (tz_emu::cur->tid)

@@ -192,6 +192,23 @@ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
 float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
 }  // namespace
 
+const unsigned short* ldm_rows[1024];  // one row address per lane, 32 per warp (fixed)
+
+void ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* row) {
+    const unsigned lane = cur->lane, warp = cur->warp;
+    const unsigned short** rows = &ldm_rows[warp * 32];
+    if (((uintptr_t)row & 15) != 0) {
+        std::fprintf(stderr, "cuda-emu: ldmatrix row address %p is not 16-byte aligned\n", (const void*)row);
+        std::abort();  // a misaligned address faults on a GPU
+    }
+    rows[lane] = row;
+    syncwarp();
+    const int g = (int)lane >> 2, t = (int)lane & 3;
+    for (int i = 0; i < 4; ++i)
+        r[i] = (unsigned)rows[8 * i + 2 * t][g] | ((unsigned)rows[8 * i + 2 * t + 1][g] << 16);
+    syncwarp();  // every lane has read before any lane publishes its next address
+}
+
 void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     const unsigned lane = cur->lane, warp = cur->warp;
     MmaSlot* w = &mma_slots[warp * 32];
