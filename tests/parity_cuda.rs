@@ -501,6 +501,48 @@ fn sampling_matches_the_oracle() {
     }
 }
 
+/// Rows that stress the thresholds: many tied logits, all logits equal, one dominant token,
+/// a row that is -inf but for three tied tokens; top-p 0 (keep the ties of the largest p),
+/// top-k 1 and v - 1. Ties have no rounding boundary to fall on: the tokens must be equal.
+#[test]
+fn sampling_edge_rows_match_the_oracle() {
+    let (cpu, dev) = pair!();
+    let mut rng = Rng::new(23);
+    let v = 4099usize;
+    let mut logits = Vec::new();
+    logits.extend(randn(&mut rng, v, 2.0).iter().map(|x| x.round().clamp(-3.0, 3.0)));
+    logits.extend(std::iter::repeat_n(0.0f32, v));
+    let mut dominant = randn(&mut rng, v, 1.0);
+    dominant[1234] = 30.0;
+    logits.extend(dominant);
+    let mut few = vec![f32::NEG_INFINITY; v];
+    for j in [5, 2000, 4098] {
+        few[j] = 1.0;
+    }
+    logits.extend(few);
+    let b = logits.len() / v;
+    let (xc, xd) = both(&cpu, &dev, DType::BF16, &logits);
+    let seeds: Vec<u64> = (0..b as u64).map(|i| 77 + i).collect();
+    for p in [
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.0 },
+        SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0 },
+        SamplingParams { temperature: 1.0, top_k: v - 1, top_p: 1.0 },
+        SamplingParams { temperature: 0.9, top_k: 7, top_p: 0.3 },
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5 },
+        SamplingParams { temperature: 2.0, top_k: 100, top_p: 0.99 },
+    ] {
+        for counter in 0..3u64 {
+            let counters = vec![counter; b];
+            let oc = cpu.alloc(DType::U32, b).unwrap();
+            let od = dev.alloc(DType::U32, b).unwrap();
+            dev.upload_u32(View::all(&od), &vec![u32::MAX; b]).unwrap();
+            cpu.sample(View::all(&oc), View::all(&xc), b, v, &p, &seeds, &counters).unwrap();
+            dev.sample(View::all(&od), View::all(&xd), b, v, &p, &seeds, &counters).unwrap();
+            assert_eq!(down_u32(&dev, &od), down_u32(&cpu, &oc), "{p:?} counter {counter}");
+        }
+    }
+}
+
 #[test]
 fn apo_and_grpo_losses() {
     let (cpu, dev) = pair!();

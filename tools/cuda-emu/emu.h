@@ -194,3 +194,4 @@ using std::exp;
 using std::isinf;
 using std::isnan;
 using std::log;
+using std::ceil;
