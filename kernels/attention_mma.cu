@@ -13,10 +13,11 @@
 //       domain) and this lane's partial running sum l (the 4 lanes of a row are summed once
 //       at the end: rescaling by α commutes with the sum).
 //   Loop over 64-key tiles up to the causal diagonal:
-//     1. K tile → sK [64][D+8] (row-major: B fragments of Kᵀ are single u32 loads);
-//        V tile → sVt [D][64+8] (transposed: B fragments of V likewise). The +8 padding
-//        makes a row stride ≡ 4 words (mod 32 banks): the 8 rows × 4 words a fragment
-//        load touches fall in 32 distinct banks. Rows past the sequence are zero-filled.
+//     1. K and V tiles → sK, sV [64][D+8], row-major, by 16-byte loads (element loads if
+//        qkv is not 16-byte aligned). B fragments of Kᵀ are single u32 loads; those of V
+//        come from ldmatrix.x4.trans (two d n-tiles per instruction). The +8 padding makes
+//        a row stride ≡ 4 words (mod 32 banks): the 8 rows × 4 words a fragment load or an
+//        ldmatrix phase touches fall in 32 distinct banks. Rows past the sequence are 0.
 //     2. S = Q·Kᵀ: 8 n-tiles of 8 keys × D/16 k-steps of mma; scaled by scale·log2(e);
 //        causal / out-of-sequence entries → −inf.
 //     3. Online softmax on the fragments: row max over the lane's 16 values, then over the
@@ -26,12 +27,12 @@
 //        registers: 4 key blocks × D/8 n-tiles of mma.
 //   Finally O / l → out (bf16), lse = ln 2 · (m + log2 l) (natural log of the scaled scores,
 //   what the backward kernel expects).
-// Shared memory: (64·(D+8) + D·72)·2 bytes = 18.4 KB (D = 64), 35.8 KB (D = 128).
+// Shared memory: 2·64·(D+8)·2 bytes = 18.4 KB (D = 64), 34.8 KB (D = 128).
 //
-// Not yet done (performance): ldmatrix, cp.async double-buffering of K/V, K/V tiles shared
+// Not yet done (performance): cp.async double-buffering of K/V, K/V tiles shared
 // by the query heads of a GQA group, wgmma on sm_90a. Logic (forward and backward) is
 // verified on the CPU emulator (tools/cuda-emu) against the CPU oracle, including mutation
-// checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 128/174
+// checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 129/244
 // registers, bwd d64/d128 129/255 registers, no spills.
 #include "mma.cuh"
 
@@ -39,12 +40,12 @@ template <int D>
 __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const bf16* qkv, const u32* cu, int H, int KVH,
                                                   float scale) {
     constexpr int BR = 64, BC = 64;
-    constexpr int KS = D + 8;   // sK row stride (bf16 elements)
-    constexpr int VS = BC + 8;  // sVt row stride
+    constexpr int KS = D + 8;  // sK, sV row stride (bf16 elements)
     constexpr int KSTEPS = D / 16;
-    constexpr int DT = D / 8;  // n-tiles of O
+    constexpr int DT = D / 8;   // n-tiles of O
+    constexpr int CH = D / 8;   // 16-byte chunks of a K or V row
     __shared__ __align__(16) bf16 sK[BC * KS];
-    __shared__ __align__(16) bf16 sVt[D * VS];
+    __shared__ __align__(16) bf16 sV[BC * KS];
 
     const int s = blockIdx.z, h = blockIdx.y;
     const int start = (int)cu[s];
@@ -56,6 +57,9 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
     const u64 qoff = (u64)h * D, koff = (u64)(H + g_kv) * D, voff = (u64)(H + KVH + g_kv) * D;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
+    // K and V rows by 16-byte loads when qkv is 16-byte aligned (row strides and head offsets
+    // are multiples of 8 elements); element by element otherwise (a misaligned view).
+    const bool vec = ((u64)qkv & 15u) == 0;
     // The two query rows (within the sequence) this lane's fragments cover.
     const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
 
@@ -72,13 +76,28 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
     const int kend = min(q0 + BR, L);  // causal: keys [0, kend) matter to this tile
     for (int k0 = 0; k0 < kend; k0 += BC) {
         __syncthreads();  // the previous tile's readers are done
-        for (int e = tid; e < BC * D; e += 128) {
-            const int r = e / D, d = e - r * D;
-            const int kj = k0 + r;
-            const bool ok = kj < L;
-            const u64 row = (u64)(start + (ok ? kj : 0)) * W;
-            sK[r * KS + d] = ok ? qkv[row + koff + d] : (bf16)0;
-            sVt[d * VS + r] = ok ? qkv[row + voff + d] : (bf16)0;
+        if (vec) {
+            for (int e = tid; e < BC * CH; e += 128) {
+                const int r = e / CH, c = (e - r * CH) * 8;
+                const int kj = k0 + r;
+                uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+                if (kj < L) {
+                    const bf16* row = qkv + (u64)(start + kj) * W;
+                    kv = *(const uint4*)(row + koff + c);
+                    vv = *(const uint4*)(row + voff + c);
+                }
+                *(uint4*)(sK + r * KS + c) = kv;
+                *(uint4*)(sV + r * KS + c) = vv;
+            }
+        } else {
+            for (int e = tid; e < BC * D; e += 128) {
+                const int r = e / D, d = e - r * D;
+                const int kj = k0 + r;
+                const bool ok = kj < L;
+                const u64 row = (u64)(start + (ok ? kj : 0)) * W;
+                sK[r * KS + d] = ok ? qkv[row + koff + d] : (bf16)0;
+                sV[r * KS + d] = ok ? qkv[row + voff + d] : (bf16)0;
+            }
         }
         __syncthreads();
 
@@ -138,10 +157,11 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
                                pack_bf16x2(sc[2 * kb + 1][0], sc[2 * kb + 1][1]),
                                pack_bf16x2(sc[2 * kb + 1][2], sc[2 * kb + 1][3])};
 #pragma unroll
-            for (int j = 0; j < DT; ++j) {
-                const bf16* vrow = sVt + (j * 8 + g) * VS + kb * 16 + 2 * t;
-                const u32 b[2] = {*(const u32*)vrow, *(const u32*)(vrow + 8)};
-                mma_bf16_16816(o[j], pa, b);
+            for (int j = 0; j < DT; j += 2) {
+                u32 b0[2], b1[2];
+                load_b_frags_x2(b0, b1, sV, KS, kb * 16, j * 8);
+                mma_bf16_16816(o[j], pa, b0);
+                mma_bf16_16816(o[j + 1], pa, b1);
             }
         }
     }

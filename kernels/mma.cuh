@@ -38,8 +38,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) 
 #ifdef TZ_EMU
     tz_emu::ldmatrix_x4_trans(r, row);
 #else
-    u32 addr;
-    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(row));
+    const u32 addr = (u32)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));

@@ -333,6 +333,14 @@ fn attention_forward_backward_varlen_gqa() {
         assert_close(&down(&dev, &od), &down(&cpu, &oc), BF16_TOL, &format!("{what} out"));
         assert_close(&down(&dev, &ld), &down(&cpu, &lc), 1e-3, &format!("{what} lse"));
 
+        // The same forward from a qkv view that is not 16-byte aligned (one element in): the
+        // kernels' element-by-element tile loads instead of their 16-byte ones.
+        let shifted: Vec<f32> = std::iter::once(0.0).chain(qkv.iter().copied()).collect();
+        let (_, qd1) = both(&cpu, &dev, DType::BF16, &shifted);
+        let (od1, ld1) = (poisoned(&dev, DType::BF16, t * qw), poisoned(&dev, DType::F32, t * s.n_head));
+        dev.attention_fwd(View::all(&od1), View::all(&ld1), View::all(&qd1).slice(1, t * w), seqs_d, s, scale).unwrap();
+        assert_close(&down(&dev, &od1), &down(&cpu, &oc), BF16_TOL, &format!("{what} out, misaligned qkv"));
+
         // Backward from each side's own forward outputs (the device uses its bf16 `out`).
         let dout = randn(&mut rng, t * qw, 1.0);
         let (gc, gd) = both(&cpu, &dev, DType::BF16, &dout);
