@@ -132,8 +132,9 @@ impl Loader {
 }
 
 /// Compiles every embedded kernel source with NVRTC for `arch` (e.g. "compute_90"), without
-/// needing a GPU: checks the run-time fallback path. Errors if libnvrtc is absent.
-pub fn nvrtc_check_all(arch: &str) -> Result<Vec<(&'static str, usize)>> {
+/// needing a GPU: checks the run-time fallback path. Returns `(file, PTX)`. Errors if libnvrtc
+/// is absent.
+pub fn nvrtc_check_all(arch: &str) -> Result<Vec<(&'static str, String)>> {
     // SAFETY: dlopen probe only.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(anyhow!("the NVRTC library (libnvrtc.so) was not found"));
@@ -146,7 +147,7 @@ pub fn nvrtc_check_all(arch: &str) -> Result<Vec<(&'static str, usize)>> {
             ..Default::default()
         };
         let ptx = cudarc::nvrtc::compile_ptx_with_opts(kf.source, opts).map_err(|e| anyhow!("NVRTC {}.cu: {e:?}", kf.name))?;
-        out.push((kf.name, ptx.to_src().len()));
+        out.push((kf.name, ptx.to_src()));
     }
     Ok(out)
 }
