@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Packs what the GPU machine needs into the git-ignored .device/ (that machine has no Rust
 # toolchain): the release tz-engine binary, the CUDA test executables and the per-kernel
-# criterion bench, stripped, plus a manifest. All kernels are compiled by nvcc here (TZ_REQUIRE_NVCC=1: a missing or failing
+# criterion bench, stripped, plus a manifest; the executables travel gzipped in
+# .device/pack.tar.gz (tools/device-unpack.sh, called by gpu-check.sh and profile.sh, unpacks
+# them there): six executables each embedding every cubin are 57 MB raw, 16 MB packed. All kernels are compiled by nvcc here (TZ_REQUIRE_NVCC=1: a missing or failing
 # nvcc is an error, never a silent NVRTC fallback).
 #
 #   tools/device-pack.sh        # then, on the device, with .device carried:
@@ -75,6 +77,8 @@ cp target/release/build/tz-engine-*/out/ptxas-report.txt .device/ 2>/dev/null ||
   done)
 } >.device/MANIFEST.txt
 
+tar czf .device/pack.tar.gz -C .device bin bench
+rm -rf .device/bin .device/bench
 total=$(du -sb .device | cut -f1)
 cat .device/MANIFEST.txt
 echo "total: $total bytes"

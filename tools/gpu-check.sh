@@ -2,9 +2,11 @@
 # Runs on the GPU machine, from the repository root, with .device/ (tools/device-pack.sh)
 # carried along. Needs no Rust toolchain. Writes its report to $OUT (or .device/out):
 #   gpu-check.txt   summary and every step's output
-# Steps: the CUDA test executables (TZ_REQUIRE_GPU=1, so "no GPU" fails instead of
-# skipping); compute-sanitizer memcheck and racecheck on the kernel tests; `tz-engine bench
-# kernels --device cuda` if that subcommand exists; the criterion kernel bench's CUDA group; `python3 tools/bench_torch.py` if present.
+#   bench-kernels.jsonl, bench-torch.jsonl, compare.md (ours / PyTorch per op, targets met?)
+# Steps, most informative first (the budget may cut the tail): the CUDA test executables
+# (TZ_REQUIRE_GPU=1, so "no GPU" fails instead of skipping); `tz-engine bench kernels
+# --device cuda`; `tools/bench_torch.py` and `tools/compare_bench.py`; compute-sanitizer
+# memcheck and racecheck on the kernel tests; the criterion kernel bench's CUDA group.
 # The whole run is budgeted (TZ_CHECK_BUDGET seconds, default 660: a device session gets
 # ~15 minutes including the machine's start): a step that would begin after the budget is
 # spent is skipped and counted as failed, so the report always comes back.
@@ -48,6 +50,7 @@ step() {
   fi
 }
 
+bash tools/device-unpack.sh || log "could not unpack .device/pack.tar.gz"
 if [ ! -d "$bin" ]; then
   log "no .device/bin: run tools/device-pack.sh on the build machine and carry .device"
   echo "0 passed, 1 failed"
@@ -85,6 +88,17 @@ for exe in "${tests[@]}"; do
   step "test $(basename "$exe")" 180 "$exe" --test-threads=1 --nocapture
 done
 
+if [ -x "$bin/tz-engine" ] && "$bin/tz-engine" bench --help 2>/dev/null | grep -qi kernels; then
+  step "tz-engine bench kernels" 180 "$bin/tz-engine" bench kernels --device cuda --json "$out/bench-kernels.jsonl"
+else
+  log "tz-engine bench kernels: not available in this build (skipped)"
+fi
+
+if [ -f tools/bench_torch.py ]; then
+  step "bench_torch.py" 180 python3 tools/bench_torch.py --json "$out/bench-torch.jsonl"
+  step "ours vs PyTorch, targets" 30 python3 tools/compare_bench.py "$out/bench-kernels.jsonl" "$out/bench-torch.jsonl" --md "$out/compare.md"
+fi
+
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for exe in "${tests[@]}"; do
     case "$(basename "$exe")" in
@@ -98,19 +112,10 @@ else
   log "compute-sanitizer not found: memcheck/racecheck skipped"
 fi
 
-if [ -x "$bin/tz-engine" ] && "$bin/tz-engine" bench --help 2>/dev/null | grep -qi kernels; then
-  step "tz-engine bench kernels" 180 "$bin/tz-engine" bench kernels --device cuda --json "$out/bench-kernels.jsonl"
-else
-  log "tz-engine bench kernels: not available in this build (skipped)"
-fi
-
 if [ -x .device/bench/kernels ]; then
   step "criterion kernels (cuda group)" 240 .device/bench/kernels --bench cuda_ --warm-up-time 1 --measurement-time 2
 fi
 
-if [ -f tools/bench_torch.py ]; then
-  step "bench_torch.py" 180 python3 tools/bench_torch.py
-fi
 
 log ""
 log "$pass passed, $fail failed"

@@ -15,6 +15,7 @@ set -euo pipefail
 mode=${1:-kernels}
 shift || true
 out=${OUT:-.}
+bash "$(dirname "$0")/device-unpack.sh"
 bin=${TZ_BIN:-./.device/bin/tz-engine}
 [ -x "$bin" ] || { echo "profile.sh: $bin not found (run tools/device-pack.sh and carry .device)" >&2; exit 1; }
 # A short GPU run of the tiny preset: enough steps for every phase to appear a few times.
