@@ -42,6 +42,24 @@ __device__ __forceinline__ float ld(const bf16* p) { return bf2f(*p); }
 __device__ __forceinline__ void st(float* p, float v) { *p = v; }
 __device__ __forceinline__ void st(bf16* p, float v) { *p = f2bf(v); }
 
+// Eight bf16 in one 16-byte word (uint4, lowest index in the low half of .x) <-> floats.
+// Vectorized paths use them where a row or buffer is 16-byte aligned.
+__device__ __forceinline__ void unpack_bf16x8(uint4 q, float (&f)[8]) {
+    const u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+        f[2 * h] = __uint_as_float(w[h] << 16);
+        f[2 * h + 1] = __uint_as_float(w[h] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ uint4 pack_bf16x8(const float (&f)[8]) {
+    u32 w[4];
+#pragma unroll
+    for (int h = 0; h < 4; ++h) w[h] = (u32)f2bf(f[2 * h]) | ((u32)f2bf(f[2 * h + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ bool aligned16(const void* p) { return ((u64)p & 15u) == 0; }
+
 // ---- reductions ----------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -5,23 +5,51 @@
 //   residual_rmsnorm_fwd_bf16(resid_out, out, rstd, resid_in, delta, w, c, eps)
 //       resid_out = bf16(resid_in + delta) (may alias resid_in), then rmsnorm of the *rounded*
 //       resid_out (what the backward pass will read back as x).
-//       Launch (both forwards): grid.x = n rows, one block per row, 256 threads; two passes
-//       over the row (sum of squares with a block reduction, then the scaled write). The
-//       row is re-read from L1/L2 instead of being staged in shared memory: c ≤ 8192 bf16 =
-//       16 KB per row is cache resident.
+//       Launch (both forwards): grid.x = n rows, one block per row, 256 threads. When
+//       c % 8 == 0, c ≤ 8192 and the rows are 16-byte aligned (every Qwen2 width), each
+//       thread loads its chunks of 8 bf16 once with 16-byte loads and keeps them in
+//       registers across the block reduction: the row is read from memory once. Otherwise
+//       two element-wise passes (the second re-reads the row from L1/L2).
 //   rmsnorm_bwd_bf16(dx [n,c] bf16 +=, dw [c] f32 +=, dout [n,c] bf16, x, w, rstd, n, c)
 //       dot_i = Σ_j dout_ij w_j x_ij
 //       dx_ij += rstd_i w_j dout_ij − rstd_i³ x_ij dot_i / c
 //       dw_j  += Σ_i dout_ij x_ij rstd_i
 //       Launch: grid.x = G ≤ n blocks (host picks ~2 per SM), 256 threads, dynamic shared
 //       memory c·4 bytes: each block walks rows blockIdx.x, +G, … and keeps its partial dw
-//       in shared memory (column j owned by thread j % blockDim, so no shared atomics), then
+//       in shared memory (each column owned by one thread, so no shared atomics), then
 //       adds it to dw with one fp32 atomicAdd per column. Needs c·4 ≤ 48 KB (c ≤ 12288).
+//       On the forwards' register path conditions, 16-byte loads and stores, dout and x of a
+//       row kept in registers between the dot product and the update (chunk ch of 8 columns
+//       and its dw_acc entries owned by thread ch % blockDim).
 //       Each thread reads dout/x element j before writing dx element j, so dx may even alias
 //       dout.
 //
 // All math fp32; one bf16 rounding per stored value.
 #include "common.cuh"
+
+// Register path: c % 8 == 0, 16-byte aligned rows, c ≤ 8·RMS_VEC·blockDim (8192 at 256
+// threads). The row is read from global memory once, kept as RMS_VEC uint4 per thread.
+#define RMS_VEC 4
+
+__device__ __forceinline__ bool rms_vec_ok(int c, const void* a, const void* b, const void* d, const void* e) {
+    return c % 8 == 0 && c / 8 <= RMS_VEC * (int)blockDim.x && aligned16(a) && aligned16(b) && aligned16(d) &&
+           aligned16(e);
+}
+
+// out = bf16(x·r·w) for the chunks this thread holds.
+__device__ __forceinline__ void rms_scale_store(uint4* o, const uint4 (&xv)[RMS_VEC], const uint4* w, int nc, float r) {
+#pragma unroll
+    for (int k = 0; k < RMS_VEC; ++k) {
+        const int ch = threadIdx.x + k * blockDim.x;
+        if (ch >= nc) break;
+        float f[8], g[8];
+        unpack_bf16x8(xv[k], f);
+        unpack_bf16x8(w[ch], g);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) f[i] = f[i] * r * g[i];
+        o[ch] = pack_bf16x8(f);
+    }
+}
 
 extern "C" __global__ void rmsnorm_fwd_bf16(bf16* out, float* rstd, const bf16* x, const bf16* w, int c, float eps) {
     __shared__ float sh[32];
@@ -29,6 +57,25 @@ extern "C" __global__ void rmsnorm_fwd_bf16(bf16* out, float* rstd, const bf16* 
     const bf16* xr = x + row * (u64)c;
     bf16* o = out + row * (u64)c;
     float ss = 0.f;
+    if (rms_vec_ok(c, x, w, out, x)) {
+        const int nc = c / 8;
+        uint4 xv[RMS_VEC];
+#pragma unroll
+        for (int k = 0; k < RMS_VEC; ++k) {
+            const int ch = threadIdx.x + k * blockDim.x;
+            if (ch >= nc) break;
+            xv[k] = ((const uint4*)xr)[ch];
+            float f[8];
+            unpack_bf16x8(xv[k], f);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
+        }
+        ss = block_sum(ss, sh);
+        const float r = rsqrtf(ss / (float)c + eps);
+        rms_scale_store((uint4*)o, xv, (const uint4*)w, nc, r);
+        if (threadIdx.x == 0) rstd[row] = r;
+        return;
+    }
     for (int j = threadIdx.x; j < c; j += blockDim.x) {
         const float v = bf2f(xr[j]);
         ss += v * v;
@@ -45,6 +92,33 @@ extern "C" __global__ void residual_rmsnorm_fwd_bf16(bf16* resid_out, bf16* out,
     const u64 row = blockIdx.x;
     const u64 base = row * (u64)c;
     float ss = 0.f;
+    if (rms_vec_ok(c, resid_out, out, resid_in, delta) && aligned16(w)) {
+        const int nc = c / 8;
+        const uint4* a = (const uint4*)(resid_in + base);
+        const uint4* d = (const uint4*)(delta + base);
+        uint4* ro = (uint4*)(resid_out + base);
+        uint4 xv[RMS_VEC];
+#pragma unroll
+        for (int k = 0; k < RMS_VEC; ++k) {
+            const int ch = threadIdx.x + k * blockDim.x;
+            if (ch >= nc) break;
+            float fa[8], fd[8];
+            unpack_bf16x8(a[ch], fa);  // read before the (possibly aliased) write below
+            unpack_bf16x8(d[ch], fd);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) fa[i] += fd[i];
+            xv[k] = pack_bf16x8(fa);
+            ro[ch] = xv[k];
+            unpack_bf16x8(xv[k], fa);  // the rounded sum: what the backward reads back as x
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ss += fa[i] * fa[i];
+        }
+        ss = block_sum(ss, sh);
+        const float r = rsqrtf(ss / (float)c + eps);
+        rms_scale_store((uint4*)(out + base), xv, (const uint4*)w, nc, r);
+        if (threadIdx.x == 0) rstd[row] = r;
+        return;
+    }
     // Pass 1: each thread writes, then later re-reads, the same elements (alias-safe).
     for (int j = threadIdx.x; j < c; j += blockDim.x) {
         const bf16 r = f2bf(bf2f(resid_in[base + j]) + bf2f(delta[base + j]));
@@ -63,23 +137,80 @@ extern "C" __global__ void rmsnorm_bwd_bf16(bf16* dx, float* dw, const bf16* dou
     TZ_DYN_SMEM(float, dw_acc);  // c floats
     __shared__ float sh[32];
     for (int j = threadIdx.x; j < c; j += blockDim.x) dw_acc[j] = 0.f;
-    // No barrier needed: thread t only ever touches dw_acc[j] with j % blockDim == t.
+    __syncthreads();  // the vector path's ownership of dw_acc differs from this loop's
     const float inv_c = 1.f / (float)c;
-    for (int row = blockIdx.x; row < n; row += gridDim.x) {
-        const u64 base = (u64)row * c;
-        const float r = rstd[row];
-        float dot = 0.f;
-        for (int j = threadIdx.x; j < c; j += blockDim.x)
-            dot += bf2f(dout[base + j]) * bf2f(w[j]) * bf2f(x[base + j]);
-        dot = block_sum(dot, sh);
-        const float k = r * r * r * dot * inv_c;
-        for (int j = threadIdx.x; j < c; j += blockDim.x) {
-            const float dy = bf2f(dout[base + j]);
-            const float xv = bf2f(x[base + j]);
-            const float g = r * bf2f(w[j]) * dy - k * xv;
-            dx[base + j] = f2bf(bf2f(dx[base + j]) + g);
-            dw_acc[j] += dy * xv * r;
+    if (rms_vec_ok(c, dx, dout, x, w)) {
+        // Chunk ch (8 columns) is owned by thread ch % blockDim: its dw_acc entries too.
+        const int nc = c / 8;
+        const uint4* w4 = (const uint4*)w;
+        float4* acc4 = (float4*)dw_acc;
+        for (int row = blockIdx.x; row < n; row += gridDim.x) {
+            const u64 base = (u64)row * c;
+            const uint4* dy4 = (const uint4*)(dout + base);
+            const uint4* x4 = (const uint4*)(x + base);
+            uint4* dx4 = (uint4*)(dx + base);
+            const float r = rstd[row];
+            uint4 dv[RMS_VEC], xv[RMS_VEC];
+            float dot = 0.f;
+#pragma unroll
+            for (int k = 0; k < RMS_VEC; ++k) {
+                const int ch = threadIdx.x + k * blockDim.x;
+                if (ch >= nc) break;
+                dv[k] = dy4[ch];
+                xv[k] = x4[ch];
+                float fd[8], fx[8], fw[8];
+                unpack_bf16x8(dv[k], fd);
+                unpack_bf16x8(xv[k], fx);
+                unpack_bf16x8(w4[ch], fw);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) dot += fd[i] * fw[i] * fx[i];
+            }
+            dot = block_sum(dot, sh);
+            const float kk = r * r * r * dot * inv_c;
+#pragma unroll
+            for (int k = 0; k < RMS_VEC; ++k) {
+                const int ch = threadIdx.x + k * blockDim.x;
+                if (ch >= nc) break;
+                float fd[8], fx[8], fw[8], fo[8];
+                unpack_bf16x8(dv[k], fd);  // dout and x were read before dx is written (alias-safe)
+                unpack_bf16x8(xv[k], fx);
+                unpack_bf16x8(w4[ch], fw);
+                unpack_bf16x8(dx4[ch], fo);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) fo[i] += r * fw[i] * fd[i] - kk * fx[i];
+                dx4[ch] = pack_bf16x8(fo);
+                float4 a0 = acc4[2 * ch], a1 = acc4[2 * ch + 1];
+                a0.x += fd[0] * fx[0] * r;
+                a0.y += fd[1] * fx[1] * r;
+                a0.z += fd[2] * fx[2] * r;
+                a0.w += fd[3] * fx[3] * r;
+                a1.x += fd[4] * fx[4] * r;
+                a1.y += fd[5] * fx[5] * r;
+                a1.z += fd[6] * fx[6] * r;
+                a1.w += fd[7] * fx[7] * r;
+                acc4[2 * ch] = a0;
+                acc4[2 * ch + 1] = a1;
+            }
+        }
+    } else {
+        // Thread t only ever touches dw_acc[j] with j % blockDim == t.
+        for (int row = blockIdx.x; row < n; row += gridDim.x) {
+            const u64 base = (u64)row * c;
+            const float r = rstd[row];
+            float dot = 0.f;
+            for (int j = threadIdx.x; j < c; j += blockDim.x)
+                dot += bf2f(dout[base + j]) * bf2f(w[j]) * bf2f(x[base + j]);
+            dot = block_sum(dot, sh);
+            const float k = r * r * r * dot * inv_c;
+            for (int j = threadIdx.x; j < c; j += blockDim.x) {
+                const float dy = bf2f(dout[base + j]);
+                const float xv = bf2f(x[base + j]);
+                const float g = r * bf2f(w[j]) * dy - k * xv;
+                dx[base + j] = f2bf(bf2f(dx[base + j]) + g);
+                dw_acc[j] += dy * xv * r;
+            }
         }
     }
+    __syncthreads();
     for (int j = threadIdx.x; j < c; j += blockDim.x) atomicAdd(dw + j, dw_acc[j]);
 }

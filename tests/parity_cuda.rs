@@ -596,27 +596,33 @@ fn apo_and_grpo_losses() {
 fn adamw_master_weights_match_the_f32_oracle() {
     let (cpu, dev) = pair!();
     let mut rng = Rng::new(23);
-    for n in [1usize, 1000, 1_000_003] {
-        let w = randn(&mut rng, n, 0.02);
-        let m0: Vec<f32> = randn(&mut rng, n, 1e-3);
-        let v0: Vec<f32> = randn(&mut rng, n, 1e-3).iter().map(|x| x * x).collect();
+    // off > 0: every view starts `off` elements into its buffer (not 16-byte aligned), so the
+    // kernel's element-wise path runs instead of its float4 one.
+    for (n, off) in [(1usize, 0usize), (1000, 0), (1_000_003, 0), (1001, 1)] {
+        let pad = |x: Vec<f32>| -> Vec<f32> { std::iter::repeat_n(0.0, off).chain(x).collect() };
+        let w = pad(randn(&mut rng, n, 0.02));
+        let m0 = pad(randn(&mut rng, n, 1e-3));
+        let v0 = pad(randn(&mut rng, n, 1e-3).iter().map(|x| x * x).collect());
         // CPU: f32 params updated in place. CUDA: f32 master, bf16 params receive the cast.
         let (pc, md) = both(&cpu, &dev, DType::F32, &w);
-        let pd = poisoned(&dev, DType::BF16, n);
+        let pd = poisoned(&dev, DType::BF16, n + off);
         let (mc, mmd) = both(&cpu, &dev, DType::F32, &m0);
         let (vc, vd) = both(&cpu, &dev, DType::F32, &v0);
         for step in 1..=3u32 {
-            let g = randn(&mut rng, n, 1.0);
+            let g = pad(randn(&mut rng, n, 1.0));
             let (gc, gd) = both(&cpu, &dev, DType::F32, &g);
             let p = AdamWParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step, grad_scale: 0.5 };
-            cpu.adamw(View::all(&pc), None, View::all(&gc), View::all(&mc), View::all(&vc), &p).unwrap();
-            dev.adamw(View::all(&pd), Some(View::all(&md)), View::all(&gd), View::all(&mmd), View::all(&vd), &p).unwrap();
+            let c = |b| View::all(b).slice(off, n);
+            let d = |b| View::all(b).slice(off, n);
+            cpu.adamw(c(&pc), None, c(&gc), c(&mc), c(&vc), &p).unwrap();
+            dev.adamw(d(&pd), Some(d(&md)), d(&gd), d(&mmd), d(&vd), &p).unwrap();
         }
-        let want = down(&cpu, &pc);
-        assert_close(&down(&dev, &md), &want, 1e-5, &format!("adamw master n={n}"));
-        assert_close(&down(&dev, &mmd), &down(&cpu, &mc), 1e-5, &format!("adamw m n={n}"));
-        assert_close(&down(&dev, &vd), &down(&cpu, &vc), 1e-5, &format!("adamw v n={n}"));
-        let cast: Vec<f32> = down(&dev, &md).iter().map(|&x| bfr(x)).collect();
-        assert_eq!(down(&dev, &pd), cast, "adamw: bf16 params are the rounded master weights (n={n})");
+        let tail = |x: Vec<f32>| x[off..].to_vec();
+        let want = tail(down(&cpu, &pc));
+        assert_close(&tail(down(&dev, &md)), &want, 1e-5, &format!("adamw master n={n} off={off}"));
+        assert_close(&tail(down(&dev, &mmd)), &tail(down(&cpu, &mc)), 1e-5, &format!("adamw m n={n} off={off}"));
+        assert_close(&tail(down(&dev, &vd)), &tail(down(&cpu, &vc)), 1e-5, &format!("adamw v n={n} off={off}"));
+        let cast: Vec<f32> = tail(down(&dev, &md)).iter().map(|&x| bfr(x)).collect();
+        assert_eq!(tail(down(&dev, &pd)), cast, "adamw: bf16 params are the rounded master weights (n={n} off={off})");
     }
 }
