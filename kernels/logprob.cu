@@ -16,8 +16,9 @@
 //       dlogits_j = inv_temp·(dlogp·(1[j = target] − p_j) − dent·p_j·(log p_j + H))
 //       Single pass; dlogits may alias logits (each element is read, then written, by the
 //       same thread).
-//   Launch: grid.x = n rows, one block per row, 512 threads. When v % 8 == 0 and the row
-//   is 16-byte aligned the forward reads 8 bf16 per uint4 load.
+//   Launch: grid.x = n rows, one block per row, 512 threads. When v % 8 == 0 and the rows
+//   are 16-byte aligned the forward reads, and the backward reads and writes, 8 bf16 per
+//   16-byte access.
 //   Performance plan: for very few rows (decode-time scoring) split a row over several
 //   blocks with a second merge pass; for training shapes (thousands of rows) one block per
 //   row already fills the GPU and the kernel runs at memory bandwidth.
@@ -72,13 +73,10 @@ __device__ void logprob_fwd_impl(float* logp, float* lse, float* entropy, const 
     if ((v % 8 == 0) && (((u64)x) % 16 == 0)) {
         const uint4* x4 = (const uint4*)x;
         for (int k = threadIdx.x; k < v / 8; k += blockDim.x) {
-            const uint4 q = x4[k];
-            const u32 w[4] = {q.x, q.y, q.z, q.w};
+            float f[8];
+            unpack_bf16x8(x4[k], f);
 #pragma unroll
-            for (int h = 0; h < 4; ++h) {
-                ent_push<ENT>(a, __uint_as_float(w[h] << 16) * inv_temp);
-                ent_push<ENT>(a, __uint_as_float(w[h] & 0xffff0000u) * inv_temp);
-            }
+            for (int i = 0; i < 8; ++i) ent_push<ENT>(a, f[i] * inv_temp);
         }
     } else {
         for (int j = threadIdx.x; j < v; j += blockDim.x) ent_push<ENT>(a, bf2f(x[j]) * inv_temp);
@@ -131,6 +129,17 @@ extern "C" __global__ void logprob_fwd_bf16_ent(float* logp, float* lse, float* 
     logprob_fwd_impl<true>(logp, lse, entropy, logits, targets, v, inv_temp);
 }
 
+// d logits of one element (see the header).
+template <bool ENT>
+__device__ __forceinline__ float logprob_grad(float z, bool is_target, float inv_temp, float l, float dl, float h,
+                                              float de) {
+    const float lp = z * inv_temp - l;
+    const float p = __expf(lp);
+    float g = dl * ((is_target ? 1.f : 0.f) - p);
+    if (ENT) g -= de * p * (lp + h);
+    return inv_temp * g;
+}
+
 template <bool ENT>
 __device__ void logprob_bwd_impl(bf16* dlogits, const bf16* logits, const u32* targets, const float* lse,
                                  const float* entropy, const float* dlogp, const float* dentropy, int v,
@@ -143,13 +152,20 @@ __device__ void logprob_bwd_impl(bf16* dlogits, const bf16* logits, const u32* t
     const u32 tgt = targets[row];
     const float h = ENT ? entropy[row] : 0.f;
     const float de = ENT ? dentropy[row] : 0.f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        const float lp = bf2f(x[j]) * inv_temp - l;
-        const float p = __expf(lp);
-        float g = dl * (((u32)j == tgt ? 1.f : 0.f) - p);
-        if (ENT) g -= de * p * (lp + h);
-        dx[j] = f2bf(inv_temp * g);
+    if ((v % 8 == 0) && aligned16(x) && aligned16(dx)) {
+        const uint4* x4 = (const uint4*)x;
+        uint4* dx4 = (uint4*)dx;
+        for (int k = threadIdx.x; k < v / 8; k += blockDim.x) {
+            float f[8];
+            unpack_bf16x8(x4[k], f);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) f[i] = logprob_grad<ENT>(f[i], (u32)(8 * k + i) == tgt, inv_temp, l, dl, h, de);
+            dx4[k] = pack_bf16x8(f);
+        }
+        return;
     }
+    for (int j = threadIdx.x; j < v; j += blockDim.x)
+        dx[j] = f2bf(logprob_grad<ENT>(bf2f(x[j]), (u32)j == tgt, inv_temp, l, dl, h, de));
 }
 
 extern "C" __global__ void logprob_bwd_bf16(bf16* dlogits, const bf16* logits, const u32* targets, const float* lse,
