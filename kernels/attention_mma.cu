@@ -1,8 +1,9 @@
 // attention_mma.cu — causal grouped-query attention forward and backward on tensor cores
 // (mma.sync.m16n8k16, bf16 in, fp32 accumulate), flash-attention-2 style: same inputs,
 // outputs and masking as attn_fwd_d* / attn_bwd_d* in attention.cu (layouts there), which
-// stay as the FMA fallback for head_dim 16/32 and for `TZ_ATTN_FMA=1`. The backward is
-// described before its kernel, below.
+// stay as the FMA fallback for head_dim 16/32 and for `TZ_ATTN_FMA=1`; and single-query
+// decode over the KV cache, one block per GQA group. The backward and the decode are
+// described before their kernels, below.
 //
 // attn_fwd_mma_d{64,128}: grid (ceil(max_len / 64), H, S), 128 threads = 4 warps.
 //   A block owns 64 queries of one head of one sequence; warp w owns rows 16w..16w+15 and
@@ -400,4 +401,184 @@ extern "C" __global__ void __launch_bounds__(128)
     attn_bwd_mma_d128(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dvec,
                       const u32* cu, int H, int KVH, float scale) {
     attn_bwd_mma_impl<128>(dqkv, dq_acc, dout, qkv, lse, dvec, cu, H, KVH, scale);
+}
+
+// ---- decode ----------------------------------------------------------------------------------
+//
+// attn_decode_mma_d{64,128}: the same arguments and `part` output as attn_decode_partial_d*
+// (attention.cu; attn_decode_combine merges the splits), grid (n_split, KVH, b) instead of
+// (n_split, H, b), 128 threads = 4 warps.
+//   The G = H/KVH query heads of one kv group (G ≤ 16; Qwen2.5: 6 to 8) are the rows of one
+//   16-row mma tile (rows ≥ G are zero and discarded), so each cache row is read once per
+//   group instead of once per query head, by 16-byte loads. Warp w takes the 16-key tiles
+//   w, w+4, … of the split's chunk: K and V tile → its own shared tiles [16][D+8]; S = Q·Kᵀ
+//   (2 n-tiles × D/16 k-steps), keys past len masked; online softmax on the fragments (log2
+//   domain) as in the forward; O += P·V with P as one A fragment and V's B fragments by
+//   ldmatrix.x4.trans. The 4 warps' (m, l, O) then merge through shared memory (reusing the
+//   tiles' space) into part[(i·H + h)·n_split + split] = (m (natural log domain), l, o[D]).
+// Shared memory: 4·2·16·(D+8)·2 bytes = 18.4 KB (D = 64), 34.8 KB (D = 128).
+template <int D>
+__device__ __forceinline__ void decode_mma_impl(float* part, const bf16* qkv, const bf16* kc, const bf16* vc,
+                                                const u32* slot, const u32* len, int H, int KVH, int t_max,
+                                                int n_split, int chunk, float scale) {
+    constexpr int NW = 4, KS = D + 8, KSTEPS = D / 16, DT = D / 8, CH = D / 8;
+    constexpr int TILE = 16 * KS;  // one warp's K (or V) tile, bf16 elements
+    // Tiles during the key loop; the merge's fp32 O accumulators [NW][16][D] afterwards.
+    constexpr int BYTES = 2 * NW * TILE * 2 > NW * 16 * D * 4 ? 2 * NW * TILE * 2 : NW * 16 * D * 4;
+    __shared__ __align__(16) unsigned char smem[BYTES];
+    __shared__ float sm[NW][16], sl[NW][16];
+    const int i = blockIdx.z, grp = blockIdx.y, sp = blockIdx.x;
+    const int G = H / KVH;
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    bf16* sK = (bf16*)smem + w * TILE;
+    bf16* sV = (bf16*)smem + (NW + w) * TILE;
+    const u64 W = (u64)(H + 2 * KVH) * D;
+    const bf16* q = qkv + (u64)i * W + (u64)grp * G * D;
+    u32 qa[KSTEPS][4];
+    load_a_frags<KSTEPS>(qa, g < G ? q + (u64)g * D : nullptr, g + 8 < G ? q + (u64)(g + 8) * D : nullptr, t);
+    const bool vec = aligned16(kc) && aligned16(vc);
+    const u64 sl_i = slot[i];
+    const int n = (int)len[i];
+    const int k0 = sp * chunk, k1 = min(k0 + chunk, n);
+    const float sl2 = scale * TZ_LOG2E;
+    float o[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m[2] = {TZ_NEG_INF, TZ_NEG_INF}, l[2] = {0.f, 0.f};
+
+    for (int kt = k0 + 16 * w; kt < k1; kt += 16 * NW) {
+        __syncwarp();  // the previous tile's readers (this warp only) are done
+        if (vec) {
+            for (int e = lane; e < 16 * CH; e += 32) {
+                const int r = e / CH, c = (e - r * CH) * 8;
+                uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+                if (kt + r < k1) {
+                    const u64 base = ((sl_i * t_max + kt + r) * KVH + grp) * D + c;
+                    kv = *(const uint4*)(kc + base);
+                    vv = *(const uint4*)(vc + base);
+                }
+                *(uint4*)(sK + r * KS + c) = kv;
+                *(uint4*)(sV + r * KS + c) = vv;
+            }
+        } else {
+            for (int e = lane; e < 16 * D; e += 32) {
+                const int r = e / D, d = e - r * D;
+                const bool ok = kt + r < k1;
+                const u64 base = ((sl_i * t_max + (ok ? kt + r : 0)) * KVH + grp) * D + d;
+                sK[r * KS + d] = ok ? kc[base] : (bf16)0;
+                sV[r * KS + d] = ok ? vc[base] : (bf16)0;
+            }
+        }
+        __syncwarp();
+
+        float sc[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+            const bf16* krow = sK + (nt * 8 + g) * KS + 2 * t;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; ++kk) {
+                const u32 b[2] = {*(const u32*)(krow + kk * 16), *(const u32*)(krow + kk * 16 + 8)};
+                mma_bf16_16816(sc[nt], qa[kk], b);
+            }
+        }
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = kt + nt * 8 + 2 * t + (e & 1);
+                const float s = key < k1 ? sc[nt][e] * sl2 : TZ_NEG_INF;
+                sc[nt][e] = s;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+            alpha[hf] = exp2f(m[hf] - mx[hf]);  // 0 on the first tile (m = −inf; mx is finite)
+            m[hf] = mx[hf];
+            l[hf] *= alpha[hf];
+        }
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            o[j][0] *= alpha[0];
+            o[j][1] *= alpha[0];
+            o[j][2] *= alpha[1];
+            o[j][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(sc[nt][e] - m[e >> 1]);
+                sc[nt][e] = p;
+                l[e >> 1] += p;
+            }
+        const u32 pa[4] = {pack_bf16x2(sc[0][0], sc[0][1]), pack_bf16x2(sc[0][2], sc[0][3]),
+                           pack_bf16x2(sc[1][0], sc[1][1]), pack_bf16x2(sc[1][2], sc[1][3])};
+#pragma unroll
+        for (int j = 0; j < DT; j += 2) {
+            u32 b0[2], b1[2];
+            load_b_frags_x2(b0, b1, sV, KS, 0, j * 8);
+            mma_bf16_16816(o[j], pa, b0);
+            mma_bf16_16816(o[j + 1], pa, b1);
+        }
+    }
+
+    // Merge the warps: row sums over the row's 4 lanes, then (m, l, O) through shared memory.
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
+        l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
+    }
+    __syncthreads();  // every warp is done with its tiles: their space becomes the accumulators
+    float* acc = (float*)smem;  // [NW][16][D]
+    if (t == 0) {
+        sm[w][g] = m[0];
+        sm[w][g + 8] = m[1];
+        sl[w][g] = l[0];
+        sl[w][g + 8] = l[1];
+    }
+#pragma unroll
+    for (int j = 0; j < DT; ++j) {
+        float* r0 = acc + (w * 16 + g) * D + j * 8 + 2 * t;
+        float* r1 = r0 + 8 * D;
+        r0[0] = o[j][0];
+        r0[1] = o[j][1];
+        r1[0] = o[j][2];
+        r1[1] = o[j][3];
+    }
+    __syncthreads();
+    for (int e = tid; e < G * (D + 1); e += blockDim.x) {
+        const int r = e / (D + 1), d = e - r * (D + 1);  // d == D: the row's (m, l)
+        float M = TZ_NEG_INF;
+#pragma unroll
+        for (int k = 0; k < NW; ++k) M = fmaxf(M, sm[k][r]);
+        const float ref = M == TZ_NEG_INF ? 0.f : M;
+        float* dst = part + ((u64)(i * H + grp * G + r) * n_split + sp) * (D + 2);
+        float s = 0.f;
+        if (d < D) {
+#pragma unroll
+            for (int k = 0; k < NW; ++k) s += acc[(k * 16 + r) * D + d] * exp2f(sm[k][r] - ref);
+            dst[2 + d] = s;
+        } else {
+#pragma unroll
+            for (int k = 0; k < NW; ++k) s += sl[k][r] * exp2f(sm[k][r] - ref);
+            dst[0] = M * TZ_LN2;  // −inf stays −inf (an empty split: l = 0, ignored by the combine)
+            dst[1] = s;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode_mma_d64(float* part, const bf16* qkv, const bf16* kc, const bf16* vc, const u32* slot,
+                        const u32* len, int H, int KVH, int t_max, int n_split, int chunk, float scale) {
+    decode_mma_impl<64>(part, qkv, kc, vc, slot, len, H, KVH, t_max, n_split, chunk, scale);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode_mma_d128(float* part, const bf16* qkv, const bf16* kc, const bf16* vc, const u32* slot,
+                         const u32* len, int H, int KVH, int t_max, int n_split, int chunk, float scale) {
+    decode_mma_impl<128>(part, qkv, kc, vc, slot, len, H, KVH, t_max, n_split, chunk, scale);
 }

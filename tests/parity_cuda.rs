@@ -361,15 +361,22 @@ fn attention_forward_backward_varlen_gqa() {
 fn kv_cache_store_and_decode_attention() {
     let (cpu, dev) = pair!();
     let mut rng = Rng::new(18);
-    for s in ATTN_SHAPES {
+    // Both decode implementations (tensor cores per kv group, the default for head_dim 64/128;
+    // FMA per query head), and caches one element into their buffers (off = 1: not 16-byte
+    // aligned, the element-wise tile loads).
+    for (fma, off, s) in [(false, 0usize), (true, 0), (false, 1)].into_iter().flat_map(|(f, o)| ATTN_SHAPES.map(|s| (f, o, s))) {
+        dev.use_fma_attention(fma);
+        let what = format!("attention_decode h={}:{} d={} fma={fma} off={off}", s.n_head, s.n_kv_head, s.head_dim);
         let (w, kvw) = (s.qkv_width(), s.kv_width());
         let (slots, t_max) = (6usize, 320usize);
         // Five rows decoding at different lengths, in a slot order that is not the row order.
         let lens: [u32; 5] = [1, 17, 64, 130, 300];
         let slot_of: [u32; 5] = [4, 0, 5, 2, 1];
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let (kc, vc) = (cpu.alloc(DType::F32, slots * t_max * kvw).unwrap(), cpu.alloc(DType::F32, slots * t_max * kvw).unwrap());
-        let (kd, vd) = (dev.alloc(DType::BF16, slots * t_max * kvw).unwrap(), dev.alloc(DType::BF16, slots * t_max * kvw).unwrap());
+        let cn = slots * t_max * kvw;
+        let (kc, vc) = (cpu.alloc(DType::F32, cn).unwrap(), cpu.alloc(DType::F32, cn).unwrap());
+        let (kd, vd) = (dev.alloc(DType::BF16, cn + off).unwrap(), dev.alloc(DType::BF16, cn + off).unwrap());
+        let (kdv, vdv) = (View::all(&kd).slice(off, cn), View::all(&vd).slice(off, cn));
         // Fill each row's cache through kv_store, one token row per position.
         let total: usize = lens.iter().map(|&l| l as usize).sum();
         let hist = randn(&mut rng, total * w, 1.0);
@@ -385,25 +392,31 @@ fn kv_cache_store_and_decode_attention() {
         let (sc, sd) = both_u32(&cpu, &dev, &slot_ids);
         let (pc, pd) = both_u32(&cpu, &dev, &pos_ids);
         cpu.kv_store(View::all(&kc), View::all(&vc), View::all(&hc), View::all(&sc), View::all(&pc), total, s, t_max).unwrap();
-        dev.kv_store(View::all(&kd), View::all(&vd), View::all(&hd), View::all(&sd), View::all(&pd), total, s, t_max).unwrap();
+        dev.kv_store(kdv, vdv, View::all(&hd), View::all(&sd), View::all(&pd), total, s, t_max).unwrap();
         // The stored rows are copies: compare just the filled positions.
         let (kcpu, kdev) = (down(&cpu, &kc), down(&dev, &kd));
         for (r, &l) in lens.iter().enumerate() {
             let base = slot_of[r] as usize * t_max * kvw;
-            assert_eq!(kdev[base..base + l as usize * kvw], kcpu[base..base + l as usize * kvw], "kv_store k, row {r}");
+            assert_eq!(kdev[off + base..off + base + l as usize * kvw], kcpu[base..base + l as usize * kvw], "kv_store k, row {r}");
         }
-        // Decode one query per row.
+        // Decode one query per row: all five rows, then the longest alone (one row: the host
+        // splits its keys over several blocks, which the combine step merges).
         let q = randn(&mut rng, lens.len() * w, 1.0);
         let (qc, qd) = both(&cpu, &dev, DType::BF16, &q);
         let (slc, sld) = both_u32(&cpu, &dev, &slot_of);
         let (lc, ld) = both_u32(&cpu, &dev, &lens);
-        let b = lens.len();
-        let oc = cpu.alloc(DType::F32, b * s.q_width()).unwrap();
-        let od = poisoned(&dev, DType::BF16, b * s.q_width());
-        cpu.attention_decode(View::all(&oc), View::all(&qc), View::all(&kc), View::all(&vc), View::all(&slc), View::all(&lc), b, 300, s, t_max, scale).unwrap();
-        dev.attention_decode(View::all(&od), View::all(&qd), View::all(&kd), View::all(&vd), View::all(&sld), View::all(&ld), b, 300, s, t_max, scale).unwrap();
-        assert_close(&down(&dev, &od), &down(&cpu, &oc), BF16_TOL, &format!("attention_decode d={}", s.head_dim));
+        for (r0, b) in [(0usize, lens.len()), (4, 1)] {
+            let oc = cpu.alloc(DType::F32, b * s.q_width()).unwrap();
+            let od = poisoned(&dev, DType::BF16, b * s.q_width());
+            let (qcv, qdv) = (View::all(&qc).slice(r0 * w, b * w), View::all(&qd).slice(r0 * w, b * w));
+            let (slcv, sldv) = (View::all(&slc).slice(r0, b), View::all(&sld).slice(r0, b));
+            let (lcv, ldv) = (View::all(&lc).slice(r0, b), View::all(&ld).slice(r0, b));
+            cpu.attention_decode(View::all(&oc), qcv, View::all(&kc), View::all(&vc), slcv, lcv, b, 300, s, t_max, scale).unwrap();
+            dev.attention_decode(View::all(&od), qdv, kdv, vdv, sldv, ldv, b, 300, s, t_max, scale).unwrap();
+            assert_close(&down(&dev, &od), &down(&cpu, &oc), BF16_TOL, &format!("{what} rows {r0}..{}", r0 + b));
+        }
     }
+    dev.use_fma_attention(false);
 }
 
 #[test]

@@ -95,6 +95,20 @@ def main():
             s = timed(f, a.reps, torch)
         flops = nseq * 2.0 * seq * seq * hd * heads
         rows.append({"op": "attention_fwd", "shape": f"{nseq}x{seq} d{hd} h{heads}", "ms": s * 1e3, "gbps": None, "tflops": flops / s / 1e12})
+        # Decode: one query per row against a 1k-token cache, grouped-query natively
+        # (enable_gqa, torch >= 2.5) so K/V are not expanded per query head.
+        del q, k, v
+        rb = 256
+        qd = torch.randn(rb, heads, 1, hd, device=dev, dtype=bf)
+        kd = torch.randn(rb, kvh, seq, hd, device=dev, dtype=bf)
+        vd = torch.randn_like(kd)
+        try:
+            f = lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True)
+            s = timed(f, a.reps, torch)
+            mem("attention_decode", f"{rb}x{seq} d{hd} h{heads}", s, 2 * rb * seq * kvh * hd * 2)
+        except (TypeError, RuntimeError) as e:
+            print(f"bench_torch: decode attention skipped ({e})")
+        del qd, kd, vd
 
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
     for r in rows:

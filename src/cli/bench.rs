@@ -175,6 +175,24 @@ fn bench<B: Backend + 'static>(be: &B, a: &BenchArgs) -> Result<i32> {
         let s = time(be, a.reps, || be.attention_bwd(View::all(&dqkv), View::all(&dout), View::all(&qkv), View::all(&o), View::all(&l), seqs, shape, 1.0 / (hd as f32).sqrt()))?;
         let tf = 2.5 * flops / s / 1e12;
         rows.push(Row { op: format!("attention_bwd{suffix}"), shape: format!("{nseq}x{seq} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: None, tflops: Some(tf), pct_of_peak: 100.0 * tf / gemm_tflops });
+        drop((qkv, o, l, dout, dqkv));
+        // Decode: one query per row against a full KV cache (the rollout's inner loop); memory
+        // bound, the bytes being the K and V rows read.
+        let (rows_b, ctx) = (if be.name() == "cpu" { 8 } else { 256 }, seq);
+        let kvw = shape.kv_width();
+        let (kc, vc) = (buf(act, rows_b * ctx * kvw)?, buf(act, rows_b * ctx * kvw)?);
+        be.fill(View::all(&kc), 0.01)?;
+        be.fill(View::all(&vc), 0.01)?;
+        let (q, od) = (buf(act, rows_b * shape.qkv_width())?, buf(act, rows_b * shape.q_width())?);
+        be.fill(View::all(&q), 0.01)?;
+        let (sl, ln) = (buf(DType::U32, rows_b)?, buf(DType::U32, rows_b)?);
+        be.upload_u32(View::all(&sl), &(0..rows_b as u32).collect::<Vec<_>>())?;
+        be.upload_u32(View::all(&ln), &vec![ctx as u32; rows_b])?;
+        let s = time(be, a.reps, || {
+            be.attention_decode(View::all(&od), View::all(&q), View::all(&kc), View::all(&vc), View::all(&sl), View::all(&ln), rows_b, ctx, shape, ctx, 1.0 / (hd as f32).sqrt())
+        })?;
+        let gbps = 2.0 * (rows_b * ctx * kvw) as f64 * es / s / 1e9;
+        rows.push(Row { op: format!("attention_decode{suffix}"), shape: format!("{rows_b}x{ctx} d{hd} h{}", shape.n_head), ms: s * 1e3, gbps: Some(gbps), tflops: None, pct_of_peak: 100.0 * gbps / copy_gbps });
     }
     #[cfg(feature = "cuda")]
     if let Some(c) = cuda {

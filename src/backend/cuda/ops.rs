@@ -567,22 +567,27 @@ impl Backend for CudaBackend {
         if b == 0 {
             return Ok(());
         }
+        // Tensor cores for head_dim 64/128 with at most 16 query heads per kv head (one block
+        // per kv group: attention_mma.cu), the FMA kernels (one block per query head) otherwise.
+        let kvh = shape.n_kv_head;
+        let (file, name, heads_per_block) = match (d, self.fma_attention() || h / kvh > 16) {
+            (64, false) => ("attention_mma", "attn_decode_mma_d64", h / kvh),
+            (128, false) => ("attention_mma", "attn_decode_mma_d128", h / kvh),
+            (16, _) => ("attention", "attn_decode_partial_d16", 1),
+            (32, _) => ("attention", "attn_decode_partial_d32", 1),
+            (64, _) => ("attention", "attn_decode_partial_d64", 1),
+            _ => ("attention", "attn_decode_partial_d128", 1),
+        };
         // Enough blocks to fill the GPU, chunks of at least 64 keys.
-        let base_blocks = b * h;
+        let base_blocks = b * (h / heads_per_block);
         let want = (2 * self.sm_count as usize).div_ceil(base_blocks).max(1);
         let n_split = want.min(max_len.div_ceil(64)).clamp(1, 64);
         let chunk = max_len.div_ceil(n_split).max(1);
         let part = self.scratch(Scratch::A, b * h * n_split * (d + 2) * 4)?;
-        let name = match d {
-            16 => "attn_decode_partial_d16",
-            32 => "attn_decode_partial_d32",
-            64 => "attn_decode_partial_d64",
-            _ => "attn_decode_partial_d128",
-        };
-        let f = self.func("attention", name)?;
+        let f = self.func(file, name)?;
         self.launch(
             &f,
-            (n_split as u32, grid_yz(h, "attention_decode heads")?, grid_yz(b, "attention_decode rows")?),
+            (n_split as u32, grid_yz(h / heads_per_block, "attention_decode heads")?, grid_yz(b, "attention_decode rows")?),
             (128, 1, 1),
             0,
             args![
@@ -593,7 +598,7 @@ impl Backend for CudaBackend {
                 vptr(&slot),
                 vptr(&len),
                 int(h, "attention_decode")?,
-                int(shape.n_kv_head, "attention_decode")?,
+                int(kvh, "attention_decode")?,
                 int(t_max, "attention_decode")?,
                 n_split as i32,
                 int(chunk, "attention_decode")?,
