@@ -37,6 +37,78 @@
 // registers, bwd d64/d128 129/255 registers, no spills.
 #include "mma.cuh"
 
+// ---- steps shared by the forward and the decode (one warp, 16 query rows, lane = 4g + t) ----
+
+// S (16 × 8·NT) = Q·Kᵀ over the NT 8-key n-tiles of a row-major K tile in shared memory
+// (row stride ks): B fragments of Kᵀ are single u32 loads.
+template <int NT, int KSTEPS>
+__device__ __forceinline__ void qk_scores(float (&sc)[NT][4], const u32 (&qa)[KSTEPS][4], const bf16* sK, int ks, int g,
+                                          int t) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+        const bf16* krow = sK + (nt * 8 + g) * ks + 2 * t;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+            const u32 b[2] = {*(const u32*)(krow + kk * 16), *(const u32*)(krow + kk * 16 + 8)};
+            mma_bf16_16816(sc[nt], qa[kk], b);
+        }
+    }
+}
+
+// One online-softmax step on masked log2-domain scores. `mx` holds, per row half, the max of
+// the running max and this lane's scores; it is completed over the row's 4 lanes (4g..4g+3).
+// O and this lane's partial row sums l are rescaled; sc becomes P = 2^{S − m}.
+template <int NT, int DT>
+__device__ __forceinline__ void online_softmax(float (&sc)[NT][4], float (&mx)[2], float (&m)[2], float (&l)[2],
+                                               float (&o)[DT][4]) {
+    float alpha[2], ref[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+        mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+        ref[hf] = mx[hf] == TZ_NEG_INF ? 0.f : mx[hf];  // a row with no valid key yet
+        alpha[hf] = exp2f(m[hf] - ref[hf]);               // 0 while m = −inf
+        m[hf] = mx[hf];
+        l[hf] *= alpha[hf];
+    }
+#pragma unroll
+    for (int j = 0; j < DT; ++j) {
+        o[j][0] *= alpha[0];
+        o[j][1] *= alpha[0];
+        o[j][2] *= alpha[1];
+        o[j][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float p = exp2f(sc[nt][i] - ref[i >> 1]);
+            sc[nt][i] = p;
+            l[i >> 1] += p;
+        }
+}
+
+// O += P·V: the C fragments of key n-tiles 2kb and 2kb+1 of P, packed to bf16, are exactly
+// the A fragment of 16-key block kb (the layouts line up), so P never leaves registers; V's
+// B fragments come from its row-major shared tile (row stride ks) by ldmatrix.x4.trans.
+template <int NT, int DT>
+__device__ __forceinline__ void pv_accumulate(float (&o)[DT][4], const float (&p)[NT][4], const bf16* sV, int ks) {
+#pragma unroll
+    for (int kb = 0; kb < NT / 2; ++kb) {
+        const u32 pa[4] = {pack_bf16x2(p[2 * kb][0], p[2 * kb][1]), pack_bf16x2(p[2 * kb][2], p[2 * kb][3]),
+                           pack_bf16x2(p[2 * kb + 1][0], p[2 * kb + 1][1]),
+                           pack_bf16x2(p[2 * kb + 1][2], p[2 * kb + 1][3])};
+#pragma unroll
+        for (int j = 0; j < DT; j += 2) {
+            u32 b0[2], b1[2];
+            load_b_frags_x2(b0, b1, sV, ks, kb * 16, j * 8);
+            mma_bf16_16816(o[j], pa, b0);
+            mma_bf16_16816(o[j + 1], pa, b1);
+        }
+    }
+}
+
 template <int D>
 __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const bf16* qkv, const u32* cu, int H, int KVH,
                                                   float scale) {
@@ -104,16 +176,7 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
 
         // 2. scores, in the log2 domain
         float sc[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-            const bf16* krow = sK + (nt * 8 + g) * KS + 2 * t;
-#pragma unroll
-            for (int kk = 0; kk < KSTEPS; ++kk) {
-                const u32 b[2] = {*(const u32*)(krow + kk * 16), *(const u32*)(krow + kk * 16 + 8)};
-                mma_bf16_16816(sc[nt], qa[kk], b);
-            }
-        }
+        qk_scores<8, KSTEPS>(sc, qa, sK, KS, g, t);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
@@ -125,46 +188,9 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
                 sc[nt][i] = v;
                 mx[i >> 1] = fmaxf(mx[i >> 1], v);
             }
-        // 3. online softmax (the 4 lanes of a row are lanes 4g..4g+3)
-        float alpha[2], ref[2];
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
-            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
-            ref[hf] = mx[hf] == TZ_NEG_INF ? 0.f : mx[hf];  // a row with no valid key yet
-            alpha[hf] = exp2f(m[hf] - ref[hf]);               // 0 while m = −inf
-            m[hf] = mx[hf];
-            l[hf] *= alpha[hf];
-        }
-#pragma unroll
-        for (int j = 0; j < DT; ++j) {
-            o[j][0] *= alpha[0];
-            o[j][1] *= alpha[0];
-            o[j][2] *= alpha[1];
-            o[j][3] *= alpha[1];
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const float p = exp2f(sc[nt][i] - ref[i >> 1]);
-                sc[nt][i] = p;
-                l[i >> 1] += p;
-            }
-        // 4. O += P·V, P as A fragments
-#pragma unroll
-        for (int kb = 0; kb < 4; ++kb) {
-            const u32 pa[4] = {pack_bf16x2(sc[2 * kb][0], sc[2 * kb][1]), pack_bf16x2(sc[2 * kb][2], sc[2 * kb][3]),
-                               pack_bf16x2(sc[2 * kb + 1][0], sc[2 * kb + 1][1]),
-                               pack_bf16x2(sc[2 * kb + 1][2], sc[2 * kb + 1][3])};
-#pragma unroll
-            for (int j = 0; j < DT; j += 2) {
-                u32 b0[2], b1[2];
-                load_b_frags_x2(b0, b1, sV, KS, kb * 16, j * 8);
-                mma_bf16_16816(o[j], pa, b0);
-                mma_bf16_16816(o[j + 1], pa, b1);
-            }
-        }
+        // 3. online softmax; 4. O += P·V
+        online_softmax<8, DT>(sc, mx, m, l, o);
+        pv_accumulate<8, DT>(o, sc, sV, KS);
     }
 
     // Row sums over the 4 lanes of each row, then normalize and store.
@@ -472,16 +498,7 @@ __device__ __forceinline__ void decode_mma_impl(float* part, const bf16* qkv, co
         __syncwarp();
 
         float sc[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-            const bf16* krow = sK + (nt * 8 + g) * KS + 2 * t;
-#pragma unroll
-            for (int kk = 0; kk < KSTEPS; ++kk) {
-                const u32 b[2] = {*(const u32*)(krow + kk * 16), *(const u32*)(krow + kk * 16 + 8)};
-                mma_bf16_16816(sc[nt], qa[kk], b);
-            }
-        }
+        qk_scores<2, KSTEPS>(sc, qa, sK, KS, g, t);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
@@ -492,39 +509,8 @@ __device__ __forceinline__ void decode_mma_impl(float* part, const bf16* qkv, co
                 sc[nt][e] = s;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s);
             }
-        float alpha[2];
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
-            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
-            alpha[hf] = exp2f(m[hf] - mx[hf]);  // 0 on the first tile (m = −inf; mx is finite)
-            m[hf] = mx[hf];
-            l[hf] *= alpha[hf];
-        }
-#pragma unroll
-        for (int j = 0; j < DT; ++j) {
-            o[j][0] *= alpha[0];
-            o[j][1] *= alpha[0];
-            o[j][2] *= alpha[1];
-            o[j][3] *= alpha[1];
-        }
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = exp2f(sc[nt][e] - m[e >> 1]);
-                sc[nt][e] = p;
-                l[e >> 1] += p;
-            }
-        const u32 pa[4] = {pack_bf16x2(sc[0][0], sc[0][1]), pack_bf16x2(sc[0][2], sc[0][3]),
-                           pack_bf16x2(sc[1][0], sc[1][1]), pack_bf16x2(sc[1][2], sc[1][3])};
-#pragma unroll
-        for (int j = 0; j < DT; j += 2) {
-            u32 b0[2], b1[2];
-            load_b_frags_x2(b0, b1, sV, KS, 0, j * 8);
-            mma_bf16_16816(o[j], pa, b0);
-            mma_bf16_16816(o[j + 1], pa, b1);
-        }
+        online_softmax<2, DT>(sc, mx, m, l, o);
+        pv_accumulate<2, DT>(o, sc, sV, KS);
     }
 
     // Merge the warps: row sums over the row's 4 lanes, then (m, l, O) through shared memory.

@@ -483,6 +483,20 @@ fn logprob_gather_forward_backward_with_entropy() {
     }
 }
 
+/// One draw for every row (one seed each, all at `counter`) on both backends, the device's
+/// output poisoned first: (CPU tokens, device tokens).
+#[allow(clippy::too_many_arguments)]
+fn sample_both(cpu: &CpuBackend, dev: &CudaBackend, xc: &<CpuBackend as Backend>::Buf, xd: &<CudaBackend as Backend>::Buf, v: usize, p: &SamplingParams, seeds: &[u64], counter: u64) -> (Vec<u32>, Vec<u32>) {
+    let b = seeds.len();
+    let counters = vec![counter; b];
+    let oc = cpu.alloc(DType::U32, b).unwrap();
+    let od = dev.alloc(DType::U32, b).unwrap();
+    dev.upload_u32(View::all(&od), &vec![u32::MAX; b]).unwrap();
+    cpu.sample(View::all(&oc), View::all(xc), b, v, p, seeds, &counters).unwrap();
+    dev.sample(View::all(&od), View::all(xd), b, v, p, seeds, &counters).unwrap();
+    (down_u32(cpu, &oc), down_u32(dev, &od))
+}
+
 #[test]
 fn sampling_matches_the_oracle() {
     let (cpu, dev) = pair!();
@@ -501,13 +515,7 @@ fn sampling_matches_the_oracle() {
     for p in params {
         let (mut agree, mut draws) = (0usize, 0usize);
         for counter in 0..4u64 {
-            let counters = vec![counter; b];
-            let oc = cpu.alloc(DType::U32, b).unwrap();
-            let od = dev.alloc(DType::U32, b).unwrap();
-            dev.upload_u32(View::all(&od), &vec![u32::MAX; b]).unwrap();
-            cpu.sample(View::all(&oc), View::all(&xc), b, v, &p, &seeds, &counters).unwrap();
-            dev.sample(View::all(&od), View::all(&xd), b, v, &p, &seeds, &counters).unwrap();
-            let (tc, td) = (down_u32(&cpu, &oc), down_u32(&dev, &od));
+            let (tc, td) = sample_both(&cpu, &dev, &xc, &xd, v, &p, &seeds, counter);
             assert!(td.iter().all(|&t| (t as usize) < v), "{p:?}: token out of range (unwritten?)");
             agree += tc.iter().zip(&td).filter(|(a, b)| a == b).count();
             draws += b;
@@ -553,13 +561,8 @@ fn sampling_edge_rows_match_the_oracle() {
         SamplingParams { temperature: 2.0, top_k: 100, top_p: 0.99 },
     ] {
         for counter in 0..3u64 {
-            let counters = vec![counter; b];
-            let oc = cpu.alloc(DType::U32, b).unwrap();
-            let od = dev.alloc(DType::U32, b).unwrap();
-            dev.upload_u32(View::all(&od), &vec![u32::MAX; b]).unwrap();
-            cpu.sample(View::all(&oc), View::all(&xc), b, v, &p, &seeds, &counters).unwrap();
-            dev.sample(View::all(&od), View::all(&xd), b, v, &p, &seeds, &counters).unwrap();
-            assert_eq!(down_u32(&dev, &od), down_u32(&cpu, &oc), "{p:?} counter {counter}");
+            let (tc, td) = sample_both(&cpu, &dev, &xc, &xd, v, &p, &seeds, counter);
+            assert_eq!(td, tc, "{p:?} counter {counter}");
         }
     }
 }
