@@ -100,6 +100,16 @@ fn task_commands() {
     assert!(text(&o.stderr).contains("2 malformed") || text(&o.stderr).contains("3 malformed"));
     let ok = tz(&["reward", "--input", "-"], Some("{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>6</answer>\"}\n"));
     assert_eq!(ok.status.code(), Some(0));
+    // Dataset rows carry fields scoring does not use: ignored, and an `id` is echoed.
+    let row = "{\"id\":7,\"task\":\"countdown\",\"nums\":[44,19,35],\"target\":98,\"prompt\":\"p\",\"response\":\"<answer>44+19+35</answer>\",\"expected\":1.0}\n{\"id\":\"b\",\"task\":\"countdown\",\"nums\":[1],\"response\":\"x\"}\n";
+    let o = tz(&["reward", "--input", "-"], Some(row));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("{\"id\":7,\"score\":1.0"), "{}", lines[0]);
+    assert!(lines[1].starts_with("{\"id\":\"b\",\"error\":") && lines[1].contains("target"), "{}", lines[1]);
+    let o = tz(&["reward", "--input", "-", "--reward", "binary"], Some("{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>7</answer>\"}\n"));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(text(&o.stdout).trim()).unwrap()["score"], 0.0);
 
     let o = tz(&["plan", "--preset", "qwen2.5-1.5b", "--batch", "4", "--seq", "1280"], None);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -47,8 +47,8 @@ fn bad_tokenizer_json_is_a_clear_error() {
 
 #[test]
 fn tiny_bpe_is_deterministic_byte_level_and_qwen_shaped() {
-    use tz_engine::model::presets::{default_corpus, train_tiny_tokenizer};
-    let corpus = default_corpus(3);
+    use tz_engine::model::presets::train_tiny_tokenizer;
+    let corpus = tz_engine::task::tokenizer_corpus(3);
     let a = Tokenizer::from_tokenizers(train_tiny_tokenizer(&corpus, 384).unwrap());
     let b = Tokenizer::from_tokenizers(train_tiny_tokenizer(&corpus, 384).unwrap());
     assert_eq!(a.to_json_string().unwrap(), b.to_json_string().unwrap());

@@ -1,6 +1,46 @@
 //! A*PO (Brantley et al., "Accelerating RL for LLM Reasoning with Optimal Advantage
-//! Regression"): V*(x) is estimated once from N reference samples per prompt; each policy
-//! step then regresses β2·log(π_θ/π_ref)(y|x) onto r(x, y) − V*(x) for one sample y.
+//! Regression"): V*(x) is estimated once from N reference samples per prompt (stage 1); each
+//! policy step then regresses β2·log(π_θ/π_ref)(y|x) onto r(x, y) − V*(x) for one sample y.
+use super::{vstar, LossInputs, Objective, Stage1};
+use crate::backend::{Backend, DType, View};
+use crate::nvtx;
+use crate::rollout::Rollout;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AstarpoConfig {
+    /// V* temperature (0 = mean reward).
+    pub beta1: f32,
+    /// KL-regularization strength of the regression.
+    pub beta2: f32,
+    /// Reference samples per prompt for V*.
+    pub n_vstar: usize,
+    /// Drop prompts whose reference samples all scored 0.
+    pub drop_zero_prompts: bool,
+    pub entropy_coeff: f32,
+}
+
+impl Default for AstarpoConfig {
+    fn default() -> Self {
+        // The A*PO authors' defaults.
+        AstarpoConfig { beta1: 0.5, beta2: 1e-3, n_vstar: 8, drop_zero_prompts: false, entropy_coeff: 0.001 }
+    }
+}
+
+impl AstarpoConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.beta1 < 0.0 || self.beta2 <= 0.0 {
+            bail!("algo.beta1 must be >= 0 and algo.beta2 > 0");
+        }
+        if self.n_vstar == 0 {
+            bail!("algo.n_vstar must be positive");
+        }
+        Ok(())
+    }
+}
 
 /// V*(x) = β1·log(mean_i exp(r_i/β1)) for β1 > 0 (a soft maximum of the sampled rewards),
 /// or the mean reward for β1 = 0. Computed stably (max subtracted). Empty input → 0.
@@ -16,6 +56,78 @@ pub fn vstar(rewards: &[f32], beta1: f32) -> f32 {
     let m = rewards.iter().fold(f64::NEG_INFINITY, |a, &r| a.max(r as f64));
     let s: f64 = rewards.iter().map(|&r| ((r as f64 - m) / b).exp()).sum();
     (m + b * (s / n).ln()) as f32
+}
+
+pub struct Astarpo<B: Backend> {
+    cfg: AstarpoConfig,
+    /// V* per training prompt (stage 1).
+    vstar: Vec<f32>,
+    /// Per-sequence regression targets and squared errors of one micro-batch.
+    target: B::Buf,
+    loss: B::Buf,
+}
+
+impl<B: Backend> Astarpo<B> {
+    pub fn new(be: &B, cfg: AstarpoConfig, micro_batch: usize) -> Result<Self> {
+        let n = micro_batch.max(1);
+        Ok(Astarpo { cfg, vstar: vec![], target: be.alloc(DType::F32, n)?, loss: be.alloc(DType::F32, n)? })
+    }
+}
+
+impl<B: Backend> Objective<B> for Astarpo<B> {
+    fn name(&self) -> &'static str {
+        "astarpo"
+    }
+
+    /// One response per prompt: V* stands in for the group baseline.
+    fn samples_per_prompt(&self) -> usize {
+        1
+    }
+
+    fn entropy_coeff(&self) -> f32 {
+        self.cfg.entropy_coeff
+    }
+
+    /// Stage 1 (cached): V* per training prompt from the reference policy.
+    fn prepare(&mut self, s: Stage1<B>) -> Result<()> {
+        let _r = nvtx::range("vstar");
+        let started = Instant::now();
+        let cache_dir = s.cache_dir.join("vstar-cache");
+        let table = vstar::compute_or_load(&s.reference, s.train, &cache_dir, self.cfg.n_vstar, self.cfg.beta1, s.seed, |done, total| {
+            eprint!("\rV* estimation: {done}/{total} prompts");
+        })?;
+        if !table.from_cache {
+            eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
+        }
+        if self.cfg.drop_zero_prompts {
+            s.pool.retain(|&i| table.nonzero[i] > 0);
+            if s.pool.is_empty() {
+                bail!("every training prompt's reference samples scored 0: nothing to learn from (algo.drop_zero_prompts)");
+            }
+        }
+        let mean = table.vstar.iter().sum::<f32>() / table.vstar.len().max(1) as f32;
+        eprintln!("V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool", table.vstar.len(), if table.from_cache { " (cached)" } else { "" }, s.pool.len());
+        self.vstar = table.vstar;
+        Ok(())
+    }
+
+    fn targets(&self, rollouts: &[Rollout]) -> Vec<f32> {
+        rollouts.iter().map(|o| o.score.score - self.vstar[o.idx]).collect()
+    }
+
+    fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
+        let ns = x.targets.len();
+        let target = View::all(&self.target).slice(0, ns);
+        be.upload_f32(target, x.targets)?;
+        be.apo_loss(View::all(&self.loss).slice(0, ns), x.dlogp, x.logp, x.ref_logp, target, x.seqs, self.cfg.beta2, 1.0 / x.mini_seqs as f32)
+    }
+
+    /// Σ_s (β2·log-ratio_s − target_s)² / mini-batch sequences.
+    fn read_loss(&self, be: &B, x: &LossInputs<B>) -> Result<f64> {
+        let mut l = vec![0f32; x.targets.len()];
+        be.download_f32(View::all(&self.loss).slice(0, l.len()), &mut l)?;
+        Ok(l.iter().map(|&v| v as f64).sum::<f64>() / x.mini_seqs as f64)
+    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,111 @@
-//! RL algorithms: A*PO (stage-1 V* estimation, stage-2 one-sample regression) and GRPO
-//! (group-normalized advantages, clipped ratio, k3 KL). The per-token losses themselves are
-//! backend ops (`apo_loss`, `grpo_loss`); this module holds the host-side statistics.
+//! RL objectives. Each algorithm is one implementation of [`Objective`] in its own file, with
+//! its own config section (a variant of [`AlgoConfig`], `[algo] name = "..."`); the trainer
+//! calls only this trait. An objective says what it needs per prompt (samples, an optional
+//! stage 1 such as A*PO's V*, behaviour-policy log-probs), turns scored rollouts into
+//! per-sequence targets, and computes its loss and ∂loss/∂logp for a micro-batch.
+//!
+//! Losses run on the device (`Backend::apo_loss`, `grpo_loss`): the policy's log-probs are
+//! already there, and ∂loss/∂logp is the backward's input, so a host loss would cost two
+//! transfers per micro-batch.
 pub mod astarpo;
 pub mod grpo;
+pub mod vstar;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    #[default]
-    Astarpo,
-    Grpo,
+use crate::backend::{Backend, Seqs, View};
+use crate::rollout::{PromptSet, Rollout, RolloutCtx};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `[algo]`: which objective, with that objective's own settings. Unknown keys are errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum AlgoConfig {
+    #[serde(alias = "a*po", alias = "apo")]
+    Astarpo(astarpo::AstarpoConfig),
+    Grpo(grpo::GrpoConfig),
 }
 
-impl std::str::FromStr for Algorithm {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "astarpo" | "a*po" | "apo" => Ok(Algorithm::Astarpo),
-            "grpo" => Ok(Algorithm::Grpo),
-            _ => anyhow::bail!("unknown algorithm '{s}' (expected astarpo or grpo)"),
+impl Default for AlgoConfig {
+    fn default() -> Self {
+        AlgoConfig::Astarpo(astarpo::AstarpoConfig::default())
+    }
+}
+
+impl AlgoConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AlgoConfig::Astarpo(_) => "astarpo",
+            AlgoConfig::Grpo(_) => "grpo",
         }
     }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            AlgoConfig::Astarpo(c) => c.validate(),
+            AlgoConfig::Grpo(c) => c.validate(),
+        }
+    }
+
+    /// The objective, with its device buffers planned for micro-batches of at most
+    /// `micro_batch` sequences and `max_targets` response tokens.
+    pub fn build<B: Backend>(&self, be: &B, micro_batch: usize, max_targets: usize) -> Result<Box<dyn Objective<B>>> {
+        Ok(match self {
+            AlgoConfig::Astarpo(c) => Box::new(astarpo::Astarpo::new(be, c.clone(), micro_batch)?),
+            AlgoConfig::Grpo(c) => Box::new(grpo::Grpo::new(be, c.clone(), max_targets)?),
+        })
+    }
+}
+
+/// One micro-batch's loss inputs, on the device. Log-prob arrays hold the micro-batch's
+/// response tokens, sequence by sequence (`seqs`).
+pub struct LossInputs<'a, B: Backend> {
+    /// The policy's per-token log-probs (F32).
+    pub logp: View<'a, B>,
+    /// Written by `loss`: ∂loss/∂logp (F32), the backward's input.
+    pub dlogp: View<'a, B>,
+    pub ref_logp: View<'a, B>,
+    /// The behaviour policy's log-probs, when the objective asked for them.
+    pub old_logp: Option<View<'a, B>>,
+    pub seqs: Seqs<'a, B>,
+    /// The micro-batch's per-sequence targets (host), from `Objective::targets`.
+    pub targets: &'a [f32],
+    /// Sequences and response tokens of the whole mini-batch: losses are means over it.
+    pub mini_seqs: usize,
+    pub mini_tokens: usize,
+}
+
+/// What stage 1 gets: generate-and-score with the reference model, the training prompts, and
+/// the pool of prompt indices the loop samples from (an objective may filter it).
+pub struct Stage1<'a, B: Backend> {
+    pub reference: RolloutCtx<'a, B>,
+    pub train: &'a PromptSet,
+    pub pool: &'a mut Vec<usize>,
+    /// Where results shared by runs may be cached.
+    pub cache_dir: &'a Path,
+    pub seed: u64,
+}
+
+pub trait Objective<B: Backend> {
+    fn name(&self) -> &'static str;
+    /// Responses sampled per prompt at each step.
+    fn samples_per_prompt(&self) -> usize;
+    /// Whether `loss` needs the behaviour (pre-update) policy's log-probs.
+    fn needs_old_logprobs(&self) -> bool {
+        false
+    }
+    /// Coefficient of the −mean-token-entropy term added to the loss.
+    fn entropy_coeff(&self) -> f32;
+    /// Runs once before training (and again on resume, so it must be cached or cheap).
+    fn prepare(&mut self, _stage: Stage1<B>) -> Result<()> {
+        Ok(())
+    }
+    /// Per-sequence targets (advantages, regression targets) for a step's rollouts, which
+    /// come `samples_per_prompt` per prompt, consecutively.
+    fn targets(&self, rollouts: &[Rollout]) -> Vec<f32>;
+    /// Enqueues the loss of one micro-batch and writes `x.dlogp`.
+    fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()>;
+    /// The loss `loss` last computed, as its contribution to the mini-batch mean (read after
+    /// the backward, so the device is not waited on in between).
+    fn read_loss(&self, be: &B, x: &LossInputs<B>) -> Result<f64>;
 }

@@ -1,7 +1,7 @@
 //! `tz-engine data`: task datasets as JSON lines — Countdown generated or converted from
 //! TinyZero's parquet, and 3-digit multiplication.
 use crate::task::{self, Problem};
-use crate::train::config::parse_rows;
+use crate::task::parse_rows;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ fn write_jsonl(path: &PathBuf, problems: &[Problem]) -> Result<()> {
         text.push_str(&serde_json::to_string(p)?);
         text.push('\n');
     }
-    crate::train::checkpoint::write_atomic(path, text.as_bytes())?;
+    crate::util::fs::write_atomic(path, text.as_bytes())?;
     eprintln!("wrote {} problems to {}", problems.len(), path.display());
     Ok(())
 }

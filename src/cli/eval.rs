@@ -2,10 +2,8 @@
 //! on a task dataset, overall and by difficulty.
 use crate::backend::{Backend, Device, SamplingParams};
 use crate::model::load::load_model;
-use crate::rollout::{GenConfig, Generator};
-use crate::task::{self, RewardKind, Template};
-use crate::train::config::parse_rows;
-use crate::train::data::PromptSet;
+use crate::rollout::{GenConfig, Generator, PromptSet, RolloutCtx};
+use crate::task::{self, parse_rows, RewardKind, Template};
 use crate::train::eval::evaluate;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -16,7 +14,7 @@ pub struct EvalArgs {
     /// Model directory (Hugging Face format).
     #[arg(long)]
     pub model: PathBuf,
-    /// Problems: parquet or JSONL.
+    /// Problems: parquet or JSONL (fields no task uses are ignored).
     #[arg(long)]
     pub data: PathBuf,
     /// Row range, e.g. 327680..328704 (TinyZero's test split).
@@ -24,10 +22,10 @@ pub struct EvalArgs {
     pub rows: String,
     /// Prompt template: base, qwen-instruct or compact.
     #[arg(long, default_value = "base")]
-    pub template: String,
+    pub template: Template,
     /// tinyzero or binary.
     #[arg(long, default_value = "tinyzero")]
-    pub reward: String,
+    pub reward: RewardKind,
     /// pass@k samples per problem (0: greedy only).
     #[arg(long, default_value_t = 0)]
     pub k: usize,
@@ -51,15 +49,9 @@ pub fn run(args: EvalArgs) -> Result<i32> {
 }
 
 fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
-    let template: Template = args.template.parse()?;
-    let reward = match args.reward.as_str() {
-        "tinyzero" => RewardKind::Tinyzero,
-        "binary" => RewardKind::Binary,
-        other => bail!("--reward '{other}' is not tinyzero or binary"),
-    };
     let problems = task::load_problems(&args.data, parse_rows(&args.rows)?)?;
     let (model, tok) = load_model(be, &args.model)?;
-    let set = PromptSet::new(problems, template, &tok, args.max_prompt_tokens)?;
+    let set = PromptSet::new(problems, args.template, &tok, args.max_prompt_tokens)?;
     if set.is_empty() {
         bail!("no problems to evaluate (all prompts longer than --max-prompt-tokens?)");
     }
@@ -69,13 +61,18 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
         bail!("prompts of {max_prompt} tokens leave no room for a response in the model's context");
     }
     let gen = Generator::new(be, &model.cfg, args.batch.min(set.len() * args.k.max(1)), max_prompt, t_max)?;
-    let stop = GenConfig {
+    // Every task's stop strings: a dataset may mix tasks.
+    let mut stop_strings: Vec<String> = set.problems.iter().flat_map(|p| p.task().stop_strings()).collect();
+    stop_strings.sort();
+    stop_strings.dedup();
+    let settings = GenConfig {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
         stop_token_ids: tok.eos_ids(&model.cfg.eos_token_ids),
-        stop_strings: vec!["</answer>".into()],
+        stop_strings,
     };
-    let r = evaluate(be, &model, &gen, &tok, &set, 0, args.max_new_tokens, &stop, reward, args.k, args.seed)?;
+    let ctx = RolloutCtx { be, model: &model, gen: &gen, tok: &tok, settings, reward: args.reward };
+    let r = evaluate(&ctx, &set, 0, args.k, args.seed)?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(0)
 }

@@ -1,4 +1,5 @@
-//! `tz-engine generate`: sample responses to prompts.
+//! `tz-engine generate`: sample responses to prompts. Input lines may carry other fields
+//! (ignored); an `id` is copied into each of the line's outputs.
 use crate::backend::{Backend, Device, SamplingParams};
 use crate::model::load::load_model;
 use crate::rollout::{GenConfig, Generator};
@@ -66,7 +67,8 @@ pub fn run(args: GenerateArgs) -> Result<i32> {
 }
 
 fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
-    let items: Vec<Item> = super::jsonl::read_all(&args.input)?;
+    let records = crate::util::jsonl::read_records::<Item>(&args.input)?;
+    let (ids, items): (Vec<_>, Vec<Item>) = records.into_iter().map(|r| (r.id, r.item)).unzip();
     let (model, tok) = load_model(be, &args.model)?;
     let mut prompts = Vec::with_capacity(items.len() * args.n);
     let mut seeds = Vec::with_capacity(items.len() * args.n);
@@ -100,10 +102,10 @@ fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
     let outs = gen.generate(be, &model, &prompts, &seeds, &gc, &decode)?;
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
-    for g in &outs {
+    for (j, g) in outs.iter().enumerate() {
         let text = tok.decode(&g.tokens, true)?;
-        serde_json::to_writer(&mut w, &Out { response: &text, response_tokens: &g.tokens, finish: g.finish })?;
-        w.write_all(b"\n")?;
+        let line = serde_json::to_string(&Out { response: &text, response_tokens: &g.tokens, finish: g.finish })?;
+        writeln!(w, "{}", crate::util::jsonl::with_id(ids[j / args.n].as_ref(), line))?;
     }
     w.flush()?;
     Ok(0)

@@ -1,5 +1,5 @@
 //! `tz-engine init`: a randomly initialized Qwen2 in Hugging Face format.
-use crate::model::presets::{default_corpus, init_params, preset, preset_names, train_tiny_tokenizer};
+use crate::model::presets::{init_params, preset, train_tiny_tokenizer};
 use crate::model::weights::{save_model, SaveDtype};
 use crate::model::ParamLayout;
 use crate::tokenizer::Tokenizer;
@@ -41,7 +41,7 @@ pub fn run(args: InitArgs) -> Result<i32> {
             None
         }
         (None, vocab) => {
-            let t = Tokenizer::from_tokenizers(train_tiny_tokenizer(&default_corpus(args.seed), vocab)?);
+            let t = Tokenizer::from_tokenizers(train_tiny_tokenizer(&crate::task::tokenizer_corpus(args.seed), vocab)?);
             cfg.vocab_size = t.vocab_size();
             cfg.eos_token_ids = t.eos_ids(&[]);
             Some(t.to_json_string()?)
@@ -58,6 +58,5 @@ pub fn run(args: InitArgs) -> Result<i32> {
     let params = init_params(&cfg, args.seed);
     save_model(&args.out, &cfg, &layout, &params, dtype, tok_json.as_deref())?;
     println!("wrote {} ({} parameters, vocab {}) to {}", p.name, layout.total, cfg.vocab_size, args.out.display());
-    let _ = preset_names;
     Ok(0)
 }

@@ -7,7 +7,6 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod init;
-pub mod jsonl;
 pub mod plan;
 pub mod plot;
 pub mod reward;
@@ -50,9 +49,6 @@ pub enum Command {
     /// Kernel and throughput benchmarks.
     Bench(bench::BenchArgs),
 }
-
-/// Exit status for a command that ran to completion but met bad input lines it skipped.
-pub struct PartialFailure(pub String);
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {

@@ -1,4 +1,5 @@
-//! `tz-engine score`: per-token log-probs of responses given prompts.
+//! `tz-engine score`: per-token log-probs of responses given prompts. Input lines may carry
+//! other fields (ignored); an `id` is copied into the line's output.
 use crate::backend::{Backend, Device};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch};
@@ -23,7 +24,6 @@ pub struct ScoreArgs {
 }
 
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Item {
     prompt: String,
     response: String,
@@ -41,7 +41,8 @@ pub fn run(args: ScoreArgs) -> Result<i32> {
 }
 
 fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
-    let items: Vec<Item> = super::jsonl::read_all(&args.input)?;
+    let records = crate::util::jsonl::read_records::<Item>(&args.input)?;
+    let (ids, items): (Vec<_>, Vec<Item>) = records.into_iter().map(|r| (r.id, r.item)).unzip();
     let (model, tok) = load_model(be, &args.model)?;
     let mut pairs = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
@@ -92,8 +93,7 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
         for (k, i) in range.enumerate() {
             let (t0, t1) = (batch.target_cu[k] as usize, batch.target_cu[k + 1] as usize);
             let line = Scored { prompt_tokens: &pairs[i].0, response_tokens: &pairs[i].1, logprobs: &logp[t0..t1] };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
+            writeln!(out, "{}", crate::util::jsonl::with_id(ids[i].as_ref(), serde_json::to_string(&line)?))?;
         }
     }
     out.flush()?;

@@ -1,5 +1,5 @@
 //! Model presets: tiny Qwen2s for the CPU (with their own small byte-level BPE tokenizer
-//! trained on task text) and the Qwen2.5 0.5B/1.5B/3B shapes for benchmarks and planning.
+//! trained on a corpus the caller gives: task text) and the Qwen2.5 0.5B/1.5B/3B shapes for benchmarks and planning.
 use super::{ParamLayout, Qwen2Config};
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, Result};
@@ -103,20 +103,4 @@ pub fn init_params(cfg: &Qwen2Config, seed: u64) -> Vec<f32> {
         }
     }
     p
-}
-
-/// Text for the tiny tokenizer when no task corpus is given: task prompts and answers.
-pub fn default_corpus(seed: u64) -> Vec<String> {
-    use crate::task::{self, Template};
-    let mut out = vec![];
-    for p in task::generate_countdown(2000, seed, &task::CountdownSpec::default()) {
-        for t in [Template::Compact, Template::Base] {
-            let r = task::sft_response(&p, t).unwrap_or_default();
-            out.push(format!("{}{}", task::render_prompt(&p, t), r));
-        }
-    }
-    for p in task::generate_multiply(200, seed) {
-        out.push(task::render_prompt(&p, Template::Base));
-    }
-    out
 }

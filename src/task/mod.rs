@@ -1,5 +1,9 @@
-//! Countdown and 3-digit multiplication: problems, prompt templates, TinyZero-exact rewards,
-//! an exhaustive solver, and datasets (parquet, JSON lines, seeded generators).
+//! Tasks: Countdown and 3-digit multiplication — problems, prompt templates, TinyZero-exact
+//! rewards, an exhaustive solver, and datasets (parquet, JSON lines, seeded generators).
+//!
+//! A task is one implementation of [`Task`] registered in [`TASKS`]; the trainer, the SFT warm
+//! start and the commands reach tasks only through that trait and [`by_name`] (no string
+//! dispatch on a task name anywhere else).
 //!
 //! ```
 //! use tz_engine::task::{render_prompt, score, solve_countdown, Problem, RewardKind, Template};
@@ -9,16 +13,20 @@
 //! assert_eq!(score(&p, &format!("<think>...</think>\n<answer>{eq}</answer>"), RewardKind::Tinyzero).score, 1.0);
 //! assert_eq!(score(&p, "<answer>44 + 19</answer>", RewardKind::Tinyzero).score, 0.1);
 //! ```
+pub mod countdown;
 pub mod data;
 pub mod expr;
+pub mod multiply;
 pub mod reward;
 pub mod solver;
 pub mod template;
 
-pub use data::{generate_countdown, CountdownSpec, generate_multiply, load_problems};
-pub use reward::{score, Reason, RewardKind, Score};
+pub use data::{generate_countdown, generate_multiply, load_problems, parse_rows, CountdownSpec};
+pub use reward::{Reason, RewardKind, Score};
 pub use solver::solve_countdown;
-pub use template::{render_prompt, sft_response, Template};
+pub use template::Template;
+
+use anyhow::{bail, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
@@ -27,17 +35,101 @@ pub enum Problem {
     Multiply { a: i64, b: i64 },
 }
 
-impl Problem {
-    pub fn difficulty_label(&self) -> &'static str {
-        match self {
-            Problem::Countdown { nums, .. } => match nums.len() {
-                3 => "3 numbers",
-                4 => "4 numbers",
-                5 => "5 numbers",
-                6 => "6 numbers",
-                _ => "other",
-            },
-            Problem::Multiply { .. } => "multiply",
+/// One task: how its problems are made and read, prompted, answered and scored.
+pub trait Task: Send + Sync {
+    /// The name configs and data lines use (`task.name`, `"task"`).
+    fn name(&self) -> &'static str;
+    /// `n` seeded problems. `spec` holds Countdown's ranges; tasks without ranges ignore it.
+    fn generate(&self, n: usize, seed: u64, spec: &CountdownSpec) -> Vec<Problem>;
+    /// This task's problem from one data record (a JSON object; parquet rows arrive as one),
+    /// or `None` when the record is not shaped like this task's. Fields the task does not use
+    /// are ignored.
+    fn parse(&self, record: &serde_json::Value) -> Option<Result<Problem>>;
+    /// The record shape `parse` accepts, for error messages (`{"a":A,"b":B}`).
+    fn record_shape(&self) -> &'static str;
+    fn prompt(&self, p: &Problem, template: Template) -> String;
+    fn score(&self, p: &Problem, response: &str, reward: RewardKind) -> Score;
+    /// A correct response in the template's format (the SFT target), when one can be written.
+    fn sft_response(&self, p: &Problem, template: Template) -> Option<String>;
+    /// `response` rewritten the way base language models often answer (Countdown: the target
+    /// appended as `expr=target`); tasks without such a style return it unchanged.
+    fn base_model_style(&self, _p: &Problem, response: &str) -> String {
+        response.to_string()
+    }
+    /// Generation stops once a response contains one of these (kept in the response).
+    fn stop_strings(&self) -> Vec<String> {
+        vec!["</answer>".to_string()]
+    }
+    /// The group a problem is reported under in evaluations ("3 numbers").
+    fn difficulty(&self, p: &Problem) -> &'static str;
+}
+
+/// Every task, once.
+pub static TASKS: &[&dyn Task] = &[&countdown::Countdown, &multiply::Multiply];
+
+/// The registered task called `name`.
+pub fn by_name(name: &str) -> Result<&'static dyn Task> {
+    match TASKS.iter().find(|t| t.name() == name) {
+        Some(t) => Ok(*t),
+        None => bail!("unknown task '{name}' (known: {})", names().join(", ")),
+    }
+}
+
+pub fn names() -> Vec<&'static str> {
+    TASKS.iter().map(|t| t.name()).collect()
+}
+
+/// A problem from a record of any registered task (the first whose shape it has).
+pub fn parse_any(record: &serde_json::Value) -> Result<Problem> {
+    for t in TASKS {
+        if let Some(p) = t.parse(record) {
+            return p;
         }
     }
+    let shapes: Vec<&str> = TASKS.iter().map(|t| t.record_shape()).collect();
+    bail!("expected {}", shapes.join(" or "))
+}
+
+impl Problem {
+    /// The task this problem belongs to.
+    pub fn task(&self) -> &'static dyn Task {
+        match self {
+            Problem::Countdown { .. } => &countdown::Countdown,
+            Problem::Multiply { .. } => &multiply::Multiply,
+        }
+    }
+
+    pub fn difficulty_label(&self) -> &'static str {
+        self.task().difficulty(self)
+    }
+}
+
+/// The prompt for `p` in template `t`.
+pub fn render_prompt(p: &Problem, t: Template) -> String {
+    p.task().prompt(p, t)
+}
+
+/// `response` scored by `p`'s task with reward `kind`.
+pub fn score(p: &Problem, response: &str, kind: RewardKind) -> Score {
+    p.task().score(p, response, kind)
+}
+
+/// A correct response to `p` in template `t`'s format.
+pub fn sft_response(p: &Problem, t: Template) -> Option<String> {
+    p.task().sft_response(p, t)
+}
+
+/// Task text for training a small tokenizer: prompts and answers of every task and template.
+pub fn tokenizer_corpus(seed: u64) -> Vec<String> {
+    let mut out = vec![];
+    for p in generate_countdown(2000, seed, &CountdownSpec::default()) {
+        for t in [Template::Compact, Template::Base] {
+            let r = sft_response(&p, t).unwrap_or_default();
+            out.push(format!("{}{}", render_prompt(&p, t), r));
+        }
+    }
+    for p in generate_multiply(200, seed) {
+        out.push(render_prompt(&p, Template::Base));
+    }
+    out
 }

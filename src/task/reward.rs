@@ -1,7 +1,6 @@
 //! TinyZero's rule-based rewards, reproduced exactly (so scores are comparable with theirs)
 //! apart from the one documented difference in `expr` (`**` and `//` are not operators).
 use super::expr;
-use super::Problem;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -12,6 +11,17 @@ pub enum RewardKind {
     Tinyzero,
     /// 1.0 correct, else 0.0.
     Binary,
+}
+
+impl std::str::FromStr for RewardKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "tinyzero" => Ok(RewardKind::Tinyzero),
+            "binary" => Ok(RewardKind::Binary),
+            other => anyhow::bail!("unknown reward '{other}' (expected tinyzero or binary)"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -127,11 +137,4 @@ pub fn multiply(a: i64, b: i64, response: &str, kind: RewardKind) -> Score {
     let want_abs = if want_abs == "0" { String::new() } else { want_abs };
     let equal = got == want_abs && (negative == (want < 0) || got.is_empty());
     graded(kind, equal, if equal { Reason::Correct } else { Reason::WrongValue })
-}
-
-pub fn score(p: &Problem, response: &str, kind: RewardKind) -> Score {
-    match p {
-        Problem::Countdown { nums, target } => countdown(nums, *target, response, kind),
-        Problem::Multiply { a, b } => multiply(*a, *b, response, kind),
-    }
 }

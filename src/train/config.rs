@@ -1,7 +1,8 @@
 //! Training configuration: a TOML file, then `--set section.key=value` overrides, then
 //! validation. Unknown keys are errors (a typo must not silently train with a default).
-use crate::algo::Algorithm;
+use crate::algo::AlgoConfig;
 use crate::backend::Device;
+use crate::task::{RewardKind, Template};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ pub struct TrainConfig {
     pub model: ModelSection,
     pub task: TaskSection,
     pub data: DataSection,
-    pub algo: AlgoSection,
+    pub algo: AlgoConfig,
     pub train: TrainSection,
     pub sft: SftSection,
 }
@@ -33,12 +34,12 @@ pub struct ModelSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskSection {
-    /// countdown | multiply
+    /// A registered task (`crate::task::TASKS`): countdown | multiply.
     pub name: String,
     /// base | qwen-instruct | compact
-    pub template: String,
+    pub template: Template,
     /// tinyzero | binary
-    pub reward: String,
+    pub reward: RewardKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,25 +60,6 @@ pub struct DataSection {
     /// warm start draws from the same ranges).
     pub max_number: i64,
     pub max_target: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlgoSection {
-    pub name: Algorithm,
-    /// A*PO: V* temperature (0 = mean reward).
-    pub beta1: f32,
-    /// A*PO: KL-regularization strength of the regression.
-    pub beta2: f32,
-    /// A*PO: reference samples per prompt for V*.
-    pub n_vstar: usize,
-    /// A*PO: drop prompts whose reference samples all scored 0.
-    pub drop_zero_prompts: bool,
-    pub entropy_coeff: f32,
-    /// GRPO: samples per prompt.
-    pub group_size: usize,
-    pub clip_eps: f32,
-    pub kl_coef: f32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,7 +120,7 @@ impl Default for TrainConfig {
             model: ModelSection::default(),
             task: TaskSection::default(),
             data: DataSection::default(),
-            algo: AlgoSection::default(),
+            algo: AlgoConfig::default(),
             train: TrainSection::default(),
             sft: SftSection::default(),
         }
@@ -153,7 +135,7 @@ impl Default for ModelSection {
 
 impl Default for TaskSection {
     fn default() -> Self {
-        TaskSection { name: "countdown".into(), template: "compact".into(), reward: "tinyzero".into() }
+        TaskSection { name: "countdown".into(), template: Template::Compact, reward: RewardKind::Tinyzero }
     }
 }
 
@@ -169,23 +151,6 @@ impl Default for DataSection {
             counts: vec![3, 4],
             max_number: 99,
             max_target: 99,
-        }
-    }
-}
-
-impl Default for AlgoSection {
-    fn default() -> Self {
-        // The A*PO authors' defaults.
-        AlgoSection {
-            name: Algorithm::Astarpo,
-            beta1: 0.5,
-            beta2: 1e-3,
-            n_vstar: 8,
-            drop_zero_prompts: false,
-            entropy_coeff: 0.001,
-            group_size: 5,
-            clip_eps: 0.2,
-            kl_coef: 0.001,
         }
     }
 }
@@ -221,19 +186,7 @@ impl Default for SftSection {
     }
 }
 
-/// Parses "a..b" into a row range; empty means none.
-pub fn parse_rows(s: &str) -> Result<Option<std::ops::Range<usize>>> {
-    if s.trim().is_empty() {
-        return Ok(None);
-    }
-    let (a, b) = s.split_once("..").ok_or_else(|| anyhow!("row range '{s}' must look like start..end"))?;
-    let a: usize = a.trim().parse().map_err(|_| anyhow!("row range '{s}': bad start"))?;
-    let b: usize = b.trim().parse().map_err(|_| anyhow!("row range '{s}': bad end"))?;
-    if a >= b {
-        bail!("row range '{s}' is empty");
-    }
-    Ok(Some(a..b))
-}
+pub use crate::task::parse_rows;
 
 impl TrainConfig {
     /// Reads `path` (if any), applies `--set` overrides, validates.
@@ -246,7 +199,12 @@ impl TrainConfig {
             None => toml::Table::new(),
         };
         for s in sets {
+            switch_algorithm(&mut doc, s);
             apply_set(&mut doc, s)?;
+        }
+        // `[algo]` without a name is A*PO, the default algorithm.
+        if let Some(toml::Value::Table(algo)) = doc.get_mut("algo") {
+            algo.entry("name").or_insert_with(|| toml::Value::String("astarpo".into()));
         }
         let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
         let cfg: TrainConfig = toml::Value::Table(doc).try_into().map_err(|e| anyhow!("{where_}: {e}"))?;
@@ -268,16 +226,8 @@ impl TrainConfig {
         if !(t.top_p > 0.0 && t.top_p <= 1.0) || !(t.temperature > 0.0) {
             bail!("train.temperature must be > 0 and train.top_p in (0, 1]");
         }
-        let a = &self.algo;
-        if a.beta1 < 0.0 || a.beta2 <= 0.0 {
-            bail!("algo.beta1 must be >= 0 and algo.beta2 > 0");
-        }
-        if a.n_vstar == 0 || a.group_size == 0 {
-            bail!("algo.n_vstar and algo.group_size must be positive");
-        }
-        if !matches!(self.task.name.as_str(), "countdown" | "multiply") {
-            bail!("task.name '{}' is not countdown or multiply", self.task.name);
-        }
+        self.algo.validate()?;
+        crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?;
         if self.data.counts.iter().any(|&c| !(2..=6).contains(&c)) || self.data.counts.is_empty() {
             bail!("data.counts must list Countdown sizes between 2 and 6");
         }
@@ -302,6 +252,20 @@ impl TrainConfig {
 
     pub fn run_dir(&self) -> PathBuf {
         self.out_dir.join(&self.name)
+    }
+}
+
+/// `--set algo.name=X` naming another algorithm than the config's starts X's section afresh:
+/// the config's `[algo]` keys belong to the algorithm it named (each algorithm has its own
+/// keys), so `--set algo.name=grpo --set algo.group_size=8` works on an A*PO config file.
+fn switch_algorithm(doc: &mut toml::Table, set: &str) {
+    let Some(("algo.name", name)) = set.split_once('=').map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))) else { return };
+    if let Some(toml::Value::Table(algo)) = doc.get_mut("algo") {
+        let current = algo.get("name").and_then(|v| v.as_str()).unwrap_or("astarpo");
+        if current != name && algo.keys().any(|k| k != "name") {
+            eprintln!("note: --set algo.name={name} replaces the config's [algo] settings (they were {current}'s)");
+            algo.clear();
+        }
     }
 }
 
@@ -334,7 +298,7 @@ mod tests {
     fn overrides_and_errors() {
         let c = TrainConfig::load(None, &["train.lr=3e-4".into(), "algo.name=grpo".into(), "name=x".into()]).unwrap();
         assert_eq!(c.train.lr, 3e-4);
-        assert_eq!(c.algo.name, Algorithm::Grpo);
+        assert!(matches!(c.algo, AlgoConfig::Grpo(_)));
         assert_eq!(c.name, "x");
         let e = TrainConfig::load(None, &["train.lrr=1".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("lrr"), "{e:#}");
@@ -342,5 +306,38 @@ mod tests {
         assert!(TrainConfig::load(None, &["nonsense".into()]).is_err());
         assert_eq!(parse_rows("0..327680").unwrap(), Some(0..327680));
         assert!(parse_rows("5..1").is_err());
+    }
+
+    #[test]
+    fn algorithm_sections_are_typed() {
+        // Each algorithm has its own keys: GRPO's group size is not an A*PO setting.
+        let e = TrainConfig::load(None, &["algo.group_size=8".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("group_size"), "{e:#}");
+        let c = TrainConfig::load(None, &["algo.beta2=0.05".into()]).unwrap();
+        assert!(matches!(c.algo, AlgoConfig::Astarpo(ref a) if a.beta2 == 0.05));
+        let c = TrainConfig::load(None, &["algo.name=grpo".into(), "algo.group_size=8".into()]).unwrap();
+        assert!(matches!(c.algo, AlgoConfig::Grpo(ref g) if g.group_size == 8));
+        assert!(TrainConfig::load(None, &["algo.name=grpo".into(), "algo.beta2=1".into()]).is_err());
+        assert!(TrainConfig::load(None, &["algo.name=ppo2".into()]).is_err());
+        // Switching the algorithm of a config file with --set starts the new one's section.
+        let dir = std::env::temp_dir().join(format!("tz-cfg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[algo]\nname = \"astarpo\"\nbeta2 = 0.05\n").unwrap();
+        let c = TrainConfig::load(Some(&file), &["algo.name=grpo".into(), "algo.group_size=8".into()]).unwrap();
+        assert_eq!(c.algo, AlgoConfig::Grpo(crate::algo::grpo::GrpoConfig { group_size: 8, ..Default::default() }));
+        let c = TrainConfig::load(Some(&file), &["algo.name=astarpo".into()]).unwrap();
+        assert!(matches!(c.algo, AlgoConfig::Astarpo(ref a) if a.beta2 == 0.05));
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Templates and rewards are parsed when the config is read.
+        assert!(TrainConfig::load(None, &["task.template=fancy".into()]).is_err());
+        assert!(TrainConfig::load(None, &["task.reward=dense2".into()]).is_err());
+        assert!(TrainConfig::load(None, &["task.name=sudoku".into()]).is_err());
+        let c = TrainConfig::load(None, &["task.template=qwen-instruct".into(), "task.reward=binary".into()]).unwrap();
+        assert_eq!((c.task.template, c.task.reward), (Template::QwenInstruct, RewardKind::Binary));
+        // A saved config reads back as itself.
+        let text = toml::to_string(&c).unwrap();
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
     }
 }

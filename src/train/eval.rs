@@ -1,38 +1,10 @@
-//! Rollouts scored by the task reward, and held-out evaluation: greedy mean reward,
-//! exact-solve rate, format rate and pass@k, overall and by difficulty.
-use super::data::PromptSet;
+//! Held-out evaluation: greedy mean reward, exact-solve rate, format rate and pass@k, overall
+//! and by difficulty.
 use crate::backend::{Backend, SamplingParams};
-use crate::model::Qwen2;
-use crate::rollout::{Finish, GenConfig, Generator};
-use crate::task::{self, RewardKind, Score};
-use crate::tokenizer::Tokenizer;
+use crate::rollout::{PromptSet, RolloutCtx};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-pub struct Rollout {
-    /// Index into the prompt set.
-    pub idx: usize,
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub score: Score,
-    pub finish: Finish,
-}
-
-/// Generates one response per entry of `idx` (prompt indices, repeats allowed) and scores it.
-#[allow(clippy::too_many_arguments)]
-pub fn rollout<B: Backend>(be: &B, model: &Qwen2<B>, gen: &Generator<B>, tok: &Tokenizer, set: &PromptSet, idx: &[usize], seeds: &[u64], gc: &GenConfig, reward: RewardKind) -> Result<Vec<Rollout>> {
-    let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| set.tokens[i].clone()).collect();
-    let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
-    let outs = gen.generate(be, model, &prompts, seeds, gc, &decode)?;
-    let mut res = Vec::with_capacity(outs.len());
-    for (&i, g) in idx.iter().zip(outs) {
-        let text = tok.decode(&g.tokens, true)?;
-        let score = task::score(&set.problems[i], &text, reward);
-        res.push(Rollout { idx: i, tokens: g.tokens, text, score, finish: g.finish });
-    }
-    Ok(res)
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct EvalGroup {
@@ -75,20 +47,20 @@ impl Acc {
     }
 }
 
-/// Greedy evaluation of the first `limit` problems (0 = all); with `pass_k > 0` also draws
-/// `pass_k` samples at temperature 1 per problem for pass@k.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(be: &B, model: &Qwen2<B>, gen: &Generator<B>, tok: &Tokenizer, set: &PromptSet, limit: usize, max_new_tokens: usize, stop: &GenConfig, reward: RewardKind, pass_k: usize, seed: u64) -> Result<EvalReport> {
+/// Greedy evaluation of the first `limit` problems (0 = all) with `ctx`'s model, stop rules and
+/// response limit; with `pass_k > 0` also draws `pass_k` samples at temperature 1 per problem
+/// for pass@k.
+pub fn evaluate<B: Backend>(ctx: &RolloutCtx<B>, set: &PromptSet, limit: usize, pass_k: usize, seed: u64) -> Result<EvalReport> {
     let n = if limit == 0 { set.len() } else { limit.min(set.len()) };
     let idx: Vec<usize> = (0..n).collect();
-    let greedy = GenConfig { max_new_tokens, sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, ..stop.clone() };
-    let outs = rollout(be, model, gen, tok, set, &idx, &vec![0; n], &greedy, reward)?;
+    let greedy = ctx.with_sampling(SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, None);
+    let outs = greedy.rollout(set, &idx, &vec![0; n])?;
     let mut passed = vec![false; n];
     if pass_k > 0 {
-        let sample = GenConfig { sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, ..greedy.clone() };
+        let sample = ctx.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
         let rep: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, pass_k)).collect();
         let seeds: Vec<u64> = rep.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed, i as u64, (j % pass_k) as u64)).collect();
-        for r in rollout(be, model, gen, tok, set, &rep, &seeds, &sample, reward)? {
+        for r in sample.rollout(set, &rep, &seeds)? {
             passed[r.idx] |= r.score.solved();
         }
     }

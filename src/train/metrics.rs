@@ -67,7 +67,7 @@ pub fn truncate_after(path: &Path, last_step: usize) -> Result<()> {
     if !out.is_empty() {
         out.push('\n');
     }
-    crate::train::checkpoint::write_atomic(path, out.as_bytes())
+    crate::util::fs::write_atomic(path, out.as_bytes())
 }
 
 /// Peak resident memory of this process (Linux VmHWM), for the metrics line.

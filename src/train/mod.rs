@@ -1,5 +1,5 @@
-//! The trainer: config, the RL loop (A*PO, GRPO), SFT warm start, evaluation, metrics,
-//! checkpoints and learning curves.
+//! The trainer: config, the RL loop (the same for every objective in `crate::algo`), SFT warm
+//! start, evaluation, metrics, checkpoints and learning curves.
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -9,6 +9,5 @@ pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod sft;
-pub mod vstar;
 
 pub use config::TrainConfig;

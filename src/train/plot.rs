@@ -1,6 +1,6 @@
 //! Learning curves as PNG, drawn directly (no plotting dependency): `runs/<name>/curves.png`,
 //! one panel per metric, from `metrics.jsonl`.
-use super::checkpoint::write_atomic;
+use crate::util::fs::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 

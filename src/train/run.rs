@@ -1,22 +1,23 @@
-//! The RL loop. Each step: take a batch of prompts, generate (A*PO: one response per prompt;
-//! GRPO: a group per prompt) from π_θ, score with the task reward, compute the reference's
-//! per-token log-probs, then update π_θ in mini-batches (gradient accumulation over
-//! micro-batches) with AdamW. Evaluation, samples, checkpoints and metrics on their schedules.
+//! The RL loop, the same for every objective (`crate::algo`). Each step: take a batch of
+//! prompts, generate `samples_per_prompt` responses each from π_θ, score them with the task
+//! reward, compute the reference's (and, if the objective asks, the behaviour policy's)
+//! per-token log-probs, turn rewards into the objective's targets, then update π_θ in
+//! mini-batches (gradient accumulation over micro-batches) with AdamW. Evaluation, samples,
+//! checkpoints and metrics on their schedules.
 use super::checkpoint::{self, TrainerState};
 use super::config::TrainConfig;
-use super::data::{load_problems, PromptSet};
-use super::eval::{evaluate, rollout, EvalReport, Rollout};
+use super::data::load_problems;
+use super::eval::{evaluate, EvalReport};
 use super::metrics::{self, StepMetrics};
 use super::optim::{AdamWConfig, Optimizer};
-use super::vstar;
-use crate::algo::{grpo, Algorithm};
+use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
-use crate::rollout::{Finish, GenConfig, Generator};
-use crate::task::{RewardKind, Template};
+use crate::rollout::{Finish, GenConfig, Generator, PromptSet, Rollout, RolloutCtx};
+use crate::task::RewardKind;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -34,7 +35,7 @@ fn install_ctrlc() {
 #[derive(Serialize)]
 pub struct Summary {
     pub name: String,
-    pub algorithm: Algorithm,
+    pub algorithm: &'static str,
     pub steps: usize,
     pub wall_time_s: f64,
     pub skipped_steps: usize,
@@ -46,14 +47,11 @@ pub struct Summary {
     pub interrupted: bool,
 }
 
-/// Device buffers for the loss inputs of one micro-batch.
+/// Device buffers for the log-probs an objective's loss reads besides the policy's own.
 struct LossBufs<B: Backend> {
     ref_logp: B::Buf,
-    old_logp: B::Buf,
-    adv: B::Buf,
-    weight: B::Buf,
-    target: B::Buf,
-    loss: B::Buf,
+    /// Only for objectives that need the behaviour policy's log-probs.
+    old_logp: Option<B::Buf>,
 }
 
 pub struct Trainer<'a, B: Backend> {
@@ -62,8 +60,8 @@ pub struct Trainer<'a, B: Backend> {
     run_dir: PathBuf,
     tok: Tokenizer,
     tokenizer_json: String,
-    template: Template,
     reward: RewardKind,
+    objective: Box<dyn Objective<B>>,
     policy: Qwen2<B>,
     reference: Qwen2<B>,
     opt: Optimizer<B>,
@@ -74,7 +72,7 @@ pub struct Trainer<'a, B: Backend> {
     test: PromptSet,
     /// Indices into `train` that the loop samples from (after optional V* filtering).
     pool: Vec<usize>,
-    vstar: Vec<f32>,
+    /// Generation settings of training rollouts (evaluation and stage 1 derive theirs).
     stop: GenConfig,
     state: TrainerState,
 }
@@ -91,12 +89,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if latest.is_some() && !resume {
             bail!("{} already has checkpoints: pass --resume to continue it, or choose another name (--set name=...)", run_dir.display());
         }
-        let template: Template = cfg.task.template.parse()?;
-        let reward = match cfg.task.reward.as_str() {
-            "tinyzero" => RewardKind::Tinyzero,
-            "binary" => RewardKind::Binary,
-            other => bail!("task.reward '{other}' is not tinyzero or binary"),
-        };
+        let (template, reward) = (cfg.task.template, cfg.task.reward);
         let (reference, tok) = load_model(be, base_dir)?;
         let ckpt = match (&latest, resume) {
             (Some(dir), true) => Some(checkpoint::load(dir)?),
@@ -128,8 +121,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let max_targets = mb * t.max_response_tokens;
         let ws = LogprobWorkspace::new(be, &policy.cfg, mb * t_max, mb, max_targets, true)
             .map_err(|e| oom_hint(e, "training activations", 0, "train.micro_batch"))?;
+        let objective = cfg.algo.build(be, mb, max_targets)?;
         let f = |n: usize| be.alloc(DType::F32, n.max(1));
-        let bufs = LossBufs { ref_logp: f(max_targets)?, old_logp: f(max_targets)?, adv: f(max_targets)?, weight: f(max_targets)?, target: f(mb)?, loss: f(max_targets)? };
+        let bufs = LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
         let mut opt = Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
@@ -157,11 +151,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             max_new_tokens: t.max_response_tokens,
             sampling: SamplingParams { temperature: t.temperature, top_k: 0, top_p: t.top_p },
             stop_token_ids: tok.eos_ids(&policy.cfg.eos_token_ids),
-            stop_strings: vec!["</answer>".to_string()],
+            stop_strings: crate::task::by_name(&cfg.task.name)?.stop_strings(),
         };
         let tokenizer_json = tok.to_json_string()?;
         let n = train.len();
-        Ok(Trainer { be, cfg, run_dir, tok, tokenizer_json, template, reward, policy, reference, opt, gen, ws, bufs, train, test, pool: (0..n).collect(), vstar: vec![], stop, state })
+        Ok(Trainer { be, cfg, run_dir, tok, tokenizer_json, reward, objective, policy, reference, opt, gen, ws, bufs, train, test, pool: (0..n).collect(), stop, state })
     }
 
     pub fn run(mut self) -> Result<Summary> {
@@ -174,11 +168,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let _ = std::fs::remove_file(&metrics_path);
         }
         eprintln!(
-            "run {}: {} train / {} test prompts ({} + {} over the prompt limit dropped), algorithm {:?}, device {}",
-            self.run_dir.display(), self.train.len(), self.test.len(), self.train.dropped_too_long, self.test.dropped_too_long, self.cfg.algo.name, self.be.name()
+            "run {}: {} train / {} test prompts ({} + {} over the prompt limit dropped), algorithm {}, device {}",
+            self.run_dir.display(), self.train.len(), self.test.len(), self.train.dropped_too_long, self.test.dropped_too_long, self.objective.name(), self.be.name()
         );
-        if self.cfg.algo.name == Algorithm::Astarpo {
-            self.stage1()?;
+        {
+            let reference = RolloutCtx { be: self.be, model: &self.reference, gen: &self.gen, tok: &self.tok, settings: self.stop.clone(), reward: self.reward };
+            let stage = Stage1 { reference, train: &self.train, pool: &mut self.pool, cache_dir: &self.cfg.out_dir, seed: self.cfg.seed };
+            self.objective.prepare(stage)?;
         }
         if self.state.base_solve_rate.is_none() {
             let r = self.eval()?;
@@ -233,7 +229,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let final_eval = self.final_eval()?;
         let summary = Summary {
             name: self.cfg.name.clone(),
-            algorithm: self.cfg.algo.name,
+            algorithm: self.objective.name(),
             steps: self.state.step,
             wall_time_s: self.state.elapsed_s,
             skipped_steps: self.state.skipped_steps,
@@ -244,7 +240,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             final_eval,
             interrupted,
         };
-        checkpoint::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        crate::util::fs::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
         crate::model::weights::save_model(&self.run_dir.join("final"), &self.policy.cfg, &self.policy.layout, &self.opt.params_to_host(self.be, &self.policy)?, crate::model::weights::SaveDtype::F32, Some(&self.tokenizer_json))?;
         if let Err(e) = super::plot::plot_run(&self.run_dir) {
             eprintln!("warning: could not draw learning curves: {e:#}");
@@ -252,28 +248,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(summary)
     }
 
-    /// A*PO stage 1 (cached): V* per training prompt from the reference policy.
-    fn stage1(&mut self) -> Result<()> {
-        let a = &self.cfg.algo;
-        let _r = nvtx::range("vstar");
-        let started = Instant::now();
-        let cache_dir = self.cfg.out_dir.join("vstar-cache");
-        let table = vstar::compute_or_load(self.be, &self.reference, &self.gen, &self.tok, &self.train, &cache_dir, a.n_vstar, a.beta1, &self.stop, self.reward, self.cfg.seed, |done, total| {
-            eprint!("\rV* estimation: {done}/{total} prompts");
-        })?;
-        if !table.from_cache {
-            eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
-        }
-        if a.drop_zero_prompts {
-            self.pool = (0..self.train.len()).filter(|&i| table.nonzero[i] > 0).collect();
-            if self.pool.is_empty() {
-                bail!("every training prompt's reference samples scored 0: nothing to learn from (algo.drop_zero_prompts)");
-            }
-        }
-        let mean = table.vstar.iter().sum::<f32>() / table.vstar.len().max(1) as f32;
-        eprintln!("V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool", table.vstar.len(), if table.from_cache { " (cached)" } else { "" }, self.pool.len());
-        self.vstar = table.vstar;
-        Ok(())
+    /// Generate-and-score with the policy and the training rollout settings.
+    fn policy_ctx(&self) -> RolloutCtx<'_, B> {
+        RolloutCtx { be: self.be, model: &self.policy, gen: &self.gen, tok: &self.tok, settings: self.stop.clone(), reward: self.reward }
     }
 
     /// The next `n` prompts: epochs are seeded permutations of the pool.
@@ -298,26 +275,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t0 = Instant::now();
         let cfg = self.cfg.clone();
         let t = &cfg.train;
-        let grpo_mode = cfg.algo.name == Algorithm::Grpo;
-        let per_prompt = if grpo_mode { cfg.algo.group_size } else { 1 };
+        let per_prompt = self.objective.samples_per_prompt();
         let prompts = self.next_prompts(t.batch_prompts);
         let idx: Vec<usize> = prompts.iter().flat_map(|&i| std::iter::repeat_n(i, per_prompt)).collect();
         let seeds: Vec<u64> = (0..idx.len()).map(|j| derive_seed(cfg.seed, self.state.step as u64 + 1, j as u64)).collect();
         let outs = {
             let _r = nvtx::range("rollout");
-            rollout(self.be, &self.policy, &self.gen, &self.tok, &self.train, &idx, &seeds, &self.stop, self.reward)?
+            self.policy_ctx().rollout(&self.train, &idx, &seeds)?
         };
         let t_rollout = t0.elapsed().as_secs_f32();
 
         let rewards: Vec<f32> = outs.iter().map(|o| o.score.score).collect();
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = outs.iter().map(|o| (self.train.tokens[o.idx].clone(), o.tokens.clone())).collect();
-        // Reference (and, for GRPO, behaviour-policy) log-probs of every response.
+        // Reference (and, where the objective needs them, behaviour-policy) log-probs of every
+        // response.
         let t1 = Instant::now();
         let ref_lp = {
             let _r = nvtx::range("ref_logprobs");
             self.logprobs_of(&pairs, false)?
         };
-        let old_lp = if grpo_mode {
+        let old_lp = if self.objective.needs_old_logprobs() {
             let _r = nvtx::range("old_logprobs");
             Some(self.logprobs_of(&pairs, true)?)
         } else {
@@ -326,11 +303,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t_ref = t1.elapsed().as_secs_f32();
 
         let t2 = Instant::now();
-        let targets: Vec<f32> = if grpo_mode {
-            grpo::group_advantages(&rewards, per_prompt)
-        } else {
-            outs.iter().map(|o| o.score.score - self.vstar[o.idx]).collect()
-        };
+        let targets = self.objective.targets(&outs);
         let (mut loss_sum, mut ent_sum, mut ntok_total) = (0f64, 0f64, 0usize);
         let (mut grad_norm, mut skipped) = (0f32, false);
         let order: Vec<usize> = (0..outs.len()).collect();
@@ -406,65 +379,48 @@ impl<'a, B: Backend> Trainer<'a, B> {
     #[allow(clippy::too_many_arguments)]
     fn accumulate(&mut self, micro: &[usize], pairs: &[(Vec<u32>, Vec<u32>)], ref_lp: &[Vec<f32>], old_lp: Option<&[Vec<f32>]>, targets: &[f32], mini_seqs: usize, mini_tokens: usize) -> Result<(f64, f64)> {
         let be = self.be;
-        let a = &self.cfg.algo;
         let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
         let batch = PackedBatch::from_pairs(&sub)?;
         let fwd = nvtx::range("forward");
         self.ws.load(be, &self.policy.cfg, &batch)?;
         self.policy.forward_logprobs(be, &self.ws, true)?;
         let nt = batch.n_targets();
-        let ns = micro.len();
         let flat = |src: &[Vec<f32>]| -> Vec<f32> { micro.iter().flat_map(|&i| src[i].iter().copied()).collect() };
-        let ref_view = View { buf: &self.bufs.ref_logp, off: 0, len: nt };
+        let ref_view = View::all(&self.bufs.ref_logp).slice(0, nt);
         be.upload_f32(ref_view, &flat(ref_lp))?;
-        let loss_len;
-        match old_lp {
-            None => {
-                let tv = View { buf: &self.bufs.target, off: 0, len: ns };
-                be.upload_f32(tv, &micro.iter().map(|&i| targets[i]).collect::<Vec<_>>())?;
-                loss_len = ns;
-                be.apo_loss(View { buf: &self.bufs.loss, off: 0, len: ns }, self.ws.dlogp(), self.ws.logp(), ref_view, tv, self.ws.target_seqs(), a.beta2, 1.0 / mini_seqs as f32)?;
+        let old_view = match (old_lp, &self.bufs.old_logp) {
+            (Some(old), Some(buf)) => {
+                let v = View::all(buf).slice(0, nt);
+                be.upload_f32(v, &flat(old))?;
+                Some(v)
             }
-            Some(old) => {
-                let old_view = View { buf: &self.bufs.old_logp, off: 0, len: nt };
-                be.upload_f32(old_view, &flat(old))?;
-                let adv: Vec<f32> = micro.iter().flat_map(|&i| std::iter::repeat_n(targets[i], ref_lp[i].len())).collect();
-                let adv_view = View { buf: &self.bufs.adv, off: 0, len: nt };
-                be.upload_f32(adv_view, &adv)?;
-                let wv = View { buf: &self.bufs.weight, off: 0, len: nt };
-                be.fill(wv, 1.0 / mini_tokens as f32)?;
-                loss_len = nt;
-                be.grpo_loss(View { buf: &self.bufs.loss, off: 0, len: nt }, self.ws.dlogp(), self.ws.logp(), old_view, ref_view, adv_view, wv, nt, a.clip_eps, a.kl_coef)?;
-            }
-        }
+            _ => None,
+        };
+        let micro_targets: Vec<f32> = micro.iter().map(|&i| targets[i]).collect();
+        let x = LossInputs { logp: self.ws.logp(), dlogp: self.ws.dlogp(), ref_logp: ref_view, old_logp: old_view, seqs: self.ws.target_seqs(), targets: &micro_targets, mini_seqs, mini_tokens };
+        self.objective.loss(be, &x)?;
         // Loss term −entropy_coeff · mean token entropy over the mini-batch.
-        be.fill(self.ws.dentropy(), -a.entropy_coeff / mini_tokens as f32)?;
+        let entropy_coeff = self.objective.entropy_coeff();
+        be.fill(self.ws.dentropy(), -entropy_coeff / mini_tokens as f32)?;
         drop(fwd);
         {
             let _r = nvtx::range("backward");
             self.policy.backward_logprobs(be, &self.ws, &self.opt.grads, true)?;
         }
-        let mut l = vec![0f32; loss_len];
-        be.download_f32(View { buf: &self.bufs.loss, off: 0, len: loss_len }, &mut l)?;
+        let loss = self.objective.read_loss(be, &x)?;
         let mut e = vec![0f32; nt];
         be.download_f32(self.ws.entropy(), &mut e)?;
         let ent: f64 = e.iter().map(|&x| x as f64).sum();
-        let loss: f64 = match old_lp {
-            None => l.iter().map(|&x| x as f64).sum::<f64>() / mini_seqs as f64,
-            Some(_) => l.iter().map(|&x| x as f64).sum::<f64>(),
-        };
-        Ok((loss - a.entropy_coeff as f64 * ent / mini_tokens as f64, ent))
+        Ok((loss - entropy_coeff as f64 * ent / mini_tokens as f64, ent))
     }
 
     fn eval(&mut self) -> Result<EvalReport> {
         let _r = nvtx::range("eval");
-        let t = &self.cfg.train;
-        evaluate(self.be, &self.policy, &self.gen, &self.tok, &self.test, t.eval_limit, t.max_response_tokens, &self.stop, self.reward, 0, self.cfg.seed)
+        evaluate(&self.policy_ctx(), &self.test, self.cfg.train.eval_limit, 0, self.cfg.seed)
     }
 
     fn final_eval(&mut self) -> Result<EvalReport> {
-        let t = &self.cfg.train;
-        evaluate(self.be, &self.policy, &self.gen, &self.tok, &self.test, 0, t.max_response_tokens, &self.stop, self.reward, t.eval_pass_k, self.cfg.seed)
+        evaluate(&self.policy_ctx(), &self.test, 0, self.cfg.train.eval_pass_k, self.cfg.seed)
     }
 
     fn save(&mut self) -> Result<()> {
@@ -483,9 +439,5 @@ impl<'a, B: Backend> Trainer<'a, B> {
             writeln!(f, "{line}")?;
         }
         Ok(())
-    }
-
-    pub fn template(&self) -> Template {
-        self.template
     }
 }

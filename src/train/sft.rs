@@ -9,7 +9,6 @@ use crate::model::weights::{save_model, SaveDtype};
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
-use crate::task::{self, Template};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -94,12 +93,11 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, master: Option<&[f32]>, p
 /// Tokenized (prompt, response) pairs from a JSONL file of `{"prompt":..., "response":...}`.
 pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
     #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
     struct Item {
         prompt: String,
         response: String,
     }
-    let items: Vec<Item> = crate::cli::jsonl::read_all(path)?;
+    let items: Vec<Item> = crate::util::jsonl::read_all(path)?;
     let mut out = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
         let p = tok.encode(&it.prompt)?;
@@ -117,27 +115,25 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32
 pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
     // Keyed by everything that shapes the base model, so changing the SFT settings builds anew.
     let key = format!("{:?}|{:?}|{}|{}|{}|{}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed, cfg.data.max_number, cfg.data.max_target);
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = crate::util::fnv1a(crate::util::FNV_OFFSET, key.as_bytes());
     let dir = cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32));
     if dir.join("config.json").is_file() {
         eprintln!("base model: reusing {}", dir.display());
         return Ok(dir);
     }
-    let template: Template = cfg.task.template.parse()?;
+    let template = cfg.task.template;
     let s = &cfg.sft;
-    let problems = match cfg.task.name.as_str() {
-        "multiply" => task::generate_multiply(s.examples, derive_seed(cfg.seed, 0x5f7, 1)),
-        _ => task::generate_countdown(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.countdown_spec(&s.counts)),
-    };
+    let task = crate::task::by_name(&cfg.task.name)?;
+    let problems = task.generate(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.countdown_spec(&s.counts));
     let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
     let texts: Vec<(String, String)> = problems
         .iter()
         .filter_map(|p| {
-            let mut r = task::sft_response(p, template)?;
+            let mut r = task.sft_response(p, template)?;
             if style.next_f64() < s.equals_fraction as f64 {
-                r = with_equals_target(p, &r);
+                r = task.base_model_style(p, &r);
             }
-            Some((task::render_prompt(p, template), r))
+            Some((task.prompt(p, template), r))
         })
         .collect();
     if texts.is_empty() {
@@ -157,37 +153,4 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let (_, trained) = sft_train(be, &model, Some(&host), &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
     save_model(&dir, &mcfg, &model.layout, &trained, SaveDtype::F32, Some(&tok.to_json_string()?))?;
     Ok(dir)
-}
-
-/// `…<answer>EXPR</answer>` → `…<answer>EXPR=TARGET</answer>` (Countdown; other tasks as is).
-fn with_equals_target(p: &task::Problem, response: &str) -> String {
-    match (p, response.rfind("</answer>")) {
-        (task::Problem::Countdown { target, .. }, Some(at)) => {
-            let (head, tail) = response.split_at(at);
-            if head.ends_with(' ') {
-                format!("{} = {target} {tail}", head.trim_end())
-            } else {
-                format!("{head}={target}{tail}")
-            }
-        }
-        _ => response.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_equals_target;
-    use crate::task::{score, Problem, RewardKind, Template};
-
-    #[test]
-    fn equals_style_is_format_only_under_the_tinyzero_reward() {
-        let p = Problem::Countdown { nums: vec![4, 5, 3], target: 27 };
-        for t in [Template::Compact, Template::Base] {
-            let bare = crate::task::sft_response(&p, t).unwrap();
-            let eq = with_equals_target(&p, &bare);
-            assert!(eq.contains("27") && eq.ends_with("</answer>"), "{eq}");
-            assert_eq!(score(&p, &bare, RewardKind::Tinyzero).score, 1.0, "{bare}");
-            assert_eq!(score(&p, &eq, RewardKind::Tinyzero).score, 0.1, "{eq}");
-        }
-    }
 }

@@ -1,15 +1,11 @@
 //! A*PO stage 1: V*(x) for every training prompt from N samples of the reference policy
 //! (temperature 1, top-p 1), cached on disk keyed by the prompts, the reference model's
 //! weights and the sampling settings, so runs sharing them compute it once.
-use super::checkpoint::write_atomic;
-use super::data::PromptSet;
-use super::eval::rollout;
-use crate::algo::astarpo::vstar;
+use super::astarpo::vstar;
 use crate::backend::{Backend, SamplingParams};
-use crate::model::Qwen2;
-use crate::rollout::{GenConfig, Generator};
-use crate::task::RewardKind;
-use crate::tokenizer::Tokenizer;
+use crate::rollout::{PromptSet, RolloutCtx};
+use crate::util::fs::write_atomic;
+use crate::util::{fnv1a, FNV_OFFSET};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -28,49 +24,29 @@ pub struct VstarTable {
     pub from_cache: bool,
 }
 
-/// FNV-1a over bytes: a stable content key (not cryptographic; it names cache files).
-fn fnv(h: &mut u64, bytes: &[u8]) {
-    for &b in bytes {
-        *h ^= b as u64;
-        *h = h.wrapping_mul(0x100_0000_01b3);
-    }
-}
-
 pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_new: usize, seed: u64) -> String {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut h = FNV_OFFSET;
     for t in &set.tokens {
         for x in t {
-            fnv(&mut h, &x.to_le_bytes());
+            h = fnv1a(h, &x.to_le_bytes());
         }
-        fnv(&mut h, b"|");
+        h = fnv1a(h, b"|");
     }
     for p in &set.prompts {
-        fnv(&mut h, p.as_bytes());
+        h = fnv1a(h, p.as_bytes());
     }
     for x in ref_params {
-        fnv(&mut h, &x.to_bits().to_le_bytes());
+        h = fnv1a(h, &x.to_bits().to_le_bytes());
     }
-    fnv(&mut h, format!("{n}/{beta1}/{max_new}/{seed}").as_bytes());
+    h = fnv1a(h, format!("{n}/{beta1}/{max_new}/{seed}").as_bytes());
     format!("{h:016x}")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn compute_or_load<B: Backend>(
-    be: &B,
-    reference: &Qwen2<B>,
-    gen: &Generator<B>,
-    tok: &Tokenizer,
-    set: &PromptSet,
-    cache_dir: &Path,
-    n: usize,
-    beta1: f32,
-    stop: &GenConfig,
-    reward: RewardKind,
-    seed: u64,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<VstarTable> {
-    let ref_host = reference.to_host(be)?;
-    let key = cache_key(set, &ref_host, n, beta1, stop.max_new_tokens, seed);
+/// V* of every prompt of `set` from `n` samples each of `reference` (its model: the reference
+/// policy) at temperature 1; `progress(done, total)` after each chunk.
+pub fn compute_or_load<B: Backend>(reference: &RolloutCtx<B>, set: &PromptSet, cache_dir: &Path, n: usize, beta1: f32, seed: u64, mut progress: impl FnMut(usize, usize)) -> Result<VstarTable> {
+    let ref_host = reference.model.to_host(reference.be)?;
+    let key = cache_key(set, &ref_host, n, beta1, reference.settings.max_new_tokens, seed);
     let path = cache_dir.join(format!("vstar-{key}.json"));
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(f) = serde_json::from_str::<VstarFile>(&text) {
@@ -79,15 +55,15 @@ pub fn compute_or_load<B: Backend>(
             }
         }
     }
-    let gc = GenConfig { sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, ..stop.clone() };
+    let ctx = reference.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
     let mut table = VstarTable { vstar: Vec::with_capacity(set.len()), nonzero: Vec::with_capacity(set.len()), from_cache: false };
     // Chunks of whole prompts, N samples each, sized to fill the generator.
-    let per_chunk = (gen.slots / n).max(1) * 4;
+    let per_chunk = (ctx.gen.slots / n).max(1) * 4;
     for start in (0..set.len()).step_by(per_chunk) {
         let end = (start + per_chunk).min(set.len());
         let idx: Vec<usize> = (start..end).flat_map(|i| std::iter::repeat_n(i, n)).collect();
         let seeds: Vec<u64> = idx.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed ^ 0x5a5a, i as u64, (j % n) as u64)).collect();
-        let outs = rollout(be, reference, gen, tok, set, &idx, &seeds, &gc, reward)?;
+        let outs = ctx.rollout(set, &idx, &seeds)?;
         for group in outs.chunks(n) {
             let r: Vec<f32> = group.iter().map(|o| o.score.score).collect();
             table.vstar.push(vstar(&r, beta1));

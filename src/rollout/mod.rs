@@ -1,0 +1,71 @@
+//! Rollouts: batched generation from a policy (`generate`: packed prefill into a KV cache, one
+//! decode row per live sequence), and the generate-and-score step every phase that samples
+//! uses — RL steps, V* estimation, evaluation.
+pub mod generate;
+pub mod prompts;
+
+pub use generate::{plan_bytes, Finish, GenConfig, Generation, Generator};
+pub use prompts::PromptSet;
+
+use crate::backend::{Backend, SamplingParams};
+use crate::model::Qwen2;
+use crate::task::{RewardKind, Score};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+
+/// One scored response.
+pub struct Rollout {
+    /// Index into the prompt set.
+    pub idx: usize,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub score: Score,
+    pub finish: Finish,
+}
+
+/// Everything generate-and-score needs: which model samples, with which planned generator,
+/// tokenizer and generation settings, and the reward to score with (each problem's own task
+/// scores its response).
+pub struct RolloutCtx<'a, B: Backend> {
+    pub be: &'a B,
+    pub model: &'a Qwen2<B>,
+    pub gen: &'a Generator<B>,
+    pub tok: &'a Tokenizer,
+    pub settings: GenConfig,
+    pub reward: RewardKind,
+}
+
+impl<'a, B: Backend> RolloutCtx<'a, B> {
+    /// The same context sampling from `model` instead.
+    pub fn with_model(&self, model: &'a Qwen2<B>) -> Self {
+        RolloutCtx { model, settings: self.settings.clone(), ..*self }
+    }
+
+    /// The same context with other sampling settings (and, if given, another response limit).
+    pub fn with_sampling(&self, sampling: SamplingParams, max_new_tokens: Option<usize>) -> Self {
+        let settings = GenConfig { sampling, max_new_tokens: max_new_tokens.unwrap_or(self.settings.max_new_tokens), ..self.settings.clone() };
+        RolloutCtx { settings, ..*self }
+    }
+
+    /// Generates one response per entry of `idx` (prompt indices into `set`, repeats allowed;
+    /// `seeds[j]` keys response j's sampling stream) and scores it.
+    pub fn rollout(&self, set: &PromptSet, idx: &[usize], seeds: &[u64]) -> Result<Vec<Rollout>> {
+        let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| set.tokens[i].clone()).collect();
+        let decode = |ids: &[u32]| self.tok.decode(ids, false).unwrap_or_default();
+        let outs = self.gen.generate(self.be, self.model, &prompts, seeds, &self.settings, &decode)?;
+        let mut res = Vec::with_capacity(outs.len());
+        for (&i, g) in idx.iter().zip(outs) {
+            let text = self.tok.decode(&g.tokens, true)?;
+            let p = &set.problems[i];
+            let score = p.task().score(p, &text, self.reward);
+            res.push(Rollout { idx: i, tokens: g.tokens, text, score, finish: g.finish });
+        }
+        Ok(res)
+    }
+}
+
+impl<B: Backend> Clone for RolloutCtx<'_, B> {
+    fn clone(&self) -> Self {
+        RolloutCtx { settings: self.settings.clone(), ..*self }
+    }
+}
