@@ -7,6 +7,8 @@ use tz_engine::model::{LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2C
 use tz_engine::rng::Rng;
 use tz_engine::rollout::{GenConfig, Generator};
 
+mod common;
+
 fn tiny_cfg(tied: bool) -> Qwen2Config {
     // tiny-2l's architecture at a size where finite differences are quick.
     let base = tz_engine::model::presets::preset("tiny-2l").unwrap().cfg;
@@ -193,4 +195,11 @@ fn sampling_is_batch_independent() {
         assert_eq!(alone[0].tokens, together[i].tokens, "sequence {i}");
     }
     assert_ne!(together[0].tokens, together[1].tokens);
+}
+
+#[test]
+fn weight_decay_only_on_matrices() {
+    for tied in [true, false] {
+        common::check_weight_decay_only_on_matrices(&CpuBackend::new(), &tiny_cfg(tied));
+    }
 }

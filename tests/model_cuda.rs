@@ -220,3 +220,9 @@ fn transformers_fixture_tied_bf16_cuda_matches_cpu() {
 fn transformers_fixture_untied_bf16_cuda_matches_cpu() {
     fixture("untied-bf16");
 }
+
+#[test]
+fn weight_decay_only_on_matrices_cuda() {
+    let Some(dev) = common::cuda::cuda_or_skip() else { return };
+    common::check_weight_decay_only_on_matrices(&dev, &tz_engine::model::presets::preset("tiny").unwrap().cfg);
+}

@@ -1,5 +1,7 @@
 //! AdamW over the flat parameter buffer: one F32 allocation each for gradients and both
-//! moments (and, where the backend computes in bf16, the F32 master weights).
+//! moments (and, where the backend computes in bf16, the F32 master weights). Weight decay
+//! applies to matrices only (`ParamLayout`'s `decay` flags): norms and biases are not decayed,
+//! as in the usual AdamW recipes (veRL/transformers' no-decay groups).
 use crate::backend::{AdamWParams, Backend, Buffer, DType, View};
 use crate::model::Qwen2;
 use anyhow::Result;
@@ -29,6 +31,8 @@ pub struct Optimizer<B: Backend> {
     pub master: Option<B::Buf>,
     /// Updates applied so far (AdamW's bias-correction step count).
     pub step: u32,
+    /// (offset, len, decays) runs of the flat buffer, from the layout's decay flags.
+    decay_ranges: Vec<(usize, usize, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +60,7 @@ impl<B: Backend> Optimizer<B> {
             v: be.alloc(DType::F32, n)?,
             master,
             step: 0,
+            decay_ranges: model.layout.decay_ranges(),
         })
     }
 
@@ -105,14 +110,14 @@ impl<B: Backend> Optimizer<B> {
             step: self.step,
             grad_scale,
         };
-        be.adamw(
-            View::all(&model.params),
-            self.master.as_ref().map(View::all),
-            View::all(&self.grads),
-            View::all(&self.m),
-            View::all(&self.v),
-            &p,
-        )?;
+        // AdamW is elementwise, so one call per run of equal decay computes exactly what one
+        // call with a per-element decay flag would; without decay, one call covers everything.
+        let whole = [(0, model.layout.total, true)];
+        let ranges: &[(usize, usize, bool)] = if self.cfg.weight_decay == 0.0 { &whole } else { &self.decay_ranges };
+        for &(off, len, decays) in ranges {
+            let p = AdamWParams { weight_decay: if decays { self.cfg.weight_decay } else { 0.0 }, ..p };
+            be.adamw(part(&model.params, off, len), self.master.as_ref().map(|m| part(m, off, len)), part(&self.grads, off, len), part(&self.m, off, len), part(&self.v, off, len), &p)?;
+        }
         Ok(StepOutcome { grad_norm, skipped: false })
     }
 
@@ -144,6 +149,10 @@ impl<B: Backend> Optimizer<B> {
         self.step = s.step;
         Ok(())
     }
+}
+
+fn part<B: Backend>(buf: &B::Buf, off: usize, len: usize) -> View<'_, B> {
+    View::all(buf).slice(off, len)
 }
 
 #[derive(Clone, Debug, PartialEq)]
