@@ -79,12 +79,10 @@ pub fn run(args: DataArgs) -> Result<i32> {
                         .map(|s| s.trim().parse::<usize>().ok().filter(|c| (2..=6).contains(c)))
                         .collect::<Option<_>>()
                         .ok_or_else(|| anyhow::anyhow!("--counts must list sizes between 2 and 6, e.g. 3,4"))?;
-                    {
                     if a.max_number < 1 || a.max_target < 1 {
                         bail!("--max-number and --max-target must be at least 1");
                     }
                     task::generate_countdown(n, a.seed, &task::CountdownSpec { counts, max_number: a.max_number, max_target: a.max_target })
-                }
                 }
                 (None, None) => bail!("give --n N (generate) or --from-parquet FILE (convert)"),
             };
