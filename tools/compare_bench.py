@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Joins `tz-engine bench kernels --json` with `tools/bench_torch.py --json` (same GPU, same
-call of tools/gpu-check.sh) on (op, shape): our time / PyTorch's per op, and the issue's
+call of tools/gpu-check.sh) on (op, shape): our time / PyTorch's per op, and the project's GPU
 targets checked against the measured numbers:
   - memory-bound ops (rmsnorm_fwd, adamw_*, logprob_fwd, sample_top_p) >= 80% of the measured
     copy bandwidth (our `pct_of_peak`);
