@@ -56,6 +56,19 @@ fn model_commands() {
     let again = tz(&["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5", "--batch", "1"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"));
     assert_eq!(text(&again.stdout), text(&o.stdout), "samples do not depend on the batch size");
 
+    // Dataset rows with fields these commands do not use: accepted, and the `id` echoed.
+    let rows = "{\"id\":7,\"prompt\":\"numbers 1 2 3 target 6\\n\",\"response\":\"<answer>1+2+3</answer>\",\"expected\":1.0}\n{\"prompt\":\"x\",\"response\":\"y\",\"task\":\"countdown\"}\n";
+    let o = tz(&["score", "--model", ms, "--input", "-"], Some(rows));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("{\"id\":7,\"prompt_tokens\""), "{}", lines[0]);
+    assert!(lines[1].starts_with("{\"prompt_tokens\""), "{}", lines[1]);
+    let o = tz(&["generate", "--model", ms, "--input", "-", "--n", "2", "--max-new-tokens", "4"], Some(rows));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let outs: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outs.iter().map(|g| g.get("id").cloned()).collect::<Vec<_>>(), vec![Some(7.into()), Some(7.into()), None, None]);
+
     let data = d.path().join("cd.jsonl");
     let o = tz(&["data", "countdown", "--n", "20", "--seed", "1", "--out", data.to_str().unwrap()], None);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -20,6 +20,11 @@ pub struct Record<T> {
     pub item: T,
 }
 
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: Option<serde_json::Value>,
+}
+
 /// Every non-blank line parsed as `T` (extra fields ignored unless `T` denies them), with
 /// its `id`; the first bad line is an error naming `file:line`.
 pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<Record<T>>> {
@@ -32,9 +37,9 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<Record<T>>> 
             continue;
         }
         let at = |e: serde_json::Error| anyhow!("{}:{}: {e}", path.display(), i + 1);
-        let value: serde_json::Value = serde_json::from_str(line).map_err(at)?;
-        let id = value.get("id").cloned();
-        let item = serde_json::from_value(value).map_err(at)?;
+        // Parsed from the text (not from a Value) so errors say where in the line.
+        let item = serde_json::from_str(line).map_err(at)?;
+        let id = serde_json::from_str::<IdOnly>(line).ok().and_then(|r| r.id);
         out.push(Record { id, item });
     }
     Ok(out)
