@@ -73,7 +73,7 @@ pub struct Trainer<'a, B: Backend> {
     /// Indices into `train` that the loop samples from (after optional V* filtering).
     pool: Vec<usize>,
     /// Generation settings of training rollouts (evaluation and stage 1 derive theirs).
-    stop: GenConfig,
+    rollout_settings: GenConfig,
     state: TrainerState,
 }
 
@@ -147,7 +147,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 elapsed_s: 0.0,
             },
         };
-        let stop = GenConfig {
+        let rollout_settings = GenConfig {
             max_new_tokens: t.max_response_tokens,
             sampling: SamplingParams { temperature: t.temperature, top_k: 0, top_p: t.top_p },
             stop_token_ids: tok.eos_ids(&policy.cfg.eos_token_ids),
@@ -155,7 +155,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let tokenizer_json = tok.to_json_string()?;
         let n = train.len();
-        Ok(Trainer { be, cfg, run_dir, tok, tokenizer_json, reward, objective, policy, reference, opt, gen, ws, bufs, train, test, pool: (0..n).collect(), stop, state })
+        Ok(Trainer { be, cfg, run_dir, tok, tokenizer_json, reward, objective, policy, reference, opt, gen, ws, bufs, train, test, pool: (0..n).collect(), rollout_settings, state })
     }
 
     pub fn run(mut self) -> Result<Summary> {
@@ -172,7 +172,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.run_dir.display(), self.train.len(), self.test.len(), self.train.dropped_too_long, self.test.dropped_too_long, self.objective.name(), self.be.name()
         );
         {
-            let reference = RolloutCtx { be: self.be, model: &self.reference, gen: &self.gen, tok: &self.tok, settings: self.stop.clone(), reward: self.reward };
+            let reference = RolloutCtx { be: self.be, model: &self.reference, gen: &self.gen, tok: &self.tok, settings: self.rollout_settings.clone(), reward: self.reward };
             let stage = Stage1 { reference, train: &self.train, pool: &mut self.pool, cache_dir: &self.cfg.out_dir, seed: self.cfg.seed };
             self.objective.prepare(stage)?;
         }
@@ -250,7 +250,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Generate-and-score with the policy and the training rollout settings.
     fn policy_ctx(&self) -> RolloutCtx<'_, B> {
-        RolloutCtx { be: self.be, model: &self.policy, gen: &self.gen, tok: &self.tok, settings: self.stop.clone(), reward: self.reward }
+        RolloutCtx { be: self.be, model: &self.policy, gen: &self.gen, tok: &self.tok, settings: self.rollout_settings.clone(), reward: self.reward }
     }
 
     /// The next `n` prompts: epochs are seeded permutations of the pool.
