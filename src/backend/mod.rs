@@ -16,6 +16,7 @@
 
 use anyhow::Result;
 
+pub mod bench_ops;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
