@@ -182,3 +182,75 @@ fn train_resume_is_bit_identical() {
     let args: Vec<&str> = std::iter::once("train").chain(a.iter().map(String::as_str)).collect();
     assert_clean_error(&tz(&args, None), "--resume");
 }
+
+#[test]
+fn bench_kernels() {
+    // `bench --help` lists the suite (tools/gpu-check.sh greps for it).
+    let o = tz(&["bench", "--help"], None);
+    assert!(o.status.success() && text(&o.stdout).contains("kernels"), "{}", text(&o.stdout));
+
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("bench.jsonl");
+    let tiny = ["bench", "kernels", "--device", "cpu", "--tokens", "64", "--hidden", "128", "--inter", "256", "--vocab", "512", "--reps", "1"];
+    let args: Vec<&str> = tiny.iter().copied().chain(["--json", json.to_str().unwrap()]).collect();
+    let o = tz(&args, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("measured copy") && out.contains("% peak"), "{out}");
+    // The JSON rows: the fields and the (op, shape) keys tools/compare_bench.py joins on.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let keys: Vec<(String, String)> = rows.iter().map(|r| (r["op"].as_str().unwrap().to_string(), r["shape"].as_str().unwrap().to_string())).collect();
+    for (op, shape) in [
+        ("rmsnorm_fwd", "64x128"),
+        ("swiglu_fwd", "64x256"),
+        ("logprob_fwd", "16x512"),
+        ("sample_top_p", "16x512"),
+        ("adamw_f32", "1048576"),
+        ("attention_fwd", "1x64 d64 h2"),
+        ("attention_bwd", "1x64 d128 h1"),
+        ("attention_decode", "8x64 d64 h2"),
+    ] {
+        assert!(keys.contains(&(op.to_string(), shape.to_string())), "no row {op} {shape} in {keys:?}");
+    }
+    for r in &rows {
+        assert!(r["ms"].as_f64().unwrap() >= 0.0 && r["pct_of_peak"].is_number(), "{r}");
+        assert!(r["gbps"].is_number() != r["tflops"].is_number(), "one of gbps / tflops: {r}");
+    }
+    // CPU attention runs at far below 0.01 TFLOP/s: printed with its significant digits.
+    let line = out.lines().find(|l| l.starts_with("attention_fwd ")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let tflops: f64 = cols[cols.len() - 2].parse().unwrap();
+    assert!(tflops > 0.0, "{line}");
+
+    // Qwen2.5-0.5B widths: 14 query heads over 2 KV heads at head dim 64, 7 over 1 at 128.
+    let o = tz(&["bench", "kernels", "--tokens", "64", "--hidden", "896", "--inter", "4864", "--vocab", "512", "--reps", "1"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("1x64 d64 h14") && text(&o.stdout).contains("1x64 d128 h7"), "{}", text(&o.stdout));
+    // A hidden size that only head dim 64 divides: the d128 rows are skipped with a note.
+    let o = tz(&["bench", "kernels", "--tokens", "64", "--hidden", "192", "--inter", "64", "--vocab", "64", "--reps", "1"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("head dim 128 skipped") && !text(&o.stdout).contains(" d128 "), "{}", text(&o.stdout));
+
+    // Bad arguments: one error line, no panic, nothing allocated.
+    let bad = |flag: &str, value: &str, needle: &str| {
+        let mut a: Vec<&str> = tiny.to_vec();
+        let i = a.iter().position(|x| *x == flag).map(|i| i + 1);
+        match i {
+            Some(i) => a[i] = value,
+            None => a.extend([flag, value]),
+        }
+        let o = tz(&a, None);
+        assert_clean_error(&o, needle);
+        assert_eq!(text(&o.stderr).lines().count(), 1, "{}", text(&o.stderr));
+    };
+    bad("--tokens", "0", "--tokens must be positive");
+    bad("--reps", "0", "--reps must be positive");
+    bad("--vocab", "0", "--vocab must be positive");
+    bad("--hidden", "100", "not a multiple of the head dim 64");
+    bad("--hidden", "1000000000", "over the 2147483647 one buffer may hold");
+    bad("--tokens", "18446744073709551615", "over the 2147483647 one buffer may hold");
+    bad("--inter", "1000000000", "gate|up");
+    // --device cuda validates its arguments before it needs a GPU.
+    let o = tz(&["bench", "kernels", "--device", "cuda", "--tokens", "0"], None);
+    assert_clean_error(&o, "--tokens must be positive");
+}

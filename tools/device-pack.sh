@@ -22,9 +22,10 @@ export TZ_REQUIRE_NVCC=1
 rm -rf .device
 mkdir -p .device/bin
 cargo build --release --bin tz-engine
-# Every integration test with "cuda" in its name.
+# Every integration test with "cuda" in its name, and the backend conformance suite (its
+# cuda:: cases).
 tests=()
-for f in tests/*cuda*.rs; do
+for f in tests/*cuda*.rs tests/backend_ops.rs; do
   [ -e "$f" ] || continue
   tests+=(--test "$(basename "$f" .rs)")
 done

@@ -3,8 +3,8 @@
 # kernel compiled as host C++, a reference cuBLASLt), so the CUDA backend's host code and
 # the kernels' logic are checked against the CPU oracle on a machine without a GPU.
 #   1. the emulator's self-test;
-#   2. cuda_smoke, parity_cuda, model_cuda;
-#   3. cuda_smoke and parity_cuda again with each block's threads run in reverse order
+#   2. backend_ops (its cuda:: cases: every op against host references), parity_cuda, model_cuda;
+#   3. backend_ops and parity_cuda again with each block's threads run in reverse order
 #      between barriers (TZ_EMU_ORDER=reverse): a missing __syncthreads/__syncwarp that the
 #      forward order happened to satisfy gives a different result there.
 # TZ_EMU_ASAN=1: the emulator built with AddressSanitizer and preloaded into the tests — the
@@ -27,9 +27,9 @@ fi
 "$dir/selftest"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TZ_REQUIRE_GPU=1
-cargo test --release --test cuda_smoke --test parity_cuda --test model_cuda "$@"
+cargo test --release --test backend_ops --test parity_cuda --test model_cuda "$@"
 echo "emu-check: again, threads in reverse order between barriers"
-TZ_EMU_ORDER=reverse cargo test --release --test cuda_smoke --test parity_cuda "$@"
+TZ_EMU_ORDER=reverse cargo test --release --test backend_ops --test parity_cuda "$@"
 
 # The trainer end to end on the emulated GPU: SFT, V*, A*PO steps with rollouts (KV cache,
 # decode attention, sampling), evaluation and checkpoints, all through --device cuda. Run for

@@ -102,9 +102,10 @@ fi
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for exe in "${tests[@]}"; do
     case "$(basename "$exe")" in
-      cuda_smoke*)
-        step "memcheck $(basename "$exe")" 240 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --test-threads=1
-        step "racecheck $(basename "$exe")" 240 compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --test-threads=1
+      backend_ops*)
+        # Its cuda:: cases only (the cpu:: ones launch no kernels).
+        step "memcheck $(basename "$exe")" 240 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --test-threads=1 cuda::
+        step "racecheck $(basename "$exe")" 240 compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --test-threads=1 cuda::
         ;;
     esac
   done

@@ -2,7 +2,7 @@
 //! Qwen2 forward/backward, generation and the optimizer need (llm.c style: the model is an
 //! explicit sequence of these calls, see `model::qwen2`).
 //!
-//! Conventions (shared by every implementation and checked by `tests/backend_ops.rs`):
+//! Conventions (shared by every implementation; every op is checked against them, on each backend, by `tests/backend_ops.rs`):
 //! - Row-major everywhere. Shapes are given in elements; a `View` is a window of a buffer.
 //! - Three dtypes: `F32`, `BF16`, `U32`. "act" below means `Backend::act_dtype()` — F32 on the
 //!   CPU oracle, BF16 on CUDA. Gradients of *parameters*, log-probs, losses, norms' saved
@@ -16,6 +16,7 @@
 
 use anyhow::Result;
 
+pub mod bench_ops;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
