@@ -42,7 +42,7 @@ pub enum Command {
     Sft(sft::SftArgs),
     /// Evaluate a model on a task dataset: mean reward, solve rate, pass@k.
     Eval(eval::EvalArgs),
-    /// Draw a run's learning curves as PNG.
+    /// Draw a run's learning curves (curves.png, curves.svg).
     Plot(plot::PlotArgs),
     /// Print the planned device memory for a model, batch and sequence length.
     Plan(plan::PlanArgs),

@@ -1,4 +1,4 @@
-//! `tz-engine plot RUN_DIR`: draw a run's learning curves (curves.png) from metrics.jsonl.
+//! `tz-engine plot RUN_DIR`: draw a run's learning curves (curves.png, curves.svg) from metrics.jsonl.
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
