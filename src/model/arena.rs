@@ -57,10 +57,6 @@ impl ArenaPlan {
         self.push(category, DType::U32, len)
     }
 
-    pub fn total_bytes(&self) -> usize {
-        self.act * self.act_dtype_size + (self.f32 + self.u32) * 4
-    }
-
     pub fn allocate<B: Backend>(&self, be: &B) -> Result<Arena<B>> {
         Ok(Arena {
             act: be.alloc(be.act_dtype(), self.act.max(1))?,

@@ -27,12 +27,6 @@ use cudarc::driver::{sys as dsys, CudaContext, CudaFunction, CudaSlice, CudaStre
 pub use buffer::CudaBuf;
 pub use kernels::nvrtc_check_all;
 
-/// Whether the kernels were compiled by nvcc at build time (else NVRTC compiles them at run
-/// time), and that nvcc's version line.
-pub fn kernels_prebuilt() -> (bool, &'static str) {
-    (kernels::NVCC_COMPILED, kernels::NVCC_VERSION)
-}
-
 /// The scratch areas an op may need at the same time (each grown on demand, never shrunk).
 #[derive(Clone, Copy)]
 pub(crate) enum Scratch {
@@ -138,20 +132,6 @@ impl CudaBackend {
 
     pub(crate) fn fma_attention(&self) -> bool {
         self.fma_attention.load(Ordering::Relaxed)
-    }
-
-    /// How each kernel file loaded so far was obtained (cubin / PTX / NVRTC).
-    pub fn kernel_origins(&self) -> Vec<(&'static str, &'static str)> {
-        self.loader.origins()
-    }
-
-    /// Loads every kernel file now (otherwise each loads on first use); returns the origins.
-    pub fn preload_kernels(&self) -> Result<Vec<(&'static str, &'static str)>> {
-        self.bind()?;
-        for kf in kernels::KERNEL_FILES {
-            self.loader.module(kf.name)?;
-        }
-        Ok(self.loader.origins())
     }
 
     fn bind(&self) -> Result<()> {
