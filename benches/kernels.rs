@@ -129,8 +129,8 @@ fn bench_ops<B: Backend>(c: &mut Criterion, be: &B, s: &Sizes) {
     let (sl, ln) = (be.alloc(DType::U32, b).unwrap(), be.alloc(DType::U32, b).unwrap());
     be.upload_u32(View::all(&sl), &slots).unwrap();
     be.upload_u32(View::all(&ln), &lens).unwrap();
-    let qd = View { buf: &qkv, off: 0, len: b * shape.qkv_width() };
-    let od = View { buf: &o, off: 0, len: b * shape.q_width() };
+    let qd = View::all(&qkv).slice(0, b * shape.qkv_width());
+    let od = View::all(&o).slice(0, b * shape.q_width());
     run(&mut g, be, "attention_decode_d128", bytes(2 * b * t_max * kvw * es as usize), || {
         be.attention_decode(od, qd, View::all(&kc), View::all(&vc), View::all(&sl), View::all(&ln), b, t_max, shape, t_max, scale).unwrap()
     });
@@ -165,7 +165,7 @@ fn bench_ops<B: Backend>(c: &mut Criterion, be: &B, s: &Sizes) {
     let out_tok = be.alloc(DType::U32, rs).unwrap();
     let seeds: Vec<u64> = (0..rs as u64).collect();
     let sp = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9 };
-    let rows = View { buf: &logits, off: 0, len: rs * VOCAB };
+    let rows = View::all(&logits).slice(0, rs * VOCAB);
     run(&mut g, be, "sample_top_p", bytes(rs * VOCAB * es as usize), || be.sample(View::all(&out_tok), rows, rs, VOCAB, &sp, &seeds, &seeds).unwrap());
     drop((logits, tgt, lp, lse, ent, dlp, dent, out_tok));
 

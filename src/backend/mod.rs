@@ -20,7 +20,9 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+mod view;
 pub use device::Device;
+pub use view::View;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -44,36 +46,6 @@ pub trait Buffer: Clone + Send + Sync {
     fn dtype(&self) -> DType;
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// The elements `[off, off + len)` of a buffer.
-pub struct View<'a, B: Backend + ?Sized> {
-    pub buf: &'a B::Buf,
-    pub off: usize,
-    pub len: usize,
-}
-
-impl<B: Backend + ?Sized> Clone for View<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<B: Backend + ?Sized> Copy for View<'_, B> {}
-
-impl<'a, B: Backend + ?Sized> View<'a, B> {
-    /// The whole buffer.
-    pub fn all(buf: &'a B::Buf) -> Self {
-        View { buf, off: 0, len: buf.len() }
-    }
-    /// A sub-window `[off, off + len)` relative to this view. Panics if out of range: that is a
-    /// bug in the caller's memory plan, never a consequence of user input.
-    pub fn slice(&self, off: usize, len: usize) -> Self {
-        assert!(off + len <= self.len, "view slice {off}+{len} out of {}", self.len);
-        View { buf: self.buf, off: self.off + off, len }
-    }
-    pub fn dtype(&self) -> DType {
-        self.buf.dtype()
     }
 }
 
@@ -204,6 +176,7 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- RMSNorm ---------------------------------------------------------------------------
     /// `out = x * rstd * w`, `rstd[i] = 1/sqrt(mean(x[i]^2) + eps)` saved (F32) for backward.
+    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_fwd(&self, out: View<Self>, rstd: View<Self>, x: View<Self>, w: View<Self>, n: usize, c: usize, eps: f32) -> Result<()>;
     /// `resid_out = resid_in + delta; out = rmsnorm(resid_out)`: the residual add fused with
     /// the following norm. `resid_out` may alias `resid_in`.

@@ -124,7 +124,7 @@ fn bench<B: Backend + 'static>(be: &B, a: &BenchArgs) -> Result<i32> {
     let toks = buf(DType::U32, srows)?;
     let seeds: Vec<u64> = (0..srows as u64).collect();
     let sp = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9 };
-    let s = time(be, a.reps, || be.sample(View::all(&toks), View { buf: &logits, off: 0, len: srows * vocab }, srows, vocab, &sp, &seeds, &seeds))?;
+    let s = time(be, a.reps, || be.sample(View::all(&toks), View::all(&logits).slice(0, srows * vocab), srows, vocab, &sp, &seeds, &seeds))?;
     mem("sample_top_p", format!("{srows}x{vocab}"), s, (srows * vocab) as f64 * es);
     drop((logits, lp, lse, toks));
 

@@ -81,7 +81,7 @@ impl<B: Backend> Arena<B> {
             DType::U32 => &self.u32,
             DType::BF16 => &self.act,
         };
-        View { buf, off: s.off, len: s.len }
+        View::all(buf).slice(s.off, s.len)
     }
     /// The first `len` elements of a slot.
     pub fn prefix(&self, s: Slot, len: usize) -> View<'_, B> {

@@ -133,7 +133,7 @@ impl<B: Backend> Qwen2<B> {
     }
 
     fn w(&self, off: usize, len: usize) -> View<'_, B> {
-        View { buf: &self.params, off, len }
+        View::all(&self.params).slice(off, len)
     }
 
     fn eps(&self) -> f32 {
@@ -201,7 +201,7 @@ impl<B: Backend> Qwen2<B> {
 
 /// Gradient buffer views follow the parameter layout.
 fn g<'a, B: Backend>(grads: &'a B::Buf, off: usize, len: usize) -> View<'a, B> {
-    View { buf: grads, off, len }
+    View::all(grads).slice(off, len)
 }
 
 /// Backward scratch: one set of activation-gradient buffers reused by every layer.

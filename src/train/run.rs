@@ -415,26 +415,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let nt = batch.n_targets();
         let ns = micro.len();
         let flat = |src: &[Vec<f32>]| -> Vec<f32> { micro.iter().flat_map(|&i| src[i].iter().copied()).collect() };
-        let ref_view = View { buf: &self.bufs.ref_logp, off: 0, len: nt };
+        let ref_view = View::all(&self.bufs.ref_logp).slice(0, nt);
         be.upload_f32(ref_view, &flat(ref_lp))?;
         let loss_len;
         match old_lp {
             None => {
-                let tv = View { buf: &self.bufs.target, off: 0, len: ns };
+                let tv = View::all(&self.bufs.target).slice(0, ns);
                 be.upload_f32(tv, &micro.iter().map(|&i| targets[i]).collect::<Vec<_>>())?;
                 loss_len = ns;
-                be.apo_loss(View { buf: &self.bufs.loss, off: 0, len: ns }, self.ws.dlogp(), self.ws.logp(), ref_view, tv, self.ws.target_seqs(), a.beta2, 1.0 / mini_seqs as f32)?;
+                be.apo_loss(View::all(&self.bufs.loss).slice(0, ns), self.ws.dlogp(), self.ws.logp(), ref_view, tv, self.ws.target_seqs(), a.beta2, 1.0 / mini_seqs as f32)?;
             }
             Some(old) => {
-                let old_view = View { buf: &self.bufs.old_logp, off: 0, len: nt };
+                let old_view = View::all(&self.bufs.old_logp).slice(0, nt);
                 be.upload_f32(old_view, &flat(old))?;
                 let adv: Vec<f32> = micro.iter().flat_map(|&i| std::iter::repeat_n(targets[i], ref_lp[i].len())).collect();
-                let adv_view = View { buf: &self.bufs.adv, off: 0, len: nt };
+                let adv_view = View::all(&self.bufs.adv).slice(0, nt);
                 be.upload_f32(adv_view, &adv)?;
-                let wv = View { buf: &self.bufs.weight, off: 0, len: nt };
+                let wv = View::all(&self.bufs.weight).slice(0, nt);
                 be.fill(wv, 1.0 / mini_tokens as f32)?;
                 loss_len = nt;
-                be.grpo_loss(View { buf: &self.bufs.loss, off: 0, len: nt }, self.ws.dlogp(), self.ws.logp(), old_view, ref_view, adv_view, wv, nt, a.clip_eps, a.kl_coef)?;
+                be.grpo_loss(View::all(&self.bufs.loss).slice(0, nt), self.ws.dlogp(), self.ws.logp(), old_view, ref_view, adv_view, wv, nt, a.clip_eps, a.kl_coef)?;
             }
         }
         // Loss term −entropy_coeff · mean token entropy over the mini-batch.
@@ -445,7 +445,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.policy.backward_logprobs(be, &self.ws, &self.opt.grads, true)?;
         }
         let mut l = vec![0f32; loss_len];
-        be.download_f32(View { buf: &self.bufs.loss, off: 0, len: loss_len }, &mut l)?;
+        be.download_f32(View::all(&self.bufs.loss).slice(0, loss_len), &mut l)?;
         let mut e = vec![0f32; nt];
         be.download_f32(self.ws.entropy(), &mut e)?;
         let ent: f64 = e.iter().map(|&x| x as f64).sum();

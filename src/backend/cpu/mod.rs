@@ -58,23 +58,16 @@ impl CpuBackend {
     }
 }
 
-fn check(v: &View<CpuBackend>, what: &str) -> Result<()> {
-    if v.off + v.len > v.buf.len() {
-        bail!("{what}: view {}+{} beyond buffer of {}", v.off, v.len, v.buf.len());
-    }
-    Ok(())
-}
-
-/// The f32 elements of a view, writable. `len` must equal `expect` when given.
+/// The first `expect` f32 elements of a view, writable (an error if the view is shorter).
 #[allow(clippy::mut_from_ref)]
 pub(crate) fn fm<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Result<&'a mut [f32]> {
-    check(&v, what)?;
-    if v.len < expect {
-        bail!("{what}: view of {} elements, need {expect}", v.len);
+    if v.len() < expect {
+        bail!("{what}: view of {} elements, need {expect}", v.len());
     }
-    match &v.buf.0.storage {
-        // SAFETY: in bounds (checked); aliasing is governed by the Backend contract (see Inner).
-        Storage::F32(data) => unsafe { Ok(std::slice::from_raw_parts_mut((*data.get()).as_mut_ptr().add(v.off), expect)) },
+    match &v.buf().0.storage {
+        // SAFETY: in bounds: off + expect <= off + len <= the buffer's length (a View never
+        // exceeds its buffer); aliasing is governed by the Backend contract (see Inner).
+        Storage::F32(data) => unsafe { Ok(std::slice::from_raw_parts_mut((*data.get()).as_mut_ptr().add(v.off()), expect)) },
         Storage::U32(_) => bail!("{what}: expected an f32/bf16 buffer, got u32"),
     }
 }
@@ -85,13 +78,12 @@ pub(crate) fn f<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Resul
 
 #[allow(clippy::mut_from_ref)]
 pub(crate) fn um<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Result<&'a mut [u32]> {
-    check(&v, what)?;
-    if v.len < expect {
-        bail!("{what}: view of {} elements, need {expect}", v.len);
+    if v.len() < expect {
+        bail!("{what}: view of {} elements, need {expect}", v.len());
     }
-    match &v.buf.0.storage {
+    match &v.buf().0.storage {
         // SAFETY: as in `fm`.
-        Storage::U32(data) => unsafe { Ok(std::slice::from_raw_parts_mut((*data.get()).as_mut_ptr().add(v.off), expect)) },
+        Storage::U32(data) => unsafe { Ok(std::slice::from_raw_parts_mut((*data.get()).as_mut_ptr().add(v.off()), expect)) },
         Storage::F32(_) => bail!("{what}: expected a u32 buffer"),
     }
 }
@@ -102,7 +94,7 @@ pub(crate) fn u<'a>(v: View<'a, CpuBackend>, expect: usize, what: &str) -> Resul
 
 /// Whether two views start at the same element of the same buffer (an allowed in-place op).
 pub(crate) fn same(a: &View<CpuBackend>, b: &View<CpuBackend>) -> bool {
-    Arc::ptr_eq(&a.buf.0, &b.buf.0) && a.off == b.off
+    Arc::ptr_eq(&a.buf().0, &b.buf().0) && a.off() == b.off()
 }
 
 impl Backend for CpuBackend {
@@ -148,36 +140,36 @@ impl Backend for CpuBackend {
     }
 
     fn fill(&self, dst: View<Self>, value: f32) -> Result<()> {
-        fm(dst, dst.len, "fill")?.par_iter_mut().for_each(|x| *x = value);
+        fm(dst, dst.len(), "fill")?.par_iter_mut().for_each(|x| *x = value);
         Ok(())
     }
     fn copy(&self, dst: View<Self>, src: View<Self>) -> Result<()> {
-        if dst.len != src.len {
-            bail!("copy: lengths {} and {} differ", dst.len, src.len);
+        if dst.len() != src.len() {
+            bail!("copy: lengths {} and {} differ", dst.len(), src.len());
         }
         if same(&dst, &src) {
             return Ok(());
         }
-        fm(dst, dst.len, "copy")?.copy_from_slice(f(src, src.len, "copy")?);
+        fm(dst, dst.len(), "copy")?.copy_from_slice(f(src, src.len(), "copy")?);
         Ok(())
     }
     fn add_assign(&self, dst: View<Self>, src: View<Self>) -> Result<()> {
-        let s = f(src, dst.len, "add_assign")?;
-        fm(dst, dst.len, "add_assign")?.par_iter_mut().zip(s.par_iter()).for_each(|(d, s)| *d += s);
+        let s = f(src, dst.len(), "add_assign")?;
+        fm(dst, dst.len(), "add_assign")?.par_iter_mut().zip(s.par_iter()).for_each(|(d, s)| *d += s);
         Ok(())
     }
     fn scale(&self, dst: View<Self>, alpha: f32) -> Result<()> {
-        fm(dst, dst.len, "scale")?.par_iter_mut().for_each(|x| *x *= alpha);
+        fm(dst, dst.len(), "scale")?.par_iter_mut().for_each(|x| *x *= alpha);
         Ok(())
     }
     fn sum_squares(&self, x: View<Self>) -> Result<f32> {
-        let x = f(x, x.len, "sum_squares")?;
+        let x = f(x, x.len(), "sum_squares")?;
         let partial: Vec<f64> = x.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
         Ok(partial.iter().sum::<f64>() as f32)
     }
     fn gather_rows(&self, out: View<Self>, x: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()> {
         let r = u(rows, n_rows, "gather_rows")?;
-        let xs = f(x, x.len, "gather_rows")?;
+        let xs = f(x, x.len(), "gather_rows")?;
         let o = fm(out, n_rows * c, "gather_rows")?;
         for (i, &row) in r.iter().enumerate() {
             let row = row as usize;
@@ -191,7 +183,7 @@ impl Backend for CpuBackend {
     fn scatter_add_rows(&self, dx: View<Self>, dout: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()> {
         let r = u(rows, n_rows, "scatter_add_rows")?;
         let d = f(dout, n_rows * c, "scatter_add_rows")?;
-        let x = fm(dx, dx.len, "scatter_add_rows")?;
+        let x = fm(dx, dx.len(), "scatter_add_rows")?;
         for (i, &row) in r.iter().enumerate() {
             let row = row as usize;
             if (row + 1) * c > x.len() {

@@ -8,7 +8,7 @@ type V<'a> = View<'a, CpuBackend>;
 
 pub fn embedding_fwd(out: V, table: V, ids: V, n: usize, c: usize) -> Result<()> {
     let ids = u(ids, n, "embedding_fwd ids")?;
-    let t = f(table, table.len, "embedding_fwd table")?;
+    let t = f(table, table.len(), "embedding_fwd table")?;
     let vocab = t.len() / c.max(1);
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
         bail!("embedding_fwd: token id {bad} beyond the vocabulary ({vocab})");
@@ -22,7 +22,7 @@ pub fn embedding_fwd(out: V, table: V, ids: V, n: usize, c: usize) -> Result<()>
 pub fn embedding_bwd(dtable: V, dout: V, ids: V, n: usize, c: usize) -> Result<()> {
     let ids = u(ids, n, "embedding_bwd ids")?;
     let d = f(dout, n * c, "embedding_bwd dout")?;
-    let t = fm(dtable, dtable.len, "embedding_bwd dtable")?;
+    let t = fm(dtable, dtable.len(), "embedding_bwd dtable")?;
     // Sequential: several rows may hit the same token, and a fixed order keeps it deterministic.
     for (i, &id) in ids.iter().enumerate() {
         let row = &mut t[id as usize * c..(id as usize + 1) * c];

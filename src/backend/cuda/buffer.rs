@@ -64,7 +64,8 @@ impl Buffer for CudaBuf {
     }
 }
 
-/// Device address of the first element of a view.
+/// Device address of the first element of a view (inside the allocation: a view never
+/// exceeds its buffer).
 pub(crate) fn vptr(v: &View<'_, CudaBackend>) -> u64 {
-    v.buf.ptr + (v.off * v.buf.dtype.size_bytes()) as u64
+    v.buf().ptr + (v.off() * v.buf().dtype.size_bytes()) as u64
 }

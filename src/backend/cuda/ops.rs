@@ -44,8 +44,8 @@ fn need(v: &V, dt: DType, len: usize, what: &str) -> Result<()> {
     if v.dtype() != dt {
         bail!("cuda {what}: expected a {dt:?} view, got {:?}", v.dtype());
     }
-    if v.len < len {
-        bail!("cuda {what}: view has {} elements, needs {len}", v.len);
+    if v.len() < len {
+        bail!("cuda {what}: view has {} elements, needs {len}", v.len());
     }
     Ok(())
 }
@@ -124,8 +124,8 @@ impl Backend for CudaBackend {
     }
 
     fn upload_f32(&self, dst: V, src: &[f32]) -> Result<()> {
-        if src.len() != dst.len {
-            bail!("cuda upload_f32: {} host values for a view of {}", src.len(), dst.len);
+        if src.len() != dst.len() {
+            bail!("cuda upload_f32: {} host values for a view of {}", src.len(), dst.len());
         }
         match dst.dtype() {
             DType::F32 => self.htod(vptr(&dst), src),
@@ -139,15 +139,15 @@ impl Backend for CudaBackend {
 
     fn upload_u32(&self, dst: V, src: &[u32]) -> Result<()> {
         need(&dst, DType::U32, 0, "upload_u32")?;
-        if src.len() != dst.len {
-            bail!("cuda upload_u32: {} host values for a view of {}", src.len(), dst.len);
+        if src.len() != dst.len() {
+            bail!("cuda upload_u32: {} host values for a view of {}", src.len(), dst.len());
         }
         self.htod(vptr(&dst), src)
     }
 
     fn download_f32(&self, src: V, dst: &mut [f32]) -> Result<()> {
-        if dst.len() != src.len {
-            bail!("cuda download_f32: host slice of {} for a view of {}", dst.len(), src.len);
+        if dst.len() != src.len() {
+            bail!("cuda download_f32: host slice of {} for a view of {}", dst.len(), src.len());
         }
         match src.dtype() {
             DType::F32 => self.dtoh(dst, vptr(&src)),
@@ -165,8 +165,8 @@ impl Backend for CudaBackend {
 
     fn download_u32(&self, src: V, dst: &mut [u32]) -> Result<()> {
         need(&src, DType::U32, 0, "download_u32")?;
-        if dst.len() != src.len {
-            bail!("cuda download_u32: host slice of {} for a view of {}", dst.len(), src.len);
+        if dst.len() != src.len() {
+            bail!("cuda download_u32: host slice of {} for a view of {}", dst.len(), src.len());
         }
         self.dtoh(dst, vptr(&src))
     }
@@ -177,7 +177,7 @@ impl Backend for CudaBackend {
 
     // ---- elementwise -------------------------------------------------------------------------
     fn fill(&self, dst: V, value: f32) -> Result<()> {
-        let n = dst.len;
+        let n = dst.len();
         match dst.dtype() {
             DType::F32 => self.flat("elementwise", "fill_f32", n, args![vptr(&dst), n as u64, value]),
             DType::BF16 => self.flat("elementwise", "fill_bf16", n, args![vptr(&dst), n as u64, value]),
@@ -186,10 +186,10 @@ impl Backend for CudaBackend {
     }
 
     fn copy(&self, dst: V, src: V) -> Result<()> {
-        if dst.len != src.len {
-            bail!("cuda copy: lengths differ ({} vs {})", dst.len, src.len);
+        if dst.len() != src.len() {
+            bail!("cuda copy: lengths differ ({} vs {})", dst.len(), src.len());
         }
-        let n = dst.len;
+        let n = dst.len();
         match (dst.dtype(), src.dtype()) {
             (a, b) if a == b => self.dtod(vptr(&dst), vptr(&src), n * a.size_bytes()),
             (DType::F32, DType::BF16) => self.flat("elementwise", "convert_f32_bf16", n, args![vptr(&dst), vptr(&src), n as u64]),
@@ -199,10 +199,10 @@ impl Backend for CudaBackend {
     }
 
     fn add_assign(&self, dst: V, src: V) -> Result<()> {
-        if dst.len != src.len {
-            bail!("cuda add_assign: lengths differ ({} vs {})", dst.len, src.len);
+        if dst.len() != src.len() {
+            bail!("cuda add_assign: lengths differ ({} vs {})", dst.len(), src.len());
         }
-        let n = dst.len;
+        let n = dst.len();
         let name = match (dst.dtype(), src.dtype()) {
             (DType::F32, DType::F32) => "add_assign_f32_f32",
             (DType::BF16, DType::BF16) => "add_assign_bf16_bf16",
@@ -213,7 +213,7 @@ impl Backend for CudaBackend {
     }
 
     fn scale(&self, dst: V, alpha: f32) -> Result<()> {
-        let n = dst.len;
+        let n = dst.len();
         let name = match dst.dtype() {
             DType::F32 => "scale_f32",
             DType::BF16 => "scale_bf16",
@@ -223,7 +223,7 @@ impl Backend for CudaBackend {
     }
 
     fn sum_squares(&self, x: V) -> Result<f32> {
-        let n = x.len;
+        let n = x.len();
         if n == 0 {
             return Ok(0.0);
         }
@@ -523,8 +523,8 @@ impl Backend for CudaBackend {
         let kd = shape.kv_width();
         need(&kcache, DType::BF16, t_max * kd, "kv_store kcache")?;
         need(&vcache, DType::BF16, t_max * kd, "kv_store vcache")?;
-        if !kcache.len.is_multiple_of((t_max * kd).max(1)) || vcache.len != kcache.len {
-            bail!("cuda kv_store: caches of {} / {} elements are not [slots, {t_max}, {}, {}]", kcache.len, vcache.len, shape.n_kv_head, shape.head_dim);
+        if !kcache.len().is_multiple_of((t_max * kd).max(1)) || vcache.len() != kcache.len() {
+            bail!("cuda kv_store: caches of {} / {} elements are not [slots, {t_max}, {}, {}]", kcache.len(), vcache.len(), shape.n_kv_head, shape.head_dim);
         }
         need(&qkv, DType::BF16, n * shape.qkv_width(), "kv_store qkv")?;
         need(&slot, DType::U32, n, "kv_store slot")?;
@@ -745,7 +745,7 @@ impl Backend for CudaBackend {
 
     // ---- optimizer ---------------------------------------------------------------------------
     fn adamw(&self, params: V, master: Option<V>, grads: V, m: V, v: V, p: &AdamWParams) -> Result<()> {
-        let n = params.len;
+        let n = params.len();
         need(&grads, DType::F32, n, "adamw grads")?;
         need(&m, DType::F32, n, "adamw m")?;
         need(&v, DType::F32, n, "adamw v")?;
