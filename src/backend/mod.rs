@@ -16,6 +16,7 @@
 
 use anyhow::Result;
 
+pub(crate) mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -162,9 +163,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Sum of squares of an F32 or act buffer, accumulated in f64/f32 and returned to the host
     /// (used for the global gradient norm; NaN/Inf propagate).
     fn sum_squares(&self, x: View<Self>) -> Result<f32>;
-    /// `out[i, :] = x[rows[i], :]` for i < n_rows; rows of width `c`.
+    /// `out[i, :] = x[rows[i], :]` for i < n_rows; rows of width `c`. Each `rows[i]` must be a
+    /// row of `x` (the CPU checks it; on devices it is the caller's to guarantee).
     fn gather_rows(&self, out: View<Self>, x: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()>;
-    /// `dx[rows[i], :] += dout[i, :]` (rows distinct).
+    /// `dx[rows[i], :] += dout[i, :]` (rows distinct, each a row of `dx`, as in `gather_rows`).
     fn scatter_add_rows(&self, dx: View<Self>, dout: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()>;
 
     // ---- embedding -------------------------------------------------------------------------
@@ -212,7 +214,9 @@ pub trait Backend: Send + Sync + 'static {
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(&self, dqkv: View<Self>, dout: View<Self>, qkv: View<Self>, out: View<Self>, lse: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()>;
     /// Store the k and v heads of each qkv row `i < n` into the cache at
-    /// `[slot[i], pos[i]]`; caches are `[slots, t_max, n_kv_head, head_dim]` act.
+    /// `[slot[i], pos[i]]`; caches are `[slots, t_max, n_kv_head, head_dim]` act. Slots and
+    /// positions must be inside the cache (checked on the CPU; the caller's to guarantee on
+    /// devices).
     #[allow(clippy::too_many_arguments)]
     fn kv_store(&self, kcache: View<Self>, vcache: View<Self>, qkv: View<Self>, slot: View<Self>, pos: View<Self>, n: usize, shape: AttnShape, t_max: usize) -> Result<()>;
     /// One query per row i < b (the q heads of qkv row i) attending to cache positions
