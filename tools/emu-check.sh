@@ -3,7 +3,7 @@
 # kernel compiled as host C++, a reference cuBLASLt), so the CUDA backend's host code and
 # the kernels' logic are checked against the CPU oracle on a machine without a GPU.
 #   1. the emulator's self-test;
-#   2. cuda_smoke, parity_cuda, model_cuda;
+#   2. cuda_smoke, parity_cuda, model_cuda, backend_checks (undersized views are errors);
 #   3. cuda_smoke and parity_cuda again with each block's threads run in reverse order
 #      between barriers (TZ_EMU_ORDER=reverse): a missing __syncthreads/__syncwarp that the
 #      forward order happened to satisfy gives a different result there.
@@ -27,7 +27,7 @@ fi
 "$dir/selftest"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TZ_REQUIRE_GPU=1
-cargo test --release --test cuda_smoke --test parity_cuda --test model_cuda "$@"
+cargo test --release --test cuda_smoke --test parity_cuda --test model_cuda --test backend_checks "$@"
 echo "emu-check: again, threads in reverse order between barriers"
 TZ_EMU_ORDER=reverse cargo test --release --test cuda_smoke --test parity_cuda "$@"
 
