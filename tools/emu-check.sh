@@ -37,10 +37,11 @@ TZ_EMU_ORDER=reverse cargo test --release --test cuda_smoke --test parity_cuda "
 # issue's "no device allocation inside a training step or decode step").
 echo "emu-check: tz-engine train --device cuda end to end, 1 and 3 steps"
 cargo build --release --bin tz-engine
+bin="${CARGO_TARGET_DIR:-target}/release/tz-engine"
 run_dir=$(mktemp -d)
 trap 'rm -rf "$run_dir"' EXIT
 for steps in 1 3; do
-  TZ_EMU_TRACE_ALLOC=1 target/release/tz-engine train --set device=cuda --set out_dir="$run_dir/s$steps" \
+  TZ_EMU_TRACE_ALLOC=1 "$bin" train --set device=cuda --set out_dir="$run_dir/s$steps" \
     --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 \
     --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
     --set train.steps=$steps --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
