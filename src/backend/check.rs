@@ -19,7 +19,7 @@ use super::{AttnShape, Backend, DType, SamplingParams, Seqs, View};
 
 /// The dtypes a view may have.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Want {
+enum Want {
     /// `Backend::act_dtype()`.
     Act,
     F32,
@@ -32,23 +32,23 @@ pub(crate) enum Want {
 }
 
 /// One op's checks: its name (for messages) and the backend's act dtype.
-pub(crate) struct Op {
+struct Op {
     backend: &'static str,
     name: &'static str,
     act: DType,
 }
 
 impl Op {
-    pub(crate) fn new<B: Backend + ?Sized>(be: &B, name: &'static str) -> Self {
+    fn new<B: Backend + ?Sized>(be: &B, name: &'static str) -> Self {
         Op { backend: be.name(), name, act: be.act_dtype() }
     }
 
-    pub(crate) fn err(&self, msg: impl std::fmt::Display) -> anyhow::Error {
+    fn err(&self, msg: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("{} {}: {msg}", self.backend, self.name)
     }
 
     /// The product of `dims` (an element count), or an error if it overflows.
-    pub(crate) fn size(&self, dims: &[usize]) -> Result<usize> {
+    fn size(&self, dims: &[usize]) -> Result<usize> {
         dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| self.err(format!("the shape {dims:?} overflows")))
     }
 
@@ -76,7 +76,7 @@ impl Op {
     }
 
     /// `v` (the argument `arg`) has a dtype in `want`.
-    pub(crate) fn dtype<B: Backend + ?Sized>(&self, v: &View<B>, arg: &str, want: Want) -> Result<()> {
+    fn dtype<B: Backend + ?Sized>(&self, v: &View<B>, arg: &str, want: Want) -> Result<()> {
         if !self.dtype_ok(v.dtype(), want) {
             return Err(self.err(format!("{arg} is {:?}, expected {}", v.dtype(), self.want_name(want))));
         }
@@ -84,7 +84,7 @@ impl Op {
     }
 
     /// `v` has a dtype in `want` and at least `len` elements.
-    pub(crate) fn view<B: Backend + ?Sized>(&self, v: &View<B>, arg: &str, want: Want, len: usize) -> Result<()> {
+    fn view<B: Backend + ?Sized>(&self, v: &View<B>, arg: &str, want: Want, len: usize) -> Result<()> {
         self.dtype(v, arg, want)?;
         if v.len() < len {
             return Err(self.err(format!("{arg} has {} elements, needs {len}", v.len())));
@@ -92,11 +92,11 @@ impl Op {
         Ok(())
     }
 
-    /// `v` has a dtype in `want` and exactly `len` elements.
+    /// `v` has a dtype in `want` and exactly `len` elements (the length of a host slice).
     fn exact<B: Backend + ?Sized>(&self, v: &View<B>, arg: &str, want: Want, len: usize) -> Result<()> {
         self.dtype(v, arg, want)?;
         if v.len() != len {
-            return Err(self.err(format!("{arg} has {} elements, expected exactly {len}", v.len())));
+            return Err(self.err(format!("{arg} has {} elements, expected exactly {len} (the host slice's)", v.len())));
         }
         Ok(())
     }
@@ -165,7 +165,7 @@ type V<'a, B> = View<'a, B>;
 /// `upload_f32`/`upload_u32`/`download_f32`/`download_u32`: the view and the host slice have
 /// the same length; F32/BF16 views for f32 data, U32 for u32.
 pub(crate) fn transfer<B: Backend + ?Sized>(be: &B, name: &'static str, v: V<B>, u32_data: bool, host_len: usize) -> Result<()> {
-    Op::new(be, name).exact(&v, "the view (for the host slice)", if u32_data { Want::U32 } else { Want::Float }, host_len)
+    Op::new(be, name).exact(&v, "the view", if u32_data { Want::U32 } else { Want::Float }, host_len)
 }
 
 // ---- elementwise ---------------------------------------------------------------------------
@@ -194,9 +194,9 @@ pub(crate) fn add_assign<B: Backend + ?Sized>(be: &B, dst: V<B>, src: V<B>) -> R
     op.accumulate(&dst, &src)
 }
 
-/// `scale` and `sum_squares`: a float view.
-pub(crate) fn float<B: Backend + ?Sized>(be: &B, name: &'static str, x: V<B>) -> Result<()> {
-    Op::new(be, name).dtype(&x, "x", Want::Float)
+/// `scale` (`arg` dst) and `sum_squares` (x): a float view.
+pub(crate) fn float<B: Backend + ?Sized>(be: &B, name: &'static str, arg: &str, v: V<B>) -> Result<()> {
+    Op::new(be, name).dtype(&v, arg, Want::Float)
 }
 
 pub(crate) fn gather_rows<B: Backend + ?Sized>(be: &B, out: V<B>, x: V<B>, rows: V<B>, n_rows: usize, c: usize) -> Result<()> {

@@ -189,12 +189,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn scale(&self, dst: View<Self>, alpha: f32) -> Result<()> {
-        check::float(self, "scale", dst)?;
+        check::float(self, "scale", "dst", dst)?;
         fm(dst, dst.len(), "scale")?.par_iter_mut().for_each(|x| *x *= alpha);
         Ok(())
     }
     fn sum_squares(&self, x: View<Self>) -> Result<f32> {
-        check::float(self, "sum_squares", x)?;
+        check::float(self, "sum_squares", "x", x)?;
         let x = f(x, x.len(), "sum_squares")?;
         let partial: Vec<f64> = x.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
         Ok(partial.iter().sum::<f64>() as f32)

@@ -319,11 +319,11 @@ impl Backend for CudaBackend {
         elementwise::add_assign(self, dst, src)
     }
     fn scale(&self, dst: V, alpha: f32) -> Result<()> {
-        check::float(self, "scale", dst)?;
+        check::float(self, "scale", "dst", dst)?;
         elementwise::scale(self, dst, alpha)
     }
     fn sum_squares(&self, x: V) -> Result<f32> {
-        check::float(self, "sum_squares", x)?;
+        check::float(self, "sum_squares", "x", x)?;
         elementwise::sum_squares(self, x)
     }
     fn gather_rows(&self, out: V, x: V, rows: V, n_rows: usize, c: usize) -> Result<()> {
