@@ -36,13 +36,14 @@ struct Side {
 }
 
 fn download<B: Backend>(be: &B, v: View<B>) -> Vec<f32> {
-    let mut out = vec![0f32; v.len];
+    let mut out = vec![0f32; v.len()];
     be.download_f32(v, &mut out).unwrap();
     out
 }
 
 /// Log-probs, entropies, gradients of Σ w·logp + Σ u·entropy, one AdamW step, and greedy
 /// continuations of `prompts`: the identical code path on any backend.
+#[allow(clippy::too_many_arguments)]
 fn run_side<B: Backend>(be: &B, cfg: &Qwen2Config, host: &[f32], batch: &PackedBatch, w: &[f32], u: &[f32], prompts: &[Vec<u32>], new_tokens: usize) -> Side {
     let model = Qwen2::from_host(be, cfg.clone(), host).unwrap();
     let mut ws = LogprobWorkspace::new(be, cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), true).unwrap();

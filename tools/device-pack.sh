@@ -22,10 +22,10 @@ export TZ_REQUIRE_NVCC=1
 rm -rf .device
 mkdir -p .device/bin
 cargo build --release --bin tz-engine
-# Every integration test with "cuda" in its name, and the backend conformance suite (its
-# cuda:: cases).
+# Every integration test with "cuda" in its name, the backend conformance suite (its cuda::
+# cases) and the argument checks (both backends).
 tests=()
-for f in tests/*cuda*.rs tests/backend_ops.rs; do
+for f in tests/*cuda*.rs tests/backend_ops.rs tests/backend_checks.rs; do
   [ -e "$f" ] || continue
   tests+=(--test "$(basename "$f" .rs)")
 done

@@ -3,7 +3,8 @@
 # kernel compiled as host C++, a reference cuBLASLt), so the CUDA backend's host code and
 # the kernels' logic are checked against the CPU oracle on a machine without a GPU.
 #   1. the emulator's self-test;
-#   2. backend_ops (its cuda:: cases: every op against host references), parity_cuda, model_cuda;
+#   2. backend_ops (its cuda:: cases: every op against host references), parity_cuda, model_cuda,
+#      backend_checks (undersized views are errors);
 #   3. backend_ops and parity_cuda again with each block's threads run in reverse order
 #      between barriers (TZ_EMU_ORDER=reverse): a missing __syncthreads/__syncwarp that the
 #      forward order happened to satisfy gives a different result there.
@@ -27,20 +28,21 @@ fi
 "$dir/selftest"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TZ_REQUIRE_GPU=1
-cargo test --release --test backend_ops --test parity_cuda --test model_cuda "$@"
+cargo test --release --test backend_ops --test parity_cuda --test model_cuda --test backend_checks "$@"
 echo "emu-check: again, threads in reverse order between barriers"
 TZ_EMU_ORDER=reverse cargo test --release --test backend_ops --test parity_cuda "$@"
 
 # The trainer end to end on the emulated GPU: SFT, V*, A*PO steps with rollouts (KV cache,
 # decode attention, sampling), evaluation and checkpoints, all through --device cuda. Run for
 # 1 and for 3 RL steps with every device allocation logged: the counts must be equal (the
-# issue's "no device allocation inside a training step or decode step").
+# rule "no device allocation inside a training step or decode step").
 echo "emu-check: tz-engine train --device cuda end to end, 1 and 3 steps"
 cargo build --release --bin tz-engine
+bin="${CARGO_TARGET_DIR:-target}/release/tz-engine"
 run_dir=$(mktemp -d)
 trap 'rm -rf "$run_dir"' EXIT
 for steps in 1 3; do
-  TZ_EMU_TRACE_ALLOC=1 target/release/tz-engine train --set device=cuda --set out_dir="$run_dir/s$steps" \
+  TZ_EMU_TRACE_ALLOC=1 "$bin" train --set device=cuda --set out_dir="$run_dir/s$steps" \
     --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 \
     --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
     --set train.steps=$steps --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \

@@ -17,11 +17,14 @@
 use anyhow::Result;
 
 pub mod bench_ops;
+pub(crate) mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+mod view;
 pub use device::Device;
+pub use view::View;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -45,36 +48,6 @@ pub trait Buffer: Clone + Send + Sync {
     fn dtype(&self) -> DType;
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// The elements `[off, off + len)` of a buffer.
-pub struct View<'a, B: Backend + ?Sized> {
-    pub buf: &'a B::Buf,
-    pub off: usize,
-    pub len: usize,
-}
-
-impl<B: Backend + ?Sized> Clone for View<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<B: Backend + ?Sized> Copy for View<'_, B> {}
-
-impl<'a, B: Backend + ?Sized> View<'a, B> {
-    /// The whole buffer.
-    pub fn all(buf: &'a B::Buf) -> Self {
-        View { buf, off: 0, len: buf.len() }
-    }
-    /// A sub-window `[off, off + len)` relative to this view. Panics if out of range: that is a
-    /// bug in the caller's memory plan, never a consequence of user input.
-    pub fn slice(&self, off: usize, len: usize) -> Self {
-        assert!(off + len <= self.len, "view slice {off}+{len} out of {}", self.len);
-        View { buf: self.buf, off: self.off + off, len }
-    }
-    pub fn dtype(&self) -> DType {
-        self.buf.dtype()
     }
 }
 
@@ -191,9 +164,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Sum of squares of an F32 or act buffer, accumulated in f64/f32 and returned to the host
     /// (used for the global gradient norm; NaN/Inf propagate).
     fn sum_squares(&self, x: View<Self>) -> Result<f32>;
-    /// `out[i, :] = x[rows[i], :]` for i < n_rows; rows of width `c`.
+    /// `out[i, :] = x[rows[i], :]` for i < n_rows; rows of width `c`. Each `rows[i]` must be a
+    /// row of `x` (the CPU checks it; on devices it is the caller's to guarantee).
     fn gather_rows(&self, out: View<Self>, x: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()>;
-    /// `dx[rows[i], :] += dout[i, :]` (rows distinct).
+    /// `dx[rows[i], :] += dout[i, :]` (rows distinct, each a row of `dx`, as in `gather_rows`).
     fn scatter_add_rows(&self, dx: View<Self>, dout: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()>;
 
     // ---- embedding -------------------------------------------------------------------------
@@ -205,6 +179,7 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- RMSNorm ---------------------------------------------------------------------------
     /// `out = x * rstd * w`, `rstd[i] = 1/sqrt(mean(x[i]^2) + eps)` saved (F32) for backward.
+    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_fwd(&self, out: View<Self>, rstd: View<Self>, x: View<Self>, w: View<Self>, n: usize, c: usize, eps: f32) -> Result<()>;
     /// `resid_out = resid_in + delta; out = rmsnorm(resid_out)`: the residual add fused with
     /// the following norm. `resid_out` may alias `resid_in`.
@@ -240,7 +215,9 @@ pub trait Backend: Send + Sync + 'static {
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(&self, dqkv: View<Self>, dout: View<Self>, qkv: View<Self>, out: View<Self>, lse: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()>;
     /// Store the k and v heads of each qkv row `i < n` into the cache at
-    /// `[slot[i], pos[i]]`; caches are `[slots, t_max, n_kv_head, head_dim]` act.
+    /// `[slot[i], pos[i]]`; caches are `[slots, t_max, n_kv_head, head_dim]` act. Slots and
+    /// positions must be inside the cache (checked on the CPU; the caller's to guarantee on
+    /// devices).
     #[allow(clippy::too_many_arguments)]
     fn kv_store(&self, kcache: View<Self>, vcache: View<Self>, qkv: View<Self>, slot: View<Self>, pos: View<Self>, n: usize, shape: AttnShape, t_max: usize) -> Result<()>;
     /// One query per row i < b (the q heads of qkv row i) attending to cache positions

@@ -57,10 +57,6 @@ impl ArenaPlan {
         self.push(category, DType::U32, len)
     }
 
-    pub fn total_bytes(&self) -> usize {
-        self.act * self.act_dtype_size + (self.f32 + self.u32) * 4
-    }
-
     pub fn allocate<B: Backend>(&self, be: &B) -> Result<Arena<B>> {
         Ok(Arena {
             act: be.alloc(be.act_dtype(), self.act.max(1))?,
@@ -85,7 +81,7 @@ impl<B: Backend> Arena<B> {
             DType::U32 => &self.u32,
             DType::BF16 => &self.act,
         };
-        View { buf, off: s.off, len: s.len }
+        View::all(buf).slice(s.off, s.len)
     }
     /// The first `len` elements of a slot.
     pub fn prefix(&self, s: Slot, len: usize) -> View<'_, B> {

@@ -218,8 +218,8 @@ impl<B: Backend> Qwen2<B> {
             be.logprob_bwd(logits, logits, a.view(p.target_tok).slice(j0, nc), a.view(p.lse).slice(j0, nc), ent, a.view(p.dlogp).slice(j0, nc), dent, nc, vocab, 1.0)?;
             let hsel = a.prefix(p.hsel, nc * c);
             // dW_lm += dlogits^T · h, then dh = dlogits · W_lm, scattered back to the rows.
-            let wl = View { buf: &self.params, off: self.layout.lm_head, len: vocab * c };
-            be.gemm(View { buf: grads, off: self.layout.lm_head, len: vocab * c }, logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
+            let wl = View::all(&self.params).slice(self.layout.lm_head, vocab * c);
+            be.gemm(View::all(grads).slice(self.layout.lm_head, vocab * c), logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
             be.gemm(hsel, logits, wl, None, nc, c, vocab, false, false, 1.0, 0.0)?;
             be.scatter_add_rows(dln, hsel, a.view(p.target_row).slice(j0, nc), nc, c)
         })?;

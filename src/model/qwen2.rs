@@ -10,7 +10,7 @@
 //! Each residual add is fused into the next norm (`residual_rmsnorm_fwd`).
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::{ParamLayout, Qwen2Config};
-use crate::backend::{AttnShape, Backend, DType, Seqs, View};
+use crate::backend::{AttnShape, Backend, Seqs, View};
 use anyhow::{bail, Result};
 
 /// Model parameters on a backend: one act-dtype buffer in `layout` order.
@@ -133,7 +133,7 @@ impl<B: Backend> Qwen2<B> {
     }
 
     fn w(&self, off: usize, len: usize) -> View<'_, B> {
-        View { buf: &self.params, off, len }
+        View::all(&self.params).slice(off, len)
     }
 
     fn eps(&self) -> f32 {
@@ -201,7 +201,7 @@ impl<B: Backend> Qwen2<B> {
 
 /// Gradient buffer views follow the parameter layout.
 fn g<'a, B: Backend>(grads: &'a B::Buf, off: usize, len: usize) -> View<'a, B> {
-    View { buf: grads, off, len }
+    View::all(grads).slice(off, len)
 }
 
 /// Backward scratch: one set of activation-gradient buffers reused by every layer.
@@ -270,9 +270,4 @@ impl<B: Backend> Qwen2<B> {
         be.embedding_bwd(g::<B>(grads, self.layout.embed, cfg.vocab_size * c), dresid, a.prefix(s.ids, n), n, c)?;
         Ok(())
     }
-}
-
-/// Convenience: an F32 buffer shaped like the parameters (gradients, Adam moments).
-pub fn alloc_like_params<B: Backend>(be: &B, layout: &ParamLayout) -> Result<B::Buf> {
-    be.alloc(DType::F32, layout.total)
 }

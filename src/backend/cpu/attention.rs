@@ -116,7 +116,7 @@ pub fn bwd(dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<CpuBackend>, sha
 pub fn kv_store(kcache: V, vcache: V, qkv: V, slot: V, pos: V, n: usize, shape: AttnShape, t_max: usize) -> Result<()> {
     let (w, qw, kw) = (shape.qkv_width(), shape.q_width(), shape.kv_width());
     let (x, sl, ps) = (f(qkv, n * w, "kv_store qkv")?, u(slot, n, "kv_store slot")?, u(pos, n, "kv_store pos")?);
-    let (kc, vc) = (fm(kcache, kcache.len, "kv_store kcache")?, fm(vcache, vcache.len, "kv_store vcache")?);
+    let (kc, vc) = (fm(kcache, kcache.len(), "kv_store kcache")?, fm(vcache, vcache.len(), "kv_store vcache")?);
     for i in 0..n {
         let at = (sl[i] as usize * t_max + ps[i] as usize) * kw;
         if ps[i] as usize >= t_max || at + kw > kc.len() || at + kw > vc.len() {
@@ -133,7 +133,7 @@ pub fn decode(out: V, qkv: V, kcache: V, vcache: V, slot: V, len: V, b: usize, m
     let (d, hq, w, qw, kw) = (shape.head_dim, shape.n_head, shape.qkv_width(), shape.q_width(), shape.kv_width());
     let group = hq / shape.n_kv_head;
     let (x, sl, ln) = (f(qkv, b * w, "attention_decode qkv")?, u(slot, b, "attention_decode slot")?, u(len, b, "attention_decode len")?);
-    let (kc, vc) = (f(kcache, kcache.len, "attention_decode kcache")?, f(vcache, vcache.len, "attention_decode vcache")?);
+    let (kc, vc) = (f(kcache, kcache.len(), "attention_decode kcache")?, f(vcache, vcache.len(), "attention_decode vcache")?);
     for i in 0..b {
         let l = ln[i] as usize;
         if l == 0 || l > max_len || l > t_max || (sl[i] as usize * t_max + l) * kw > kc.len() {

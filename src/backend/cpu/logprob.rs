@@ -29,6 +29,9 @@ fn check_targets(t: &[u32], v: usize) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 pub fn fwd(logp: V, lse: V, entropy: Option<V>, logits: V, targets: V, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let (z, t) = (f(logits, n * v, "logprob_fwd logits")?, u(targets, n, "logprob_fwd targets")?);
     check_targets(t, v)?;
     let (lp, ls) = (fm(logp, n, "logprob_fwd logp")?, fm(lse, n, "logprob_fwd lse")?);
@@ -54,6 +57,9 @@ pub fn fwd(logp: V, lse: V, entropy: Option<V>, logits: V, targets: V, n: usize,
 
 #[allow(clippy::too_many_arguments)]
 pub fn bwd(dlogits: V, logits: V, targets: V, lse: V, entropy: Option<V>, dlogp: V, dentropy: Option<V>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let t = u(targets, n, "logprob_bwd targets")?;
     check_targets(t, v)?;
     let (ls, dl) = (f(lse, n, "logprob_bwd lse")?, f(dlogp, n, "logprob_bwd dlogp")?);

@@ -7,8 +7,11 @@ use rayon::prelude::*;
 type V<'a> = View<'a, CpuBackend>;
 
 pub fn embedding_fwd(out: V, table: V, ids: V, n: usize, c: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let ids = u(ids, n, "embedding_fwd ids")?;
-    let t = f(table, table.len, "embedding_fwd table")?;
+    let t = f(table, table.len(), "embedding_fwd table")?;
     let vocab = t.len() / c.max(1);
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
         bail!("embedding_fwd: token id {bad} beyond the vocabulary ({vocab})");
@@ -22,7 +25,11 @@ pub fn embedding_fwd(out: V, table: V, ids: V, n: usize, c: usize) -> Result<()>
 pub fn embedding_bwd(dtable: V, dout: V, ids: V, n: usize, c: usize) -> Result<()> {
     let ids = u(ids, n, "embedding_bwd ids")?;
     let d = f(dout, n * c, "embedding_bwd dout")?;
-    let t = fm(dtable, dtable.len, "embedding_bwd dtable")?;
+    let t = fm(dtable, dtable.len(), "embedding_bwd dtable")?;
+    let vocab = t.len() / c.max(1);
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        bail!("embedding_bwd: token id {bad} beyond the vocabulary ({vocab})");
+    }
     // Sequential: several rows may hit the same token, and a fixed order keeps it deterministic.
     for (i, &id) in ids.iter().enumerate() {
         let row = &mut t[id as usize * c..(id as usize + 1) * c];
@@ -36,6 +43,9 @@ pub fn embedding_bwd(dtable: V, dout: V, ids: V, n: usize, c: usize) -> Result<(
 /// RMSNorm of `x` (or of `resid_out = x + delta` when a residual is given).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_fwd(out: V, rstd: V, resid_out: Option<V>, x: V, delta: Option<V>, w: V, n: usize, c: usize, eps: f32) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let src: &[f32] = match (resid_out, delta) {
         (Some(ro), Some(d)) => {
             let dl = f(d, n * c, "rmsnorm delta")?;
@@ -63,6 +73,9 @@ pub fn rmsnorm_fwd(out: V, rstd: V, resid_out: Option<V>, x: V, delta: Option<V>
 
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd(dx: V, dw: V, dout: V, x: V, w: V, rstd: V, n: usize, c: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let (d, xs, ws, rs) = (f(dout, n * c, "rmsnorm_bwd dout")?, f(x, n * c, "rmsnorm_bwd x")?, f(w, c, "rmsnorm_bwd w")?, f(rstd, n, "rmsnorm_bwd rstd")?);
     fm(dx, n * c, "rmsnorm_bwd dx")?.par_chunks_mut(c).enumerate().for_each(|(i, dxr)| {
         let (dr, xr, r) = (&d[i * c..(i + 1) * c], &xs[i * c..(i + 1) * c], rs[i]);
@@ -171,6 +184,9 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 pub fn swiglu_fwd(out: V, gu: V, n: usize, inter: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let g = f(gu, n * 2 * inter, "swiglu gu")?;
     fm(out, n * inter, "swiglu out")?.par_chunks_mut(inter).zip(g.par_chunks(2 * inter)).for_each(|(o, r)| {
         let (gate, up) = r.split_at(inter);
@@ -182,6 +198,9 @@ pub fn swiglu_fwd(out: V, gu: V, n: usize, inter: usize) -> Result<()> {
 }
 
 pub fn swiglu_bwd(dgu: V, dout: V, gu: V, n: usize, inter: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let (d, g) = (f(dout, n * inter, "swiglu_bwd dout")?, f(gu, n * 2 * inter, "swiglu_bwd gu")?);
     fm(dgu, n * 2 * inter, "swiglu_bwd dgu")?.par_chunks_mut(2 * inter).enumerate().for_each(|(i, dr)| {
         let (gate, up) = g[i * 2 * inter..(i + 1) * 2 * inter].split_at(inter);

@@ -46,7 +46,7 @@ pub fn grpo_loss(loss: V, dlogp: V, logp: V, old_logp: V, ref_logp: V, adv: V, w
 }
 
 pub fn adamw(params: V, master: Option<V>, grads: V, m: V, v: V, p: &AdamWParams) -> Result<()> {
-    let n = params.len;
+    let n = params.len();
     let (g, ms, vs) = (f(grads, n, "adamw grads")?, fm(m, n, "adamw m")?, fm(v, n, "adamw v")?);
     if p.step == 0 {
         bail!("adamw: step counts from 1");

@@ -13,8 +13,9 @@ use crate::backend::{Buffer, DType, View};
 /// memory is freed (stream-ordered) when the last clone drops.
 #[derive(Clone)]
 pub struct CudaBuf {
-    /// `None` for zero-length buffers (no allocation, pointer 0).
-    mem: Option<Arc<CudaSlice<u8>>>,
+    /// The allocation, held (never read) so that it lives as long as the last clone; `None`
+    /// for zero-length buffers (no allocation, pointer 0).
+    _mem: Option<Arc<CudaSlice<u8>>>,
     ptr: u64,
     dtype: DType,
     len: usize,
@@ -31,7 +32,7 @@ impl CudaBuf {
     pub(crate) fn zeros(stream: &Arc<CudaStream>, dtype: DType, len: usize) -> anyhow::Result<Self> {
         let bytes = len.checked_mul(dtype.size_bytes()).ok_or_else(|| anyhow::anyhow!("allocation size overflows"))?;
         if bytes == 0 {
-            return Ok(CudaBuf { mem: None, ptr: 0, dtype, len });
+            return Ok(CudaBuf { _mem: None, ptr: 0, dtype, len });
         }
         let slice = stream
             .alloc_zeros::<u8>(bytes)
@@ -40,7 +41,7 @@ impl CudaBuf {
             let (p, _sync) = slice.device_ptr(stream);
             p
         };
-        Ok(CudaBuf { mem: Some(Arc::new(slice)), ptr, dtype, len })
+        Ok(CudaBuf { _mem: Some(Arc::new(slice)), ptr, dtype, len })
     }
 
     /// The device address of element 0.
@@ -51,14 +52,6 @@ impl CudaBuf {
     /// Size in bytes.
     pub fn num_bytes(&self) -> usize {
         self.len * self.dtype.size_bytes()
-    }
-
-    /// Whether two buffers share one allocation.
-    pub fn same_allocation(&self, other: &CudaBuf) -> bool {
-        match (&self.mem, &other.mem) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
     }
 }
 
@@ -71,7 +64,8 @@ impl Buffer for CudaBuf {
     }
 }
 
-/// Device address of the first element of a view.
+/// Device address of the first element of a view (inside the allocation: a view never
+/// exceeds its buffer).
 pub(crate) fn vptr(v: &View<'_, CudaBackend>) -> u64 {
-    v.buf.ptr + (v.off * v.buf.dtype.size_bytes()) as u64
+    v.buf().ptr + (v.off() * v.buf().dtype.size_bytes()) as u64
 }

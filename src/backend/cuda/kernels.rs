@@ -34,14 +34,12 @@ pub(crate) struct Loader {
     ctx: Arc<CudaContext>,
     cc: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    /// How each loaded module was obtained, for diagnostics.
-    origins: Mutex<Vec<(&'static str, &'static str)>>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
 }
 
 impl Loader {
     pub(crate) fn new(ctx: Arc<CudaContext>, cc: (i32, i32)) -> Self {
-        Loader { ctx, cc, modules: Mutex::new(HashMap::new()), origins: Mutex::new(Vec::new()), funcs: Mutex::new(HashMap::new()) }
+        Loader { ctx, cc, modules: Mutex::new(HashMap::new()), funcs: Mutex::new(HashMap::new()) }
     }
 
     /// The kernel `name` of `kernels/<file>.cu`.
@@ -55,7 +53,7 @@ impl Loader {
         Ok(f)
     }
 
-    pub(crate) fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
+    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
         let mut modules = self.modules.lock().unwrap();
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
@@ -64,19 +62,18 @@ impl Loader {
             .iter()
             .find(|k| k.name == file)
             .ok_or_else(|| anyhow!("cuda: no embedded kernel file {file}.cu"))?;
-        let (m, origin) = self.load(kf)?;
+        let m = self.load(kf)?;
         modules.insert(file, m.clone());
-        self.origins.lock().unwrap().push((file, origin));
         Ok(m)
     }
 
-    fn load(&self, kf: &KernelFile) -> Result<(Arc<CudaModule>, &'static str)> {
+    fn load(&self, kf: &KernelFile) -> Result<Arc<CudaModule>> {
         let mut errors = Vec::new();
         let (major, minor) = self.cc;
         if (major, minor) == (9, 0) {
             if let Some(bin) = kf.sm90a {
                 match self.ctx.load_module(Ptx::from_binary(bin.to_vec())) {
-                    Ok(m) => return Ok((m, "sm_90a cubin")),
+                    Ok(m) => return Ok(m),
                     Err(e) => errors.push(format!("sm_90a cubin: {e:?}")),
                 }
             }
@@ -84,7 +81,7 @@ impl Loader {
         if major == 8 {
             if let Some(bin) = kf.sm80 {
                 match self.ctx.load_module(Ptx::from_binary(bin.to_vec())) {
-                    Ok(m) => return Ok((m, "sm_80 cubin")),
+                    Ok(m) => return Ok(m),
                     Err(e) => errors.push(format!("sm_80 cubin: {e:?}")),
                 }
             }
@@ -92,13 +89,13 @@ impl Loader {
         if major >= 8 {
             if let Some(ptx) = kf.ptx {
                 match self.ctx.load_module(Ptx::from_src(ptx)) {
-                    Ok(m) => return Ok((m, "compute_80 PTX (driver JIT)")),
+                    Ok(m) => return Ok(m),
                     Err(e) => errors.push(format!("compute_80 PTX: {e:?}")),
                 }
             }
         }
         match self.nvrtc(kf) {
-            Ok(m) => return Ok((m, "NVRTC")),
+            Ok(m) => return Ok(m),
             Err(e) => errors.push(format!("NVRTC: {e}")),
         }
         Err(anyhow!(
@@ -123,11 +120,6 @@ impl Loader {
             .map_err(|_| anyhow!("NVRTC panicked (library present but unusable?)"))?
             .map_err(|e| anyhow!("{e:?}"))?;
         self.ctx.load_module(ptx).map_err(|e| anyhow!("loading the NVRTC PTX: {e:?}"))
-    }
-
-    /// `(file, how it was loaded)` for every module loaded so far.
-    pub(crate) fn origins(&self) -> Vec<(&'static str, &'static str)> {
-        self.origins.lock().unwrap().clone()
     }
 }
 

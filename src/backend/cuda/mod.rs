@@ -5,33 +5,43 @@
 //! - `kernels`: the kernels embedded by build.rs, loaded lazily per file (cubin → PTX →
 //!   NVRTC);
 //! - `gemm`: cuBLASLt matmuls;
-//! - `ops`: the `Backend` implementation (argument checks and launch shapes).
+//! - `launch`: kernel arguments, 32-bit and grid range checks, grid-stride launches;
+//! - the ops by family, as in `backend::cpu` and `kernels/`: `elementwise`, `nn` (embedding,
+//!   RMSNorm, GEMM, RoPE, SwiGLU), `attention`, `logprob` (and sampling), `optim` (losses and
+//!   AdamW): kernel choice and launch shapes. The kernels themselves, with their layouts and
+//!   design notes, are in `kernels/*.cu`.
+//!
+//! The `Backend` implementation below checks every op's arguments against its shape with the
+//! checks the CPU backend uses too (`backend::check`) before anything is launched, so a view
+//! too small for its shape is an error here, not an out-of-bounds access on the device.
 //!
 //! Everything runs on one stream, in order. Nothing here panics when CUDA is missing:
 //! `CudaBackend::new` probes the driver library with dlopen before cudarc touches it (cudarc's
 //! dynamic loader panics on a missing library) and returns an error instead.
 //! See docs/cuda.md.
 
+mod attention;
 mod buffer;
+mod elementwise;
 mod gemm;
 mod kernels;
-mod ops;
+mod launch;
+mod logprob;
+mod nn;
+mod optim;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{sys as dsys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use half::bf16;
 
+use super::{check, AdamWParams, AttnShape, Backend, DType, MemInfo, SamplingParams, Seqs, View};
+use buffer::vptr;
 pub use buffer::CudaBuf;
 pub use kernels::nvrtc_check_all;
-
-/// Whether the kernels were compiled by nvcc at build time (else NVRTC compiles them at run
-/// time), and that nvcc's version line.
-pub fn kernels_prebuilt() -> (bool, &'static str) {
-    (kernels::NVCC_COMPILED, kernels::NVCC_VERSION)
-}
 
 /// The scratch areas an op may need at the same time (each grown on demand, never shrunk).
 #[derive(Clone, Copy)]
@@ -140,20 +150,6 @@ impl CudaBackend {
         self.fma_attention.load(Ordering::Relaxed)
     }
 
-    /// How each kernel file loaded so far was obtained (cubin / PTX / NVRTC).
-    pub fn kernel_origins(&self) -> Vec<(&'static str, &'static str)> {
-        self.loader.origins()
-    }
-
-    /// Loads every kernel file now (otherwise each loads on first use); returns the origins.
-    pub fn preload_kernels(&self) -> Result<Vec<(&'static str, &'static str)>> {
-        self.bind()?;
-        for kf in kernels::KERNEL_FILES {
-            self.loader.module(kf.name)?;
-        }
-        Ok(self.loader.origins())
-    }
-
     fn bind(&self) -> Result<()> {
         self.ctx.bind_to_thread().map_err(drv("binding the context"))
     }
@@ -240,5 +236,182 @@ impl CudaBackend {
     pub(crate) fn mem_info_raw(&self) -> Result<(usize, usize)> {
         self.bind()?;
         cudarc::driver::result::mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+}
+
+type V<'a> = View<'a, CudaBackend>;
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn act_dtype(&self) -> DType {
+        DType::BF16
+    }
+    fn needs_master_weights(&self) -> bool {
+        true
+    }
+    fn mem_info(&self) -> MemInfo {
+        self.mem_info_raw().ok()
+    }
+
+    // ---- memory ------------------------------------------------------------------------------
+    fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
+        self.bind()?;
+        CudaBuf::zeros(&self.stream, dtype, len)
+    }
+
+    fn upload_f32(&self, dst: V, src: &[f32]) -> Result<()> {
+        check::transfer(self, "upload_f32", dst, false, src.len())?;
+        match dst.dtype() {
+            DType::F32 => self.htod(vptr(&dst), src),
+            DType::BF16 => {
+                let h: Vec<u16> = src.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+                self.htod(vptr(&dst), &h)
+            }
+            DType::U32 => bail!("cuda upload_f32: destination is U32"),
+        }
+    }
+
+    fn upload_u32(&self, dst: V, src: &[u32]) -> Result<()> {
+        check::transfer(self, "upload_u32", dst, true, src.len())?;
+        self.htod(vptr(&dst), src)
+    }
+
+    fn download_f32(&self, src: V, dst: &mut [f32]) -> Result<()> {
+        check::transfer(self, "download_f32", src, false, dst.len())?;
+        match src.dtype() {
+            DType::F32 => self.dtoh(dst, vptr(&src)),
+            DType::BF16 => {
+                let mut h = vec![0u16; dst.len()];
+                self.dtoh(&mut h, vptr(&src))?;
+                for (d, s) in dst.iter_mut().zip(h) {
+                    *d = bf16::from_bits(s).to_f32();
+                }
+                Ok(())
+            }
+            DType::U32 => bail!("cuda download_f32: source is U32"),
+        }
+    }
+
+    fn download_u32(&self, src: V, dst: &mut [u32]) -> Result<()> {
+        check::transfer(self, "download_u32", src, true, dst.len())?;
+        self.dtoh(dst, vptr(&src))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.sync()
+    }
+
+    // ---- the ops: the shared checks, then the family's launch ---------------------------------
+    fn fill(&self, dst: V, value: f32) -> Result<()> {
+        check::fill(self, dst)?;
+        elementwise::fill(self, dst, value)
+    }
+    fn copy(&self, dst: V, src: V) -> Result<()> {
+        check::copy(self, dst, src)?;
+        elementwise::copy(self, dst, src)
+    }
+    fn add_assign(&self, dst: V, src: V) -> Result<()> {
+        check::add_assign(self, dst, src)?;
+        elementwise::add_assign(self, dst, src)
+    }
+    fn scale(&self, dst: V, alpha: f32) -> Result<()> {
+        check::float(self, "scale", "dst", dst)?;
+        elementwise::scale(self, dst, alpha)
+    }
+    fn sum_squares(&self, x: V) -> Result<f32> {
+        check::float(self, "sum_squares", "x", x)?;
+        elementwise::sum_squares(self, x)
+    }
+    fn gather_rows(&self, out: V, x: V, rows: V, n_rows: usize, c: usize) -> Result<()> {
+        check::gather_rows(self, out, x, rows, n_rows, c)?;
+        elementwise::gather_rows(self, out, x, rows, n_rows, c)
+    }
+    fn scatter_add_rows(&self, dx: V, dout: V, rows: V, n_rows: usize, c: usize) -> Result<()> {
+        check::scatter_add_rows(self, dx, dout, rows, n_rows, c)?;
+        elementwise::scatter_add_rows(self, dx, dout, rows, n_rows, c)
+    }
+    fn embedding_fwd(&self, out: V, table: V, ids: V, n: usize, c: usize) -> Result<()> {
+        check::embedding_fwd(self, out, table, ids, n, c)?;
+        nn::embedding_fwd(self, out, table, ids, n, c)
+    }
+    fn embedding_bwd(&self, dtable: V, dout: V, ids: V, n: usize, c: usize) -> Result<()> {
+        check::embedding_bwd(self, dtable, dout, ids, n, c)?;
+        nn::embedding_bwd(self, dtable, dout, ids, n, c)
+    }
+    fn rmsnorm_fwd(&self, out: V, rstd: V, x: V, w: V, n: usize, c: usize, eps: f32) -> Result<()> {
+        check::rmsnorm_fwd(self, out, rstd, None, x, w, n, c)?;
+        nn::rmsnorm_fwd(self, out, rstd, x, w, n, c, eps)
+    }
+    fn residual_rmsnorm_fwd(&self, resid_out: V, out: V, rstd: V, resid_in: V, delta: V, w: V, n: usize, c: usize, eps: f32) -> Result<()> {
+        check::rmsnorm_fwd(self, out, rstd, Some((resid_out, delta)), resid_in, w, n, c)?;
+        nn::residual_rmsnorm_fwd(self, resid_out, out, rstd, resid_in, delta, w, n, c, eps)
+    }
+    fn rmsnorm_bwd(&self, dx: V, dw: V, dout: V, x: V, w: V, rstd: V, n: usize, c: usize) -> Result<()> {
+        check::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, n, c)?;
+        nn::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, n, c)
+    }
+    fn gemm(&self, c: V, a: V, b: V, bias: Option<V>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        check::gemm(self, c, a, b, bias, m, n, k)?;
+        nn::gemm(self, c, a, b, bias, m, n, k, trans_a, trans_b, alpha, beta)
+    }
+    fn bias_bwd(&self, dbias: V, dout: V, m: usize, n: usize) -> Result<()> {
+        check::bias_bwd(self, dbias, dout, m, n)?;
+        nn::bias_bwd(self, dbias, dout, m, n)
+    }
+    fn rope(&self, qkv: V, pos: V, n: usize, shape: AttnShape, theta: f32, inverse: bool) -> Result<()> {
+        check::rope(self, qkv, pos, n, &shape)?;
+        nn::rope(self, qkv, pos, n, shape, theta, inverse)
+    }
+    fn attention_fwd(&self, out: V, lse: V, qkv: V, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()> {
+        check::attention_fwd(self, out, lse, qkv, &seqs, &shape)?;
+        attention::fwd(self, out, lse, qkv, seqs, shape, scale)
+    }
+    fn attention_bwd(&self, dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()> {
+        check::attention_bwd(self, dqkv, dout, qkv, out, lse, &seqs, &shape)?;
+        attention::bwd(self, dqkv, dout, qkv, out, lse, seqs, shape, scale)
+    }
+    fn kv_store(&self, kcache: V, vcache: V, qkv: V, slot: V, pos: V, n: usize, shape: AttnShape, t_max: usize) -> Result<()> {
+        check::kv_store(self, kcache, vcache, qkv, slot, pos, n, &shape, t_max)?;
+        attention::kv_store(self, kcache, vcache, qkv, slot, pos, n, shape, t_max)
+    }
+    fn attention_decode(&self, out: V, qkv: V, kcache: V, vcache: V, slot: V, len: V, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()> {
+        check::attention_decode(self, out, qkv, kcache, vcache, slot, len, b, max_len, &shape, t_max)?;
+        attention::decode(self, out, qkv, kcache, vcache, slot, len, b, max_len, shape, t_max, scale)
+    }
+    fn swiglu_fwd(&self, out: V, gu: V, n: usize, inter: usize) -> Result<()> {
+        check::swiglu_fwd(self, out, gu, n, inter)?;
+        nn::swiglu_fwd(self, out, gu, n, inter)
+    }
+    fn swiglu_bwd(&self, dgu: V, dout: V, gu: V, n: usize, inter: usize) -> Result<()> {
+        check::swiglu_bwd(self, dgu, dout, gu, n, inter)?;
+        nn::swiglu_bwd(self, dgu, dout, gu, n, inter)
+    }
+    fn logprob_fwd(&self, logp: V, lse: V, entropy: Option<V>, logits: V, targets: V, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+        check::logprob_fwd(self, logp, lse, entropy, logits, targets, n, v)?;
+        logprob::fwd(self, logp, lse, entropy, logits, targets, n, v, inv_temp)
+    }
+    fn logprob_bwd(&self, dlogits: V, logits: V, targets: V, lse: V, entropy: Option<V>, dlogp: V, dentropy: Option<V>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+        check::logprob_bwd(self, dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v)?;
+        logprob::bwd(self, dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v, inv_temp)
+    }
+    fn sample(&self, out: V, logits: V, b: usize, v: usize, params: &SamplingParams, seeds: &[u64], counters: &[u64]) -> Result<()> {
+        check::sample(self, out, logits, b, v, params, seeds, counters)?;
+        logprob::sample(self, out, logits, b, v, params, seeds, counters)
+    }
+    fn apo_loss(&self, loss: V, dlogp: V, logp: V, ref_logp: V, target: V, seqs: Seqs<Self>, beta2: f32, grad_scale: f32) -> Result<()> {
+        check::apo_loss(self, loss, dlogp, logp, ref_logp, target, &seqs)?;
+        optim::apo_loss(self, loss, dlogp, logp, ref_logp, target, seqs, beta2, grad_scale)
+    }
+    fn grpo_loss(&self, loss: V, dlogp: V, logp: V, old_logp: V, ref_logp: V, adv: V, weight: V, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()> {
+        check::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n)?;
+        optim::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef)
+    }
+    fn adamw(&self, params: V, master: Option<V>, grads: V, m: V, v: V, p: &AdamWParams) -> Result<()> {
+        check::adamw(self, params, master, grads, m, v, p.step)?;
+        optim::adamw(self, params, master, grads, m, v, p)
     }
 }
