@@ -166,7 +166,10 @@ fn run() -> Result<(), String> {
                         return Err(format!("TZ_REQUIRE_NVCC=1 and nvcc failed:\n{e}"));
                     }
                     // Not fatal: the backend compiles the embedded sources with NVRTC at run time.
-                    println!("cargo:warning=nvcc failed; CUDA kernels will be compiled by NVRTC at run time ({})", e.lines().next().unwrap_or(""));
+                    println!(
+                        "cargo:warning=nvcc failed; CUDA kernels will be compiled by NVRTC at run time ({})",
+                        e.lines().next().unwrap_or("")
+                    );
                 }
             }
         }
@@ -185,11 +188,8 @@ fn run() -> Result<(), String> {
                 "None".to_string()
             }
         };
-        let ptx = if compiled {
-            format!("Some(include_str!({:?}))", art("compute_80", "ptx").display().to_string())
-        } else {
-            "None".to_string()
-        };
+        let ptx =
+            if compiled { format!("Some(include_str!({:?}))", art("compute_80", "ptx").display().to_string()) } else { "None".to_string() };
         writeln!(
             gen,
             "    KernelFile {{ name: {name:?}, source: include_str!({:?}), sm90a: {}, sm80: {}, ptx: {} }},",
@@ -343,13 +343,7 @@ fn compile_one(nvcc: &Path, kdir: &Path, kout: &Path, job: &Job) -> Result<Strin
     let src = kdir.join(format!("{}.cu", job.name));
     let out = kout.join(format!("{}.{}.{}", job.name, job.tag, job.ext));
     let mut cmd = Command::new(nvcc);
-    cmd.args(job.args)
-        .args(COMMON_FLAGS)
-        .arg("-I")
-        .arg(kdir)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src);
+    cmd.args(job.args).args(COMMON_FLAGS).arg("-I").arg(kdir).arg("-o").arg(&out).arg(&src);
     if job.ext == "cubin" {
         cmd.args(["-Xptxas", "-v"]);
     }

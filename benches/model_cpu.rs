@@ -25,9 +25,8 @@ fn bench(c: &mut Criterion) {
     let m = model(&be);
     let mut rng = Rng::new(2);
     // 64 sequences of 24 prompt + 40 response tokens: a tiny-preset RL micro-batch.
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..64)
-        .map(|_| ((0..24).map(|_| rng.below(512) as u32).collect(), (0..40).map(|_| rng.below(512) as u32).collect()))
-        .collect();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+        (0..64).map(|_| ((0..24).map(|_| rng.below(512) as u32).collect(), (0..40).map(|_| rng.below(512) as u32).collect())).collect();
     let batch = PackedBatch::from_pairs(&pairs).unwrap();
     let mut ws = LogprobWorkspace::new(&be, &m.cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), false).unwrap();
     ws.load(&be, &m.cfg, &batch).unwrap();

@@ -64,8 +64,12 @@ struct ExportVersionInfo {
 }
 
 static CALLBACKS: ExportCallbacks = ExportCallbacks { struct_size: std::mem::size_of::<ExportCallbacks>(), get_module_function_table };
-static VERSION_INFO: ExportVersionInfo =
-    ExportVersionInfo { struct_size: std::mem::size_of::<ExportVersionInfo>(), version: NVTX_VERSION, reserved0: 0, set_injection_nvtx_version };
+static VERSION_INFO: ExportVersionInfo = ExportVersionInfo {
+    struct_size: std::mem::size_of::<ExportVersionInfo>(),
+    version: NVTX_VERSION,
+    reserved0: 0,
+    set_injection_nvtx_version,
+};
 
 unsafe extern "C" fn get_module_function_table(module: c_int, out_table: *mut *const *const AtomicUsize, out_size: *mut c_uint) -> c_int {
     let Some(&n) = usize::try_from(module).ok().and_then(|m| MODULE_SLOTS.get(m)) else { return 0 };

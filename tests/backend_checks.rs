@@ -90,37 +90,61 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
         case::<B>("scale", vec![act(10).free()], |be, v| be.scale(v[0], 2.0)),
         case::<B>("sum_squares", vec![f32s(10).free()], |be, v| be.sum_squares(v[0]).map(|_| ())),
         case::<B>("gather_rows", vec![act(2 * C), act(VOCAB * C).free(), u32s(&[4, 0])], |be, v| be.gather_rows(v[0], v[1], v[2], 2, C)),
-        case::<B>("scatter_add_rows", vec![f32s(VOCAB * C).free(), act(2 * C), u32s(&[4, 0])], |be, v| be.scatter_add_rows(v[0], v[1], v[2], 2, C)),
-        case::<B>("embedding_fwd", vec![act(N * C), act(VOCAB * C).free(), u32s(&[0, 1, 4])], |be, v| be.embedding_fwd(v[0], v[1], v[2], N, C)),
-        case::<B>("embedding_bwd", vec![f32s(VOCAB * C).free(), act(N * C), u32s(&[0, 1, 4])], |be, v| be.embedding_bwd(v[0], v[1], v[2], N, C)),
+        case::<B>("scatter_add_rows", vec![f32s(VOCAB * C).free(), act(2 * C), u32s(&[4, 0])], |be, v| {
+            be.scatter_add_rows(v[0], v[1], v[2], 2, C)
+        }),
+        case::<B>("embedding_fwd", vec![act(N * C), act(VOCAB * C).free(), u32s(&[0, 1, 4])], |be, v| {
+            be.embedding_fwd(v[0], v[1], v[2], N, C)
+        }),
+        case::<B>("embedding_bwd", vec![f32s(VOCAB * C).free(), act(N * C), u32s(&[0, 1, 4])], |be, v| {
+            be.embedding_bwd(v[0], v[1], v[2], N, C)
+        }),
         case::<B>("rmsnorm_fwd", vec![act(N * C), f32s(N), act(N * C), act(C)], |be, v| be.rmsnorm_fwd(v[0], v[1], v[2], v[3], N, C, 1e-6)),
         case::<B>("residual_rmsnorm_fwd", vec![act(N * C), act(N * C), f32s(N), act(N * C), act(N * C), act(C)], |be, v| {
             be.residual_rmsnorm_fwd(v[0], v[1], v[2], v[3], v[4], v[5], N, C, 1e-6)
         }),
-        case::<B>("rmsnorm_bwd", vec![act(N * C), f32s(C), act(N * C), act(N * C), act(C), f32s(N)], |be, v| be.rmsnorm_bwd(v[0], v[1], v[2], v[3], v[4], v[5], N, C)),
-        case::<B>("gemm", vec![act(N * C), act(N * 5), act(5 * C), act(C)], |be, v| be.gemm(v[0], v[1], v[2], Some(v[3]), N, C, 5, false, false, 1.0, 0.0)),
-        case::<B>("gemm", vec![f32s(N * C), act(5 * N), act(C * 5)], |be, v| be.gemm(v[0], v[1], v[2], None, N, C, 5, true, true, 1.0, 1.0)),
+        case::<B>("rmsnorm_bwd", vec![act(N * C), f32s(C), act(N * C), act(N * C), act(C), f32s(N)], |be, v| {
+            be.rmsnorm_bwd(v[0], v[1], v[2], v[3], v[4], v[5], N, C)
+        }),
+        case::<B>("gemm", vec![act(N * C), act(N * 5), act(5 * C), act(C)], |be, v| {
+            be.gemm(v[0], v[1], v[2], Some(v[3]), N, C, 5, false, false, 1.0, 0.0)
+        }),
+        case::<B>("gemm", vec![f32s(N * C), act(5 * N), act(C * 5)], |be, v| {
+            be.gemm(v[0], v[1], v[2], None, N, C, 5, true, true, 1.0, 1.0)
+        }),
         case::<B>("bias_bwd", vec![f32s(C), act(N * C)], |be, v| be.bias_bwd(v[0], v[1], N, C)),
         case::<B>("rope", vec![act(N * w), u32s(&[0, 1, 2])], |be, v| be.rope(v[0], v[1], N, SHAPE, 1e4, false)),
-        case::<B>("attention_fwd", vec![act(N * qw), f32s(N * h), act(N * w), u32s(&CU)], |be, v| be.attention_fwd(v[0], v[1], v[2], seqs(v[3]), SHAPE, 0.25)),
+        case::<B>("attention_fwd", vec![act(N * qw), f32s(N * h), act(N * w), u32s(&CU)], |be, v| {
+            be.attention_fwd(v[0], v[1], v[2], seqs(v[3]), SHAPE, 0.25)
+        }),
         case::<B>("attention_bwd", vec![act(N * w), act(N * qw), act(N * w), act(N * qw), f32s(N * h), u32s(&CU)], |be, v| {
             be.attention_bwd(v[0], v[1], v[2], v[3], v[4], seqs(v[5]), SHAPE, 0.25)
         }),
-        case::<B>("kv_store", vec![act(cache), act(cache), act(N * w), u32s(&[0, 1, 0]), u32s(&[0, 1, 2])], |be, v| be.kv_store(v[0], v[1], v[2], v[3], v[4], N, SHAPE, T_MAX)),
+        case::<B>("kv_store", vec![act(cache), act(cache), act(N * w), u32s(&[0, 1, 0]), u32s(&[0, 1, 2])], |be, v| {
+            be.kv_store(v[0], v[1], v[2], v[3], v[4], N, SHAPE, T_MAX)
+        }),
         case::<B>("attention_decode", vec![act(2 * qw), act(2 * w), act(cache), act(cache), u32s(&[0, 1]), u32s(&[1, 2])], |be, v| {
             be.attention_decode(v[0], v[1], v[2], v[3], v[4], v[5], 2, 2, SHAPE, T_MAX, 0.25)
         }),
         case::<B>("swiglu_fwd", vec![act(N * C), act(2 * N * C)], |be, v| be.swiglu_fwd(v[0], v[1], N, C)),
         case::<B>("swiglu_bwd", vec![act(2 * N * C), act(N * C), act(2 * N * C)], |be, v| be.swiglu_bwd(v[0], v[1], v[2], N, C)),
-        case::<B>("logprob_fwd", vec![f32s(N), f32s(N), f32s(N), act(N * VOCAB), u32s(&[0, 1, 4])], |be, v| be.logprob_fwd(v[0], v[1], Some(v[2]), v[3], v[4], N, VOCAB, 1.0)),
+        case::<B>("logprob_fwd", vec![f32s(N), f32s(N), f32s(N), act(N * VOCAB), u32s(&[0, 1, 4])], |be, v| {
+            be.logprob_fwd(v[0], v[1], Some(v[2]), v[3], v[4], N, VOCAB, 1.0)
+        }),
         case::<B>("logprob_bwd", vec![act(N * VOCAB), act(N * VOCAB), u32s(&[0, 1, 4]), f32s(N), f32s(N), f32s(N), f32s(N)], |be, v| {
             be.logprob_bwd(v[0], v[1], v[2], v[3], Some(v[4]), v[5], Some(v[6]), N, VOCAB, 1.0)
         }),
         case::<B>("sample", vec![u32s(&[0, 0]), act(2 * VOCAB)], move |be, v| be.sample(v[0], v[1], 2, VOCAB, &sp, &[1, 2], &[0, 0])),
-        case::<B>("apo_loss", vec![f32s(2), f32s(N), f32s(N), f32s(N), f32s(2), u32s(&CU)], |be, v| be.apo_loss(v[0], v[1], v[2], v[3], v[4], seqs(v[5]), 0.5, 1.0)),
-        case::<B>("grpo_loss", vec![f32s(N), f32s(N), f32s(N), f32s(N), f32s(N), f32s(N), f32s(N)], |be, v| be.grpo_loss(v[0], v[1], v[2], v[3], v[4], v[5], v[6], N, 0.2, 0.01)),
+        case::<B>("apo_loss", vec![f32s(2), f32s(N), f32s(N), f32s(N), f32s(2), u32s(&CU)], |be, v| {
+            be.apo_loss(v[0], v[1], v[2], v[3], v[4], seqs(v[5]), 0.5, 1.0)
+        }),
+        case::<B>("grpo_loss", vec![f32s(N), f32s(N), f32s(N), f32s(N), f32s(N), f32s(N), f32s(N)], |be, v| {
+            be.grpo_loss(v[0], v[1], v[2], v[3], v[4], v[5], v[6], N, 0.2, 0.01)
+        }),
         case::<B>("adamw", vec![f32s(10).free(), f32s(10), f32s(10), f32s(10)], move |be, v| be.adamw(v[0], None, v[1], v[2], v[3], &adam)),
-        case::<B>("adamw", vec![act(10).free(), f32s(10), f32s(10), f32s(10), f32s(10)], move |be, v| be.adamw(v[0], Some(v[1]), v[2], v[3], v[4], &adam)),
+        case::<B>("adamw", vec![act(10).free(), f32s(10), f32s(10), f32s(10), f32s(10)], move |be, v| {
+            be.adamw(v[0], Some(v[1]), v[2], v[3], v[4], &adam)
+        }),
     ]
 }
 
@@ -142,7 +166,8 @@ fn make<B: Backend>(be: &B, dt: DType, a: &Arg) -> B::Buf {
 
 /// Runs the op; a panic fails the test (an argument error must be an `Err`).
 fn call<B: Backend>(be: &B, c: &Case<B>, views: &[View<B>], what: &str) -> Result<()> {
-    catch_unwind(AssertUnwindSafe(|| (c.run)(be, views))).unwrap_or_else(|_| panic!("{} {}: {what}: panicked instead of returning an error", be.name(), c.op))
+    catch_unwind(AssertUnwindSafe(|| (c.run)(be, views)))
+        .unwrap_or_else(|_| panic!("{} {}: {what}: panicked instead of returning an error", be.name(), c.op))
 }
 
 fn expect_err<B: Backend>(be: &B, c: &Case<B>, views: &[View<B>], what: &str) {
@@ -201,7 +226,11 @@ fn invalid_shapes_are_errors<B: Backend>(be: &B) {
     let down = [0u32, 3, 2];
     err(be.attention_fwd(a, f, a, Seqs { cu_dev: u, cu_host: &down }, SHAPE, 0.25), "attention_fwd", "decreasing offsets");
     err(be.apo_loss(f, f, f, f, f, Seqs { cu_dev: u, cu_host: &down }, 0.5, 1.0), "apo_loss", "decreasing offsets");
-    for bad in [AttnShape { n_head: 3, n_kv_head: 2, head_dim: 16 }, AttnShape { n_head: 2, n_kv_head: 0, head_dim: 16 }, AttnShape { n_head: 2, n_kv_head: 1, head_dim: 7 }] {
+    for bad in [
+        AttnShape { n_head: 3, n_kv_head: 2, head_dim: 16 },
+        AttnShape { n_head: 2, n_kv_head: 0, head_dim: 16 },
+        AttnShape { n_head: 2, n_kv_head: 1, head_dim: 7 },
+    ] {
         err(be.rope(a, u, 1, bad, 1e4, false), "rope", &format!("{bad:?}"));
         err(be.kv_store(a, a, a, u, u, 0, bad, 1), "kv_store", &format!("{bad:?}"));
     }

@@ -329,7 +329,18 @@ fn residual_rmsnorm_fwd<B: Backend>(be: &B) {
             let (rib, db, wb) = (up(be, act, &ri), up(be, act, &d), up(be, act, &w));
             let ro = if in_place { rib.clone() } else { poisoned(be, act, n * c) };
             let (out, rstd) = (poisoned(be, act, n * c), poisoned(be, DType::F32, n));
-            be.residual_rmsnorm_fwd(View::all(&ro), View::all(&out), View::all(&rstd), View::all(&rib), View::all(&db), View::all(&wb), n, c, eps).unwrap();
+            be.residual_rmsnorm_fwd(
+                View::all(&ro),
+                View::all(&out),
+                View::all(&rstd),
+                View::all(&rib),
+                View::all(&db),
+                View::all(&wb),
+                n,
+                c,
+                eps,
+            )
+            .unwrap();
             close(&down(be, &ro), &sum, tol(be, (1e-6, 1e-6), (1e-6, 4e-3)), &format!("{what} resid_out"));
             close(&down(be, &rstd), &f64s(&rs), tol(be, (1e-6, 1e-5), (1e-5, 1e-4)), &format!("{what} rstd"));
             close(&down(be, &out), &f64s(&want), tol(be, (1e-5, 1e-5), (1e-2, 1e-2)), &format!("{what} out"));
@@ -440,7 +451,9 @@ fn attn_ref(qkv: &[f32], cu: &[u32], s: AttnShape, scale: f32) -> (Vec<f64>, Vec
         for i in a..z {
             for hh in 0..h {
                 let g = hh / (h / kvh);
-                let sc: Vec<f64> = (a..=i).map(|j| scale as f64 * (0..d).map(|e| x(i * w + hh * d + e) * x(j * w + (h + g) * d + e)).sum::<f64>()).collect();
+                let sc: Vec<f64> = (a..=i)
+                    .map(|j| scale as f64 * (0..d).map(|e| x(i * w + hh * d + e) * x(j * w + (h + g) * d + e)).sum::<f64>())
+                    .collect();
                 let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = sc.iter().map(|v| (v - mx).exp()).sum();
                 lse[i * h + hh] = mx + sum.ln();
@@ -492,7 +505,8 @@ fn attention_fwd_bwd<B: Backend>(be: &B) {
                     let k = |j: usize, e: usize| x(j * w + (h + g) * d + e);
                     let v = |j: usize, e: usize| x(j * w + (h + kvh + g) * d + e);
                     let go = |e: usize| dout[i * h * d + hh * d + e] as f64;
-                    let p: Vec<f64> = (a..=i).map(|j| (scale as f64 * (0..d).map(|e| q(e) * k(j, e)).sum::<f64>() - wl[i * h + hh]).exp()).collect();
+                    let p: Vec<f64> =
+                        (a..=i).map(|j| (scale as f64 * (0..d).map(|e| q(e) * k(j, e)).sum::<f64>() - wl[i * h + hh]).exp()).collect();
                     let dp: Vec<f64> = (a..=i).map(|j| (0..d).map(|e| go(e) * v(j, e)).sum::<f64>()).collect();
                     let dd: f64 = p.iter().zip(&dp).map(|(x, y)| x * y).sum();
                     for (jj, j) in (a..=i).enumerate() {
@@ -542,20 +556,49 @@ fn kv_store_and_decode<B: Backend>(be: &B) {
             assert_eq!(vg[at..at + kvw], qkv[i * w + hd + kvw..(i + 1) * w], "kv_store v, row {i} d={d}");
         }
         for r in (0..slots * t_max).filter(|&r| !stored[r]) {
-            assert!(kg[r * kvw..(r + 1) * kvw].iter().chain(&vg[r * kvw..(r + 1) * kvw]).all(|v| v.is_nan()), "kv_store wrote cache row {r} d={d}");
+            assert!(
+                kg[r * kvw..(r + 1) * kvw].iter().chain(&vg[r * kvw..(r + 1) * kvw]).all(|v| v.is_nan()),
+                "kv_store wrote cache row {r} d={d}"
+            );
         }
         let tl = tol(be, (1e-5, 1e-4), (2e-2, 2e-2));
         // One row: the query of sequence 0's last token, a view into qkv.
         let (one_slot, len) = (up_u32(be, &[1]), up_u32(be, &[70]));
         let dec = poisoned(be, act, hd);
         let qrow = View::all(&qb).slice(69 * w, w);
-        be.attention_decode(View::all(&dec), qrow, View::all(&kc), View::all(&vc), View::all(&one_slot), View::all(&len), 1, 70, s, t_max, scale).unwrap();
+        be.attention_decode(
+            View::all(&dec),
+            qrow,
+            View::all(&kc),
+            View::all(&vc),
+            View::all(&one_slot),
+            View::all(&len),
+            1,
+            70,
+            s,
+            t_max,
+            scale,
+        )
+        .unwrap();
         close(&down(be, &dec), &f64s(&wo[69 * hd..70 * hd]), tl, &format!("attention_decode 1 row d={d}"));
         // Two rows: the last queries of sequences 1 (slot 0, 33 keys) and 0 (slot 1, 70 keys).
         let q2: Vec<f32> = [102usize, 69].iter().flat_map(|&i| qkv[i * w..(i + 1) * w].to_vec()).collect();
         let (q2b, sl2, ln2) = (up(be, act, &q2), up_u32(be, &[0, 1]), up_u32(be, &[33, 70]));
         let dec2 = poisoned(be, act, 2 * hd);
-        be.attention_decode(View::all(&dec2), View::all(&q2b), View::all(&kc), View::all(&vc), View::all(&sl2), View::all(&ln2), 2, 70, s, t_max, scale).unwrap();
+        be.attention_decode(
+            View::all(&dec2),
+            View::all(&q2b),
+            View::all(&kc),
+            View::all(&vc),
+            View::all(&sl2),
+            View::all(&ln2),
+            2,
+            70,
+            s,
+            t_max,
+            scale,
+        )
+        .unwrap();
         let want: Vec<f64> = [102usize, 69].iter().flat_map(|&i| wo[i * hd..(i + 1) * hd].to_vec()).collect();
         close(&down(be, &dec2), &f64s(&want), tl, &format!("attention_decode 2 rows d={d}"));
     }
@@ -605,7 +648,17 @@ fn logprob_fwd_bwd<B: Backend>(be: &B) {
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 97) % v as u32).collect();
         let (lb, tb) = (up(be, act, &logits), up_u32(be, &targets));
         let (logp, lse, ent) = (poisoned(be, DType::F32, n), poisoned(be, DType::F32, n), poisoned(be, DType::F32, n));
-        be.logprob_fwd(View::all(&logp), View::all(&lse), with_entropy.then(|| View::all(&ent)), View::all(&lb), View::all(&tb), n, v, inv_t).unwrap();
+        be.logprob_fwd(
+            View::all(&logp),
+            View::all(&lse),
+            with_entropy.then(|| View::all(&ent)),
+            View::all(&lb),
+            View::all(&tb),
+            n,
+            v,
+            inv_t,
+        )
+        .unwrap();
         let (mut wl, mut wlse, mut went) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
         for i in 0..n {
             let z: Vec<f64> = logits[i * v..(i + 1) * v].iter().map(|&x| x as f64 * inv_t as f64).collect();
@@ -786,17 +839,32 @@ fn sampling_matches_host_reference<B: Backend>(be: &B) {
 fn apo_loss_values_and_gradient<B: Backend>(be: &B) {
     let mut rng = Rng::new(2);
     // (cu, target per sequence, beta2, grad_scale, log-prob scale)
-    let configs = [(vec![0u32, 3, 4, 8], vec![0.3f32, -0.2, 0.9], 0.1f32, 0.5f32, 1.0f32), (vec![0, 100, 101, 257], vec![0.3, -0.2, 1.0], 0.5, 2.0, 0.3)];
+    let configs = [
+        (vec![0u32, 3, 4, 8], vec![0.3f32, -0.2, 0.9], 0.1f32, 0.5f32, 1.0f32),
+        (vec![0, 100, 101, 257], vec![0.3, -0.2, 1.0], 0.5, 2.0, 0.3),
+    ];
     for (cu, tg, beta2, scale, sd) in configs {
         let what = format!("apo {} tokens", cu.last().unwrap());
         let (ns, t) = (cu.len() - 1, *cu.last().unwrap() as usize);
         let (lp, rl) = (randn_f32(&mut rng, t, sd), randn_f32(&mut rng, t, sd));
-        let d_of = |lp: &[f32], s: usize| -> f64 { beta2 as f64 * (cu[s] as usize..cu[s + 1] as usize).map(|t| (lp[t] - rl[t]) as f64).sum::<f64>() - tg[s] as f64 };
+        let d_of = |lp: &[f32], s: usize| -> f64 {
+            beta2 as f64 * (cu[s] as usize..cu[s + 1] as usize).map(|t| (lp[t] - rl[t]) as f64).sum::<f64>() - tg[s] as f64
+        };
         let f = |lp: &[f32]| -> f64 { (0..ns).map(|s| d_of(lp, s).powi(2)).sum() };
         let cub = up_u32(be, &cu);
         let (loss, dl) = (poisoned(be, DType::F32, ns), poisoned(be, DType::F32, t));
         let (lpb, rlb, tgb) = (up(be, DType::F32, &lp), up(be, DType::F32, &rl), up(be, DType::F32, &tg));
-        be.apo_loss(View::all(&loss), View::all(&dl), View::all(&lpb), View::all(&rlb), View::all(&tgb), Seqs { cu_dev: View::all(&cub), cu_host: &cu }, beta2, scale).unwrap();
+        be.apo_loss(
+            View::all(&loss),
+            View::all(&dl),
+            View::all(&lpb),
+            View::all(&rlb),
+            View::all(&tgb),
+            Seqs { cu_dev: View::all(&cub), cu_host: &cu },
+            beta2,
+            scale,
+        )
+        .unwrap();
         let l = down(be, &loss);
         let wl: Vec<f64> = (0..ns).map(|s| d_of(&lp, s).powi(2)).collect();
         close(&l, &f64s(&wl), tol(be, (1e-5, 1e-5), (1e-4, 1e-4)), &format!("{what} loss"));
@@ -853,7 +921,19 @@ fn grpo_loss_values_and_gradient<B: Backend>(be: &B) {
         };
         let (lb, dl) = (poisoned(be, DType::F32, n), poisoned(be, DType::F32, n));
         let bufs: Vec<B::Buf> = [&lp, &old, &rl, &adv, &w].iter().map(|x| up(be, DType::F32, x)).collect();
-        be.grpo_loss(View::all(&lb), View::all(&dl), View::all(&bufs[0]), View::all(&bufs[1]), View::all(&bufs[2]), View::all(&bufs[3]), View::all(&bufs[4]), n, eps, kl).unwrap();
+        be.grpo_loss(
+            View::all(&lb),
+            View::all(&dl),
+            View::all(&bufs[0]),
+            View::all(&bufs[1]),
+            View::all(&bufs[2]),
+            View::all(&bufs[3]),
+            View::all(&bufs[4]),
+            n,
+            eps,
+            kl,
+        )
+        .unwrap();
         let (l, g) = (down(be, &lb), down(be, &dl));
         let wl: Vec<f64> = (0..n).map(|t| f(t, lp[t])).collect();
         let wd: Vec<f64> = (0..n).map(grad).collect();
@@ -897,7 +977,8 @@ fn adamw_matches_scalar_reference<B: Backend>(be: &B) {
         for with_master in [false, true] {
             let what = format!("adamw n={n} master={with_master}");
             let (gb, mb, vb) = (up(be, DType::F32, &g), up(be, DType::F32, &m0), up(be, DType::F32, &v0));
-            let (pb, master) = if with_master { (poisoned(be, act, n), Some(up(be, DType::F32, &p0))) } else { (up(be, DType::F32, &p0), None) };
+            let (pb, master) =
+                if with_master { (poisoned(be, act, n), Some(up(be, DType::F32, &p0))) } else { (up(be, DType::F32, &p0), None) };
             be.adamw(View::all(&pb), master.as_ref().map(View::all), View::all(&gb), View::all(&mb), View::all(&vb), &hp).unwrap();
             let updated = down(be, master.as_ref().unwrap_or(&pb));
             close(&updated, &f64s(&wp), tol(be, (1e-6, 0.0), (1e-6, 1e-5)), &format!("{what} params"));

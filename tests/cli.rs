@@ -40,7 +40,12 @@ fn model_commands() {
     init_tiny(&m);
     let ms = m.to_str().unwrap();
 
-    let o = tz(&["score", "--model", ms, "--input", "-"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\",\"response\":\"<answer>1+2+3</answer>\"}\n{\"prompt\":\"x\",\"response\":\"y z\"}\n"));
+    let o = tz(
+        &["score", "--model", ms, "--input", "-"],
+        Some(
+            "{\"prompt\":\"numbers 1 2 3 target 6\\n\",\"response\":\"<answer>1+2+3</answer>\"}\n{\"prompt\":\"x\",\"response\":\"y z\"}\n",
+        ),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let lines: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
@@ -48,12 +53,18 @@ fn model_commands() {
     assert_eq!(lp.len(), lines[0]["response_tokens"].as_array().unwrap().len());
     assert!(lp.iter().all(|x| x.as_f64().unwrap() < 0.0));
 
-    let o = tz(&["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"));
+    let o = tz(
+        &["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5"],
+        Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let outs: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(outs.len(), 6);
     assert!(outs.iter().all(|g| g["response_tokens"].as_array().unwrap().len() <= 8));
-    let again = tz(&["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5", "--batch", "1"], Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"));
+    let again = tz(
+        &["generate", "--model", ms, "--input", "-", "--n", "3", "--max-new-tokens", "8", "--seed", "5", "--batch", "1"],
+        Some("{\"prompt\":\"numbers 1 2 3 target 6\\n\"}\n{\"prompt\":\"7 * 8 =\\n\"}\n"),
+    );
     assert_eq!(text(&again.stdout), text(&o.stdout), "samples do not depend on the batch size");
 
     // Dataset rows with fields these commands do not use: accepted, and the `id` echoed.
@@ -72,7 +83,8 @@ fn model_commands() {
     let data = d.path().join("cd.jsonl");
     let o = tz(&["data", "countdown", "--n", "20", "--seed", "1", "--out", data.to_str().unwrap()], None);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = tz(&["eval", "--model", ms, "--data", data.to_str().unwrap(), "--template", "compact", "--max-new-tokens", "12", "--k", "2"], None);
+    let o =
+        tz(&["eval", "--model", ms, "--data", data.to_str().unwrap(), "--template", "compact", "--max-new-tokens", "12", "--k", "2"], None);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let r: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
     assert_eq!(r["n"], 20);
@@ -84,7 +96,10 @@ fn model_commands() {
     let long = format!("{{\"prompt\":\"{}\",\"response\":\"a\"}}\n", "1 ".repeat(600));
     assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some(&long)), "context");
     assert_clean_error(&tz(&["generate", "--model", ms, "--input", "-", "--top-p", "0"], Some("")), "top-p");
-    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-", "--device", "cuda"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")), "cuda");
+    assert_clean_error(
+        &tz(&["score", "--model", ms, "--input", "-", "--device", "cuda"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")),
+        "cuda",
+    );
     std::fs::write(m.join("config.json"), "{ not json").unwrap();
     assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("")), "config.json");
     std::fs::write(m.join("config.json"), "{\"model_type\":\"llama\"}").unwrap();
@@ -121,7 +136,10 @@ fn task_commands() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("{\"id\":7,\"score\":1.0"), "{}", lines[0]);
     assert!(lines[1].starts_with("{\"id\":\"b\",\"error\":") && lines[1].contains("target"), "{}", lines[1]);
-    let o = tz(&["reward", "--input", "-", "--reward", "binary"], Some("{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>7</answer>\"}\n"));
+    let o = tz(
+        &["reward", "--input", "-", "--reward", "binary"],
+        Some("{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>7</answer>\"}\n"),
+    );
     assert_eq!(serde_json::from_str::<serde_json::Value>(text(&o.stdout).trim()).unwrap()["score"], 0.0);
 
     let o = tz(&["plan", "--preset", "qwen2.5-1.5b", "--batch", "4", "--seq", "1280"], None);
@@ -191,7 +209,8 @@ fn bench_kernels() {
 
     let d = tempfile::tempdir().unwrap();
     let json = d.path().join("bench.jsonl");
-    let tiny = ["bench", "kernels", "--device", "cpu", "--tokens", "64", "--hidden", "128", "--inter", "256", "--vocab", "512", "--reps", "1"];
+    let tiny =
+        ["bench", "kernels", "--device", "cpu", "--tokens", "64", "--hidden", "128", "--inter", "256", "--vocab", "512", "--reps", "1"];
     let args: Vec<&str> = tiny.iter().copied().chain(["--json", json.to_str().unwrap()]).collect();
     let o = tz(&args, None);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -199,7 +218,8 @@ fn bench_kernels() {
     assert!(out.contains("measured copy") && out.contains("% peak"), "{out}");
     // The JSON rows: the fields and the (op, shape) keys tools/compare_bench.py joins on.
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let keys: Vec<(String, String)> = rows.iter().map(|r| (r["op"].as_str().unwrap().to_string(), r["shape"].as_str().unwrap().to_string())).collect();
+    let keys: Vec<(String, String)> =
+        rows.iter().map(|r| (r["op"].as_str().unwrap().to_string(), r["shape"].as_str().unwrap().to_string())).collect();
     for (op, shape) in [
         ("rmsnorm_fwd", "64x128"),
         ("swiglu_fwd", "64x256"),

@@ -12,7 +12,15 @@ mod common;
 fn tiny_cfg(tied: bool) -> Qwen2Config {
     // tiny-2l's architecture at a size where finite differences are quick.
     let base = tz_engine::model::presets::preset("tiny-2l").unwrap().cfg;
-    Qwen2Config { vocab_size: 23, hidden_size: 16, intermediate_size: 24, head_dim: 4, max_position_embeddings: 64, tie_word_embeddings: tied, ..base }
+    Qwen2Config {
+        vocab_size: 23,
+        hidden_size: 16,
+        intermediate_size: 24,
+        head_dim: 4,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        ..base
+    }
 }
 
 /// Random parameters large enough that log-probs are far from uniform.
@@ -24,18 +32,21 @@ fn random_params(cfg: &Qwen2Config, seed: u64) -> Vec<f32> {
         let is_norm = e.name.ends_with("norm.weight");
         for x in &mut p[e.offset..e.offset + e.numel()] {
             let z = rng.normal() as f32;
-            *x = if is_norm { 1.0 + 0.2 * z } else if e.name.ends_with("bias") { 0.1 * z } else { 0.4 * z };
+            *x = if is_norm {
+                1.0 + 0.2 * z
+            } else if e.name.ends_with("bias") {
+                0.1 * z
+            } else {
+                0.4 * z
+            };
         }
     }
     p
 }
 
 fn batch() -> PackedBatch {
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = vec![
-        (vec![1, 5, 7], vec![3, 9, 2, 11]),
-        (vec![4], vec![8]),
-        (vec![2, 2, 6, 19, 20], vec![0, 21, 13]),
-    ];
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+        vec![(vec![1, 5, 7], vec![3, 9, 2, 11]), (vec![4], vec![8]), (vec![2, 2, 6, 19, 20], vec![0, 21, 13])];
     PackedBatch::from_pairs(&pairs).unwrap()
 }
 
@@ -120,7 +131,8 @@ fn packing_does_not_leak_across_sequences() {
         lp
     };
     let all = run(&b);
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![1, 5, 7], vec![3, 9, 2, 11]), (vec![4], vec![8]), (vec![2, 2, 6, 19, 20], vec![0, 21, 13])];
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+        vec![(vec![1, 5, 7], vec![3, 9, 2, 11]), (vec![4], vec![8]), (vec![2, 2, 6, 19, 20], vec![0, 21, 13])];
     let mut alone = vec![];
     for p in &pairs {
         alone.extend(run(&PackedBatch::from_pairs(std::slice::from_ref(p)).unwrap()));

@@ -44,7 +44,16 @@ fn download<B: Backend>(be: &B, v: View<B>) -> Vec<f32> {
 /// Log-probs, entropies, gradients of Σ w·logp + Σ u·entropy, one AdamW step, and greedy
 /// continuations of `prompts`: the identical code path on any backend.
 #[allow(clippy::too_many_arguments)]
-fn run_side<B: Backend>(be: &B, cfg: &Qwen2Config, host: &[f32], batch: &PackedBatch, w: &[f32], u: &[f32], prompts: &[Vec<u32>], new_tokens: usize) -> Side {
+fn run_side<B: Backend>(
+    be: &B,
+    cfg: &Qwen2Config,
+    host: &[f32],
+    batch: &PackedBatch,
+    w: &[f32],
+    u: &[f32],
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+) -> Side {
     let model = Qwen2::from_host(be, cfg.clone(), host).unwrap();
     let mut ws = LogprobWorkspace::new(be, cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), true).unwrap();
     ws.load(be, cfg, batch).unwrap();
@@ -73,7 +82,12 @@ fn run_side<B: Backend>(be: &B, cfg: &Qwen2Config, host: &[f32], batch: &PackedB
     let model = Qwen2::from_host(be, cfg.clone(), host).unwrap();
     let max_prompt = prompts.iter().map(Vec::len).max().unwrap();
     let gen = Generator::new(be, cfg, prompts.len(), max_prompt, max_prompt + new_tokens).unwrap();
-    let gc = GenConfig { max_new_tokens: new_tokens, sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, stop_token_ids: vec![], stop_strings: vec![] };
+    let gc = GenConfig {
+        max_new_tokens: new_tokens,
+        sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
+        stop_token_ids: vec![],
+        stop_strings: vec![],
+    };
     let seeds = vec![0u64; prompts.len()];
     let greedy = gen.generate(be, &model, prompts, &seeds, &gc, &|_| String::new()).unwrap().into_iter().map(|g| g.tokens).collect();
     Side { logp, entropy, grads, stepped, start, greedy }
@@ -140,11 +154,22 @@ fn compare(label: &str, cfg: &Qwen2Config, host: &[f32], pairs: &[(Vec<u32>, Vec
             prefix.extend_from_slice(&gc[..i]);
             let lc = cpu_logprob(&cpu, cfg, host, &prefix, gc[i]);
             let ld = cpu_logprob(&cpu, cfg, host, &prefix, gd[i]);
-            assert!(lc - ld <= 0.05, "{label}: greedy {k} diverges at token {i}: CUDA chose {} (CPU log-prob {ld:.4}) over {} ({lc:.4})", gd[i], gc[i]);
+            assert!(
+                lc - ld <= 0.05,
+                "{label}: greedy {k} diverges at token {i}: CUDA chose {} (CPU log-prob {ld:.4}) over {} ({lc:.4})",
+                gd[i],
+                gc[i]
+            );
             eprintln!("{label}: greedy {k} diverges at a near tie (token {i}: {ld:.4} vs {lc:.4})");
         }
     }
-    eprintln!("{label}: log-prob rel err {:.2e}, worst gradient rel err {:.2e} ({}), AdamW sign agreement {:.4}", rel_l2(&d.logp, &c.logp), worst.0, worst.1, same as f64 / dc.len() as f64);
+    eprintln!(
+        "{label}: log-prob rel err {:.2e}, worst gradient rel err {:.2e} ({}), AdamW sign agreement {:.4}",
+        rel_l2(&d.logp, &c.logp),
+        worst.0,
+        worst.1,
+        same as f64 / dc.len() as f64
+    );
 }
 
 #[test]
@@ -158,7 +183,10 @@ fn tiny_preset_cuda_matches_cpu() {
 #[test]
 fn tiny_head_dim_64_tensor_core_attention_cuda_matches_cpu() {
     let preset = tz_engine::model::presets::preset("tiny").unwrap();
-    tiny_case("tiny-d64", Qwen2Config { vocab_size: 300, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 64, ..preset.cfg.clone() });
+    tiny_case(
+        "tiny-d64",
+        Qwen2Config { vocab_size: 300, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 64, ..preset.cfg.clone() },
+    );
 }
 
 fn tiny_case(label: &str, cfg: Qwen2Config) {
@@ -169,7 +197,13 @@ fn tiny_case(label: &str, cfg: Qwen2Config) {
     for t in &layout.entries {
         for x in &mut host[t.offset..t.offset + t.numel()] {
             let z = rng.normal() as f32;
-            *x = if t.name.ends_with("norm.weight") { 1.0 + 0.1 * z } else if t.name.ends_with("bias") { 0.05 * z } else { 0.08 * z };
+            *x = if t.name.ends_with("norm.weight") {
+                1.0 + 0.1 * z
+            } else if t.name.ends_with("bias") {
+                0.05 * z
+            } else {
+                0.08 * z
+            };
         }
     }
     let mut pairs = vec![];

@@ -68,7 +68,8 @@ fn sharded_index_loads() {
             map.insert(n.clone(), serde_json::Value::String(file.clone()));
         }
     }
-    std::fs::write(sharded.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::write(sharded.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string())
+        .unwrap();
     assert_eq!(load_params(&sharded, &c, &layout).unwrap(), p);
     std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
     assert!(err(&sharded, &c).contains("missing"));
@@ -108,13 +109,19 @@ fn bad_weights_are_clear_errors() {
 #[test]
 fn configs_of_both_transformers_generations() {
     let base = r#""architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":896,"intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"vocab_size":151936,"max_position_embeddings":32768,"rms_norm_eps":1e-06,"tie_word_embeddings":true"#;
-    let v4 = Qwen2Config::from_json_str(&format!(r#"{{{base},"rope_theta":1000000.0,"torch_dtype":"bfloat16","sliding_window":null,"eos_token_id":151643}}"#)).unwrap();
+    let v4 = Qwen2Config::from_json_str(&format!(
+        r#"{{{base},"rope_theta":1000000.0,"torch_dtype":"bfloat16","sliding_window":null,"eos_token_id":151643}}"#
+    ))
+    .unwrap();
     let v5 = Qwen2Config::from_json_str(&format!(r#"{{{base},"rope_parameters":{{"rope_theta":1000000.0,"rope_type":"default"}},"dtype":"bfloat16","head_dim":64,"eos_token_id":[151643,151645]}}"#)).unwrap();
     assert_eq!((v4.rope_theta, v4.head_dim, v4.dtype.as_deref()), (1e6, 64, Some("bfloat16")));
     assert_eq!((v5.rope_theta, v5.head_dim, v5.eos_token_ids.clone()), (1e6, 64, vec![151643, 151645]));
     for (name, hidden, inter, layers, heads) in [("1.5b", 1536, 8960, 28, 12), ("3b", 2048, 11008, 36, 16)] {
         let p = tz_engine::model::presets::preset(&format!("qwen2.5-{name}")).unwrap().cfg;
-        assert_eq!((p.hidden_size, p.intermediate_size, p.num_hidden_layers, p.num_attention_heads, p.num_key_value_heads), (hidden, inter, layers, heads, 2));
+        assert_eq!(
+            (p.hidden_size, p.intermediate_size, p.num_hidden_layers, p.num_attention_heads, p.num_key_value_heads),
+            (hidden, inter, layers, heads, 2)
+        );
     }
     for bad in [
         "not json",

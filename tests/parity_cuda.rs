@@ -209,8 +209,30 @@ fn rmsnorm_and_residual_forward_backward() {
         let (dc, dd) = both(&cpu, &dev, DType::BF16, &delta);
         let (o2c, r2c) = (cpu.alloc(DType::F32, n * c).unwrap(), cpu.alloc(DType::F32, n).unwrap());
         let (o2d, r2d) = (poisoned(&dev, DType::BF16, n * c), poisoned(&dev, DType::F32, n));
-        cpu.residual_rmsnorm_fwd(View::all(&xc), View::all(&o2c), View::all(&r2c), View::all(&xc), View::all(&dc), View::all(&wc), n, c, eps).unwrap();
-        dev.residual_rmsnorm_fwd(View::all(&xd), View::all(&o2d), View::all(&r2d), View::all(&xd), View::all(&dd), View::all(&wd), n, c, eps).unwrap();
+        cpu.residual_rmsnorm_fwd(
+            View::all(&xc),
+            View::all(&o2c),
+            View::all(&r2c),
+            View::all(&xc),
+            View::all(&dc),
+            View::all(&wc),
+            n,
+            c,
+            eps,
+        )
+        .unwrap();
+        dev.residual_rmsnorm_fwd(
+            View::all(&xd),
+            View::all(&o2d),
+            View::all(&r2d),
+            View::all(&xd),
+            View::all(&dd),
+            View::all(&wd),
+            n,
+            c,
+            eps,
+        )
+        .unwrap();
         assert_close(&down(&dev, &xd), &down(&cpu, &xc), BF16_TOL, &format!("residual sum {n}x{c}"));
         assert_close(&down(&dev, &o2d), &down(&cpu, &o2c), BF16_TOL, &format!("residual rmsnorm out {n}x{c}"));
         assert_close(&down(&dev, &r2d), &down(&cpu, &r2c), 1e-2, &format!("residual rmsnorm rstd {n}x{c}"));
@@ -472,12 +494,26 @@ fn logprob_gather_forward_backward_with_entropy() {
             let ded = with_entropy.then(|| View::all(&ged));
             let dxc = cpu.alloc(DType::F32, n * v).unwrap();
             let dxd = poisoned(&dev, DType::BF16, n * v);
-            cpu.logprob_bwd(View::all(&dxc), View::all(&xc), View::all(&tc), View::all(&lsc), ent_c, View::all(&glc), dec, n, v, inv_temp).unwrap();
-            dev.logprob_bwd(View::all(&dxd), View::all(&xd), View::all(&td), View::all(&lsd), ent_d, View::all(&gld), ded, n, v, inv_temp).unwrap();
+            cpu.logprob_bwd(View::all(&dxc), View::all(&xc), View::all(&tc), View::all(&lsc), ent_c, View::all(&glc), dec, n, v, inv_temp)
+                .unwrap();
+            dev.logprob_bwd(View::all(&dxd), View::all(&xd), View::all(&td), View::all(&lsd), ent_d, View::all(&gld), ded, n, v, inv_temp)
+                .unwrap();
             let want = down(&cpu, &dxc);
             assert_close(&down(&dev, &dxd), &want, BF16_TOL, &format!("{what} entropy={with_entropy} dlogits"));
             let (_, inplace) = both(&cpu, &dev, DType::BF16, &logits);
-            dev.logprob_bwd(View::all(&inplace), View::all(&inplace), View::all(&td), View::all(&lsd), ent_d, View::all(&gld), ded, n, v, inv_temp).unwrap();
+            dev.logprob_bwd(
+                View::all(&inplace),
+                View::all(&inplace),
+                View::all(&td),
+                View::all(&lsd),
+                ent_d,
+                View::all(&gld),
+                ded,
+                n,
+                v,
+                inv_temp,
+            )
+            .unwrap();
             assert_close(&down(&dev, &inplace), &want, BF16_TOL, &format!("{what} entropy={with_entropy} dlogits in place"));
         }
     }
@@ -486,7 +522,16 @@ fn logprob_gather_forward_backward_with_entropy() {
 /// One draw for every row (one seed each, all at `counter`) on both backends, the device's
 /// output poisoned first: (CPU tokens, device tokens).
 #[allow(clippy::too_many_arguments)]
-fn sample_both(cpu: &CpuBackend, dev: &CudaBackend, xc: &<CpuBackend as Backend>::Buf, xd: &<CudaBackend as Backend>::Buf, v: usize, p: &SamplingParams, seeds: &[u64], counter: u64) -> (Vec<u32>, Vec<u32>) {
+fn sample_both(
+    cpu: &CpuBackend,
+    dev: &CudaBackend,
+    xc: &<CpuBackend as Backend>::Buf,
+    xd: &<CudaBackend as Backend>::Buf,
+    v: usize,
+    p: &SamplingParams,
+    seeds: &[u64],
+    counter: u64,
+) -> (Vec<u32>, Vec<u32>) {
     let b = seeds.len();
     let counters = vec![counter; b];
     let oc = cpu.alloc(DType::U32, b).unwrap();
@@ -602,8 +647,32 @@ fn apo_and_grpo_losses() {
     let (wc, wd) = both(&cpu, &dev, DType::F32, &weight);
     let (losc, gc) = (cpu.alloc(DType::F32, t).unwrap(), cpu.alloc(DType::F32, t).unwrap());
     let (losd, gd) = (poisoned(&dev, DType::F32, t), poisoned(&dev, DType::F32, t));
-    cpu.grpo_loss(View::all(&losc), View::all(&gc), View::all(&lc), View::all(&oc), View::all(&rc), View::all(&ac), View::all(&wc), t, 0.2, 0.001).unwrap();
-    dev.grpo_loss(View::all(&losd), View::all(&gd), View::all(&ld), View::all(&od), View::all(&rd), View::all(&ad), View::all(&wd), t, 0.2, 0.001).unwrap();
+    cpu.grpo_loss(
+        View::all(&losc),
+        View::all(&gc),
+        View::all(&lc),
+        View::all(&oc),
+        View::all(&rc),
+        View::all(&ac),
+        View::all(&wc),
+        t,
+        0.2,
+        0.001,
+    )
+    .unwrap();
+    dev.grpo_loss(
+        View::all(&losd),
+        View::all(&gd),
+        View::all(&ld),
+        View::all(&od),
+        View::all(&rd),
+        View::all(&ad),
+        View::all(&wd),
+        t,
+        0.2,
+        0.001,
+    )
+    .unwrap();
     assert_close(&down(&dev, &losd), &down(&cpu, &losc), 1e-5, "grpo_loss loss");
     assert_close(&down(&dev, &gd), &down(&cpu, &gc), 1e-5, "grpo_loss dlogp");
 }

@@ -72,7 +72,24 @@ fn plots_a_run_as_png_and_svg() {
 
     let svg = std::fs::read_to_string(&paths[1]).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    for label in ["Reward", "Solve rate", "Format rate", "Loss", "Gradient norm", "Entropy", "Response length", "Step time", "fraction solved", "mean tokens", "seconds", "step", "EMA (20 steps)", "per step", "held-out eval", "300 training steps"] {
+    for label in [
+        "Reward",
+        "Solve rate",
+        "Format rate",
+        "Loss",
+        "Gradient norm",
+        "Entropy",
+        "Response length",
+        "Step time",
+        "fraction solved",
+        "mean tokens",
+        "seconds",
+        "step",
+        "EMA (20 steps)",
+        "per step",
+        "held-out eval",
+        "300 training steps",
+    ] {
         assert!(svg.contains(label), "the SVG lacks {label:?}");
     }
     // Tick labels: step ticks and rate ticks.
@@ -131,14 +148,23 @@ fn plots_a_single_step() {
 #[test]
 fn plots_constant_series_and_nulls() {
     // serde_json writes NaN and infinities as null.
-    let text: Vec<String> = (1..=30).map(|s| format!(r#"{{"step":{s},"reward_mean":0.0,"solve_rate":0.0,"loss":2.5,"grad_norm":null}}"#)).collect();
+    let text: Vec<String> =
+        (1..=30).map(|s| format!(r#"{{"step":{s},"reward_mean":0.0,"solve_rate":0.0,"loss":2.5,"grad_norm":null}}"#)).collect();
     plots_without_panicking(&text.join("\n"));
 }
 
 #[test]
 fn plots_huge_values() {
     // ±1e308 is left out (its axis span would overflow); ±1e300 is drawn.
-    let text: Vec<String> = (1..=30).map(|s| format!(r#"{{"step":{s},"entropy_mean":{},"loss":1e300,"grad_norm":{}}}"#, ["1e300", "-1e300", "0.5"][s % 3], ["1e308", "-1e308", "2"][s % 3])).collect();
+    let text: Vec<String> = (1..=30)
+        .map(|s| {
+            format!(
+                r#"{{"step":{s},"entropy_mean":{},"loss":1e300,"grad_norm":{}}}"#,
+                ["1e300", "-1e300", "0.5"][s % 3],
+                ["1e308", "-1e308", "2"][s % 3]
+            )
+        })
+        .collect();
     plots_without_panicking(&text.join("\n"));
 }
 

@@ -28,7 +28,7 @@ fn countdown_golden_cases() {
     assert_eq!(cd(&n, 98, "<answer>44 + 44 + 10</answer>"), (0.1, Reason::WrongNumbers));
     assert_eq!(cd(&[2, 2, 3], 7, "<answer>2 + 2 + 3</answer>"), (1.0, Reason::Correct));
     assert_eq!(cd(&n, 98, "<answer>044 + 19 + 35</answer>").1, Reason::EvalError); // Python: leading zero
-    // A decimal point splits digit runs, so TinyZero accepts 1.5 as "1" and "5".
+                                                                                   // A decimal point splits digit runs, so TinyZero accepts 1.5 as "1" and "5".
     assert_eq!(cd(&[1, 5, 2], 3, "<answer>1.5 * 2</answer>"), (1.0, Reason::Correct));
     assert_eq!(cd(&[1, 5, 3], 3, "<answer>1.5 * 2</answer>"), (0.1, Reason::WrongNumbers));
     // Characters and evaluation.

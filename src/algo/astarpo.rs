@@ -106,7 +106,12 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
             }
         }
         let mean = table.vstar.iter().sum::<f32>() / table.vstar.len().max(1) as f32;
-        eprintln!("V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool", table.vstar.len(), if table.from_cache { " (cached)" } else { "" }, s.pool.len());
+        eprintln!(
+            "V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool",
+            table.vstar.len(),
+            if table.from_cache { " (cached)" } else { "" },
+            s.pool.len()
+        );
         self.vstar = table.vstar;
         Ok(())
     }
@@ -119,7 +124,16 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
         let ns = x.targets.len();
         let target = View::all(&self.target).slice(0, ns);
         be.upload_f32(target, x.targets)?;
-        be.apo_loss(View::all(&self.loss).slice(0, ns), x.dlogp, x.logp, x.ref_logp, target, x.seqs, self.cfg.beta2, 1.0 / x.mini_seqs as f32)
+        be.apo_loss(
+            View::all(&self.loss).slice(0, ns),
+            x.dlogp,
+            x.logp,
+            x.ref_logp,
+            target,
+            x.seqs,
+            self.cfg.beta2,
+            1.0 / x.mini_seqs as f32,
+        )
     }
 
     /// Σ_s (β2·log-ratio_s − target_s)² / mini-batch sequences.

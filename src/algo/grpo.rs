@@ -90,12 +90,24 @@ impl<B: Backend> Objective<B> for Grpo<B> {
     fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
         let Some(old) = x.old_logp else { bail!("grpo: the behaviour policy's log-probs are missing") };
         let nt = x.seqs.tokens();
-        let adv: Vec<f32> = x.targets.iter().zip(x.seqs.cu_host.windows(2)).flat_map(|(&a, w)| std::iter::repeat_n(a, (w[1] - w[0]) as usize)).collect();
+        let adv: Vec<f32> =
+            x.targets.iter().zip(x.seqs.cu_host.windows(2)).flat_map(|(&a, w)| std::iter::repeat_n(a, (w[1] - w[0]) as usize)).collect();
         let adv_view = View::all(&self.adv).slice(0, nt);
         be.upload_f32(adv_view, &adv)?;
         let weight = View::all(&self.weight).slice(0, nt);
         be.fill(weight, 1.0 / x.mini_tokens as f32)?;
-        be.grpo_loss(View::all(&self.loss).slice(0, nt), x.dlogp, x.logp, old, x.ref_logp, adv_view, weight, nt, self.cfg.clip_eps, self.cfg.kl_coef)
+        be.grpo_loss(
+            View::all(&self.loss).slice(0, nt),
+            x.dlogp,
+            x.logp,
+            old,
+            x.ref_logp,
+            adv_view,
+            weight,
+            nt,
+            self.cfg.clip_eps,
+            self.cfg.kl_coef,
+        )
     }
 
     /// Σ_t weight·(pg + kl_coef·kl): already a mean over the mini-batch's tokens.

@@ -44,7 +44,15 @@ pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_
 
 /// V* of every prompt of `set` from `n` samples each of `reference` (its model: the reference
 /// policy) at temperature 1; `progress(done, total)` after each chunk.
-pub fn compute_or_load<B: Backend>(reference: &RolloutCtx<B>, set: &PromptSet, cache_dir: &Path, n: usize, beta1: f32, seed: u64, mut progress: impl FnMut(usize, usize)) -> Result<VstarTable> {
+pub fn compute_or_load<B: Backend>(
+    reference: &RolloutCtx<B>,
+    set: &PromptSet,
+    cache_dir: &Path,
+    n: usize,
+    beta1: f32,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<VstarTable> {
     let ref_host = reference.model.to_host(reference.be)?;
     let key = cache_key(set, &ref_host, n, beta1, reference.settings.max_new_tokens, seed);
     let path = cache_dir.join(format!("vstar-{key}.json"));
@@ -62,7 +70,8 @@ pub fn compute_or_load<B: Backend>(reference: &RolloutCtx<B>, set: &PromptSet, c
     for start in (0..set.len()).step_by(per_chunk) {
         let end = (start + per_chunk).min(set.len());
         let idx: Vec<usize> = (start..end).flat_map(|i| std::iter::repeat_n(i, n)).collect();
-        let seeds: Vec<u64> = idx.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed ^ 0x5a5a, i as u64, (j % n) as u64)).collect();
+        let seeds: Vec<u64> =
+            idx.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed ^ 0x5a5a, i as u64, (j % n) as u64)).collect();
         let outs = ctx.rollout(set, &idx, &seeds)?;
         for group in outs.chunks(n) {
             let r: Vec<f32> = group.iter().map(|o| o.score.score).collect();

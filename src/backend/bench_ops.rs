@@ -219,27 +219,54 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
         let (table, tok, out) = (filled(be, act, vocab * c, 0.02, 1)?, ids(be, &spread(n, vocab))?, be.alloc(act, n * c)?);
         Ok(Box::new(move || be.embedding_fwd(View::all(&out), View::all(&table), View::all(&tok), n, c)) as Run)
     }));
-    v.push(entry("embedding_bwd", format!("{n}x{c}"), Work::Bytes(nu * cu * (es + 8)), vu * cu * f32b + nu * cu * es + 4 * nu, move || {
-        let (dtable, tok, dout) = (be.alloc(DType::F32, vocab * c)?, ids(be, &spread(n, vocab))?, filled(be, act, n * c, 1.0, 2)?);
-        Ok(Box::new(move || be.embedding_bwd(View::all(&dtable), View::all(&dout), View::all(&tok), n, c)) as Run)
-    }));
+    v.push(entry(
+        "embedding_bwd",
+        format!("{n}x{c}"),
+        Work::Bytes(nu * cu * (es + 8)),
+        vu * cu * f32b + nu * cu * es + 4 * nu,
+        move || {
+            let (dtable, tok, dout) = (be.alloc(DType::F32, vocab * c)?, ids(be, &spread(n, vocab))?, filled(be, act, n * c, 1.0, 2)?);
+            Ok(Box::new(move || be.embedding_bwd(View::all(&dtable), View::all(&dout), View::all(&tok), n, c)) as Run)
+        },
+    ));
 
     // RMSNorm over [n, c]: plain, fused with the residual add (in place), backward.
     let norm_mem = 4 * nu * cu * es + cu * es + nu * f32b + cu * f32b;
     v.push(entry("rmsnorm_fwd", format!("{n}x{c}"), Work::Bytes(2 * nu * cu * es), norm_mem, move || {
-        let (x, w, out, rstd) = (filled(be, act, n * c, 1.0, 3)?, filled(be, act, c, 1.0, 4)?, be.alloc(act, n * c)?, be.alloc(DType::F32, n)?);
+        let (x, w, out, rstd) =
+            (filled(be, act, n * c, 1.0, 3)?, filled(be, act, c, 1.0, 4)?, be.alloc(act, n * c)?, be.alloc(DType::F32, n)?);
         Ok(Box::new(move || be.rmsnorm_fwd(View::all(&out), View::all(&rstd), View::all(&x), View::all(&w), n, c, 1e-6)) as Run)
     }));
     v.push(entry("residual_rmsnorm_fwd", format!("{n}x{c}"), Work::Bytes(4 * nu * cu * es), norm_mem, move || {
         let (resid, delta, w) = (filled(be, act, n * c, 1.0, 5)?, filled(be, act, n * c, 1.0, 6)?, filled(be, act, c, 1.0, 4)?);
         let (out, rstd) = (be.alloc(act, n * c)?, be.alloc(DType::F32, n)?);
-        Ok(Box::new(move || be.residual_rmsnorm_fwd(View::all(&resid), View::all(&out), View::all(&rstd), View::all(&resid), View::all(&delta), View::all(&w), n, c, 1e-6)) as Run)
+        Ok(Box::new(move || {
+            be.residual_rmsnorm_fwd(
+                View::all(&resid),
+                View::all(&out),
+                View::all(&rstd),
+                View::all(&resid),
+                View::all(&delta),
+                View::all(&w),
+                n,
+                c,
+                1e-6,
+            )
+        }) as Run)
     }));
     v.push(entry("rmsnorm_bwd", format!("{n}x{c}"), Work::Bytes(4 * nu * cu * es), norm_mem, move || {
-        let (x, w, dout, out, rstd) = (filled(be, act, n * c, 1.0, 3)?, filled(be, act, c, 1.0, 4)?, filled(be, act, n * c, 1.0, 7)?, be.alloc(act, n * c)?, be.alloc(DType::F32, n)?);
+        let (x, w, dout, out, rstd) = (
+            filled(be, act, n * c, 1.0, 3)?,
+            filled(be, act, c, 1.0, 4)?,
+            filled(be, act, n * c, 1.0, 7)?,
+            be.alloc(act, n * c)?,
+            be.alloc(DType::F32, n)?,
+        );
         be.rmsnorm_fwd(View::all(&out), View::all(&rstd), View::all(&x), View::all(&w), n, c, 1e-6)?;
         let (dx, dw) = (be.alloc(act, n * c)?, be.alloc(DType::F32, c)?);
-        Ok(Box::new(move || be.rmsnorm_bwd(View::all(&dx), View::all(&dw), View::all(&dout), View::all(&x), View::all(&w), View::all(&rstd), n, c)) as Run)
+        Ok(Box::new(move || {
+            be.rmsnorm_bwd(View::all(&dx), View::all(&dw), View::all(&dout), View::all(&x), View::all(&w), View::all(&rstd), n, c)
+        }) as Run)
     }));
 
     // GEMM: the attention output projection, [n, c] x [c, c]^T.
@@ -258,7 +285,8 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
         let (qw, kvw) = (rs.q_width() as u64, rs.kv_width() as u64);
         let shape = format!("{t} h{}/{} d{}", rs.n_head, rs.n_kv_head, rs.head_dim);
         v.push(entry("rope", shape, Work::Bytes(2 * tu * (qw + kvw) * es), tu * rs.qkv_width() as u64 * es + 4 * tu, move || {
-            let (qkv, pos) = (filled(be, act, t * rs.qkv_width(), 1.0, 10)?, ids(be, &(0..t as u32).map(|i| i % seq as u32).collect::<Vec<_>>())?);
+            let (qkv, pos) =
+                (filled(be, act, t * rs.qkv_width(), 1.0, 10)?, ids(be, &(0..t as u32).map(|i| i % seq as u32).collect::<Vec<_>>())?);
             Ok(Box::new(move || be.rope(View::all(&qkv), View::all(&pos), t, rs, 1e6, false)) as Run)
         }));
     }
@@ -280,7 +308,14 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
                 let (qkv, o, lse) = (filled(be, act, t * w, 1.0, 11)?, be.alloc(act, t * qw)?, be.alloc(DType::F32, t * h)?);
                 Ok(Box::new(move || {
                     attention_impl(be, fma);
-                    let r = be.attention_fwd(View::all(&o), View::all(&lse), View::all(&qkv), Seqs { cu_dev: View::all(&cud), cu_host: &cu1 }, sh, scale);
+                    let r = be.attention_fwd(
+                        View::all(&o),
+                        View::all(&lse),
+                        View::all(&qkv),
+                        Seqs { cu_dev: View::all(&cud), cu_host: &cu1 },
+                        sh,
+                        scale,
+                    );
                     attention_impl(be, false);
                     r
                 }) as Run)
@@ -291,13 +326,29 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
                 let cud = ids(be, &cu2)?;
                 let (qkv, o, lse) = (filled(be, act, t * w, 1.0, 11)?, be.alloc(act, t * qw)?, be.alloc(DType::F32, t * h)?);
                 attention_impl(be, fma);
-                be.attention_fwd(View::all(&o), View::all(&lse), View::all(&qkv), Seqs { cu_dev: View::all(&cud), cu_host: &cu2 }, sh, scale)?;
+                be.attention_fwd(
+                    View::all(&o),
+                    View::all(&lse),
+                    View::all(&qkv),
+                    Seqs { cu_dev: View::all(&cud), cu_host: &cu2 },
+                    sh,
+                    scale,
+                )?;
                 attention_impl(be, false);
                 let (dout, dqkv) = (filled(be, act, t * qw, 0.01, 12)?, be.alloc(act, t * w)?);
                 Ok(Box::new(move || {
                     attention_impl(be, fma);
                     let seqs = Seqs { cu_dev: View::all(&cud), cu_host: &cu2 };
-                    let r = be.attention_bwd(View::all(&dqkv), View::all(&dout), View::all(&qkv), View::all(&o), View::all(&lse), seqs, sh, scale);
+                    let r = be.attention_bwd(
+                        View::all(&dqkv),
+                        View::all(&dout),
+                        View::all(&qkv),
+                        View::all(&o),
+                        View::all(&lse),
+                        seqs,
+                        sh,
+                        scale,
+                    );
                     attention_impl(be, false);
                     r
                 }) as Run)
@@ -307,17 +358,35 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
             let (b, ctx) = (s.decode_rows, seq);
             let cache = (b * ctx * kvw) as u64;
             let dec_mem = 2 * cache * es + (b * (w + qw)) as u64 * es + 8 * b as u64;
-            v.push(entry(&format!("attention_decode{suffix}"), format!("{b}x{ctx} d{hd} h{h}"), Work::Bytes(2 * cache * es), dec_mem, move || {
-                let (kc, vc) = (filled(be, act, b * ctx * kvw, 1.0, 13)?, filled(be, act, b * ctx * kvw, 1.0, 14)?);
-                let (q, od) = (filled(be, act, b * w, 1.0, 15)?, be.alloc(act, b * qw)?);
-                let (sl, ln) = (ids(be, &(0..b as u32).collect::<Vec<_>>())?, ids(be, &vec![ctx as u32; b])?);
-                Ok(Box::new(move || {
-                    attention_impl(be, fma);
-                    let r = be.attention_decode(View::all(&od), View::all(&q), View::all(&kc), View::all(&vc), View::all(&sl), View::all(&ln), b, ctx, sh, ctx, scale);
-                    attention_impl(be, false);
-                    r
-                }) as Run)
-            }));
+            v.push(entry(
+                &format!("attention_decode{suffix}"),
+                format!("{b}x{ctx} d{hd} h{h}"),
+                Work::Bytes(2 * cache * es),
+                dec_mem,
+                move || {
+                    let (kc, vc) = (filled(be, act, b * ctx * kvw, 1.0, 13)?, filled(be, act, b * ctx * kvw, 1.0, 14)?);
+                    let (q, od) = (filled(be, act, b * w, 1.0, 15)?, be.alloc(act, b * qw)?);
+                    let (sl, ln) = (ids(be, &(0..b as u32).collect::<Vec<_>>())?, ids(be, &vec![ctx as u32; b])?);
+                    Ok(Box::new(move || {
+                        attention_impl(be, fma);
+                        let r = be.attention_decode(
+                            View::all(&od),
+                            View::all(&q),
+                            View::all(&kc),
+                            View::all(&vc),
+                            View::all(&sl),
+                            View::all(&ln),
+                            b,
+                            ctx,
+                            sh,
+                            ctx,
+                            scale,
+                        );
+                        attention_impl(be, false);
+                        r
+                    }) as Run)
+                },
+            ));
         }
     }
 
@@ -327,7 +396,8 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
         Ok(Box::new(move || be.swiglu_fwd(View::all(&h), View::all(&gu), n, inter)) as Run)
     }));
     v.push(entry("swiglu_bwd", format!("{n}x{inter}"), Work::Bytes(5 * nu * iu * es), 5 * nu * iu * es, move || {
-        let (gu, dout, dgu) = (filled(be, act, n * 2 * inter, 1.0, 16)?, filled(be, act, n * inter, 1.0, 17)?, be.alloc(act, n * 2 * inter)?);
+        let (gu, dout, dgu) =
+            (filled(be, act, n * 2 * inter, 1.0, 16)?, filled(be, act, n * inter, 1.0, 17)?, be.alloc(act, n * 2 * inter)?);
         Ok(Box::new(move || be.swiglu_bwd(View::all(&dgu), View::all(&dout), View::all(&gu), n, inter)) as Run)
     }));
 
@@ -340,16 +410,39 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
         v.push(entry(&format!("logprob_fwd{sfx}"), format!("{r}x{vocab}"), Work::Bytes(logits_b), logits_b + 16 * ru, move || {
             let (logits, tgt) = (filled(be, act, r * vocab, 2.0, 18)?, ids(be, &spread(r, vocab))?);
             let (lp, lse, ent) = (be.alloc(DType::F32, r)?, be.alloc(DType::F32, r)?, be.alloc(DType::F32, r)?);
-            Ok(Box::new(move || be.logprob_fwd(View::all(&lp), View::all(&lse), entropy.then(|| View::all(&ent)), View::all(&logits), View::all(&tgt), r, vocab, 1.0)) as Run)
+            Ok(Box::new(move || {
+                be.logprob_fwd(
+                    View::all(&lp),
+                    View::all(&lse),
+                    entropy.then(|| View::all(&ent)),
+                    View::all(&logits),
+                    View::all(&tgt),
+                    r,
+                    vocab,
+                    1.0,
+                )
+            }) as Run)
         }));
         v.push(entry(&format!("logprob_bwd{sfx}"), format!("{r}x{vocab}"), Work::Bytes(2 * logits_b), 2 * logits_b + 28 * ru, move || {
             let (logits, tgt) = (filled(be, act, r * vocab, 2.0, 18)?, ids(be, &spread(r, vocab))?);
             let (lp, lse, ent) = (be.alloc(DType::F32, r)?, be.alloc(DType::F32, r)?, be.alloc(DType::F32, r)?);
             be.logprob_fwd(View::all(&lp), View::all(&lse), Some(View::all(&ent)), View::all(&logits), View::all(&tgt), r, vocab, 1.0)?;
-            let (dlogits, dlp, dent) = (be.alloc(act, r * vocab)?, filled(be, DType::F32, r, 1.0, 19)?, filled(be, DType::F32, r, 1.0, 20)?);
+            let (dlogits, dlp, dent) =
+                (be.alloc(act, r * vocab)?, filled(be, DType::F32, r, 1.0, 19)?, filled(be, DType::F32, r, 1.0, 20)?);
             Ok(Box::new(move || {
                 let (e, de) = if entropy { (Some(View::all(&ent)), Some(View::all(&dent))) } else { (None, None) };
-                be.logprob_bwd(View::all(&dlogits), View::all(&logits), View::all(&tgt), View::all(&lse), e, View::all(&dlp), de, r, vocab, 1.0)
+                be.logprob_bwd(
+                    View::all(&dlogits),
+                    View::all(&logits),
+                    View::all(&tgt),
+                    View::all(&lse),
+                    e,
+                    View::all(&dlp),
+                    de,
+                    r,
+                    vocab,
+                    1.0,
+                )
             }) as Run)
         }));
     }
@@ -371,11 +464,21 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
     v.push(entry("apo_loss", format!("{ns}x{per}"), Work::Bytes(3 * tt as u64 * f32b), (3 * tt + 2 * ns + 1) as u64 * f32b, move || {
         let cu_host: Vec<u32> = (0..=ns as u32).map(|i| i * per as u32).collect();
         let cud = ids(be, &cu_host)?;
-        let (logp, refp, target) = (filled(be, DType::F32, tt, 1.0, 22)?, filled(be, DType::F32, tt, 1.0, 23)?, filled(be, DType::F32, ns, 1.0, 24)?);
+        let (logp, refp, target) =
+            (filled(be, DType::F32, tt, 1.0, 22)?, filled(be, DType::F32, tt, 1.0, 23)?, filled(be, DType::F32, ns, 1.0, 24)?);
         let (loss, dlogp) = (be.alloc(DType::F32, ns)?, be.alloc(DType::F32, tt)?);
         Ok(Box::new(move || {
             let seqs = Seqs { cu_dev: View::all(&cud), cu_host: &cu_host };
-            be.apo_loss(View::all(&loss), View::all(&dlogp), View::all(&logp), View::all(&refp), View::all(&target), seqs, 1e-3, 1.0 / ns as f32)
+            be.apo_loss(
+                View::all(&loss),
+                View::all(&dlogp),
+                View::all(&logp),
+                View::all(&refp),
+                View::all(&target),
+                seqs,
+                1e-3,
+                1.0 / ns as f32,
+            )
         }) as Run)
     }));
 
@@ -385,14 +488,25 @@ pub fn ops<'a, B: Backend>(be: &'a B, s: &Shapes) -> Vec<BenchOp<'a>> {
     let npu = np as u64;
     let ap = AdamWParams { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 1, grad_scale: 1.0 };
     v.push(entry("adamw_f32", format!("{np}"), Work::Bytes(7 * 4 * npu), 4 * 4 * npu, move || {
-        let (p, gr, m, vv) = (filled(be, DType::F32, np, 0.02, 25)?, filled(be, DType::F32, np, 1.0, 26)?, be.alloc(DType::F32, np)?, be.alloc(DType::F32, np)?);
+        let (p, gr, m, vv) = (
+            filled(be, DType::F32, np, 0.02, 25)?,
+            filled(be, DType::F32, np, 1.0, 26)?,
+            be.alloc(DType::F32, np)?,
+            be.alloc(DType::F32, np)?,
+        );
         Ok(Box::new(move || be.adamw(View::all(&p), None, View::all(&gr), View::all(&m), View::all(&vv), &ap)) as Run)
     }));
     if be.needs_master_weights() {
         v.push(entry("adamw_master", format!("{np}"), Work::Bytes(7 * 4 * npu + es * npu), 4 * 4 * npu + es * npu, move || {
-            let (master, gr, m, vv) = (filled(be, DType::F32, np, 0.02, 25)?, filled(be, DType::F32, np, 1.0, 26)?, be.alloc(DType::F32, np)?, be.alloc(DType::F32, np)?);
+            let (master, gr, m, vv) = (
+                filled(be, DType::F32, np, 0.02, 25)?,
+                filled(be, DType::F32, np, 1.0, 26)?,
+                be.alloc(DType::F32, np)?,
+                be.alloc(DType::F32, np)?,
+            );
             let w = be.alloc(act, np)?;
-            Ok(Box::new(move || be.adamw(View::all(&w), Some(View::all(&master)), View::all(&gr), View::all(&m), View::all(&vv), &ap)) as Run)
+            Ok(Box::new(move || be.adamw(View::all(&w), Some(View::all(&master)), View::all(&gr), View::all(&m), View::all(&vv), &ap))
+                as Run)
         }));
     }
     v

@@ -238,7 +238,16 @@ pub(crate) fn embedding_bwd<B: Backend + ?Sized>(be: &B, dtable: V<B>, dout: V<B
 /// `rmsnorm_fwd`, and `residual_rmsnorm_fwd` with `resid = Some((resid_out, delta))` (`x` is
 /// then `resid_in`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rmsnorm_fwd<B: Backend + ?Sized>(be: &B, out: V<B>, rstd: V<B>, resid: Option<(V<B>, V<B>)>, x: V<B>, w: V<B>, n: usize, c: usize) -> Result<()> {
+pub(crate) fn rmsnorm_fwd<B: Backend + ?Sized>(
+    be: &B,
+    out: V<B>,
+    rstd: V<B>,
+    resid: Option<(V<B>, V<B>)>,
+    x: V<B>,
+    w: V<B>,
+    n: usize,
+    c: usize,
+) -> Result<()> {
     let op = Op::new(be, if resid.is_some() { "residual_rmsnorm_fwd" } else { "rmsnorm_fwd" });
     op.width(n, c, "row")?;
     let nc = op.size(&[n, c])?;
@@ -253,7 +262,17 @@ pub(crate) fn rmsnorm_fwd<B: Backend + ?Sized>(be: &B, out: V<B>, rstd: V<B>, re
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rmsnorm_bwd<B: Backend + ?Sized>(be: &B, dx: V<B>, dw: V<B>, dout: V<B>, x: V<B>, w: V<B>, rstd: V<B>, n: usize, c: usize) -> Result<()> {
+pub(crate) fn rmsnorm_bwd<B: Backend + ?Sized>(
+    be: &B,
+    dx: V<B>,
+    dw: V<B>,
+    dout: V<B>,
+    x: V<B>,
+    w: V<B>,
+    rstd: V<B>,
+    n: usize,
+    c: usize,
+) -> Result<()> {
     let op = Op::new(be, "rmsnorm_bwd");
     op.width(n, c, "row")?;
     let nc = op.size(&[n, c])?;
@@ -307,7 +326,16 @@ pub(crate) fn attention_fwd<B: Backend + ?Sized>(be: &B, out: V<B>, lse: V<B>, q
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_bwd<B: Backend + ?Sized>(be: &B, dqkv: V<B>, dout: V<B>, qkv: V<B>, out: V<B>, lse: V<B>, seqs: &Seqs<B>, shape: &AttnShape) -> Result<()> {
+pub(crate) fn attention_bwd<B: Backend + ?Sized>(
+    be: &B,
+    dqkv: V<B>,
+    dout: V<B>,
+    qkv: V<B>,
+    out: V<B>,
+    lse: V<B>,
+    seqs: &Seqs<B>,
+    shape: &AttnShape,
+) -> Result<()> {
     let op = Op::new(be, "attention_bwd");
     op.attn(shape)?;
     op.seqs(seqs)?;
@@ -321,7 +349,17 @@ pub(crate) fn attention_bwd<B: Backend + ?Sized>(be: &B, dqkv: V<B>, dout: V<B>,
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn kv_store<B: Backend + ?Sized>(be: &B, kcache: V<B>, vcache: V<B>, qkv: V<B>, slot: V<B>, pos: V<B>, n: usize, shape: &AttnShape, t_max: usize) -> Result<()> {
+pub(crate) fn kv_store<B: Backend + ?Sized>(
+    be: &B,
+    kcache: V<B>,
+    vcache: V<B>,
+    qkv: V<B>,
+    slot: V<B>,
+    pos: V<B>,
+    n: usize,
+    shape: &AttnShape,
+    t_max: usize,
+) -> Result<()> {
     let op = Op::new(be, "kv_store");
     op.attn(shape)?;
     op.kv_cache(&kcache, &vcache, shape, t_max)?;
@@ -331,7 +369,19 @@ pub(crate) fn kv_store<B: Backend + ?Sized>(be: &B, kcache: V<B>, vcache: V<B>, 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_decode<B: Backend + ?Sized>(be: &B, out: V<B>, qkv: V<B>, kcache: V<B>, vcache: V<B>, slot: V<B>, len: V<B>, b: usize, max_len: usize, shape: &AttnShape, t_max: usize) -> Result<()> {
+pub(crate) fn attention_decode<B: Backend + ?Sized>(
+    be: &B,
+    out: V<B>,
+    qkv: V<B>,
+    kcache: V<B>,
+    vcache: V<B>,
+    slot: V<B>,
+    len: V<B>,
+    b: usize,
+    max_len: usize,
+    shape: &AttnShape,
+    t_max: usize,
+) -> Result<()> {
     let op = Op::new(be, "attention_decode");
     op.attn(shape)?;
     op.kv_cache(&kcache, &vcache, shape, t_max)?;
@@ -365,7 +415,16 @@ pub(crate) fn swiglu_bwd<B: Backend + ?Sized>(be: &B, dgu: V<B>, dout: V<B>, gu:
 // ---- log-probs -----------------------------------------------------------------------------
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn logprob_fwd<B: Backend + ?Sized>(be: &B, logp: V<B>, lse: V<B>, entropy: Option<V<B>>, logits: V<B>, targets: V<B>, n: usize, v: usize) -> Result<()> {
+pub(crate) fn logprob_fwd<B: Backend + ?Sized>(
+    be: &B,
+    logp: V<B>,
+    lse: V<B>,
+    entropy: Option<V<B>>,
+    logits: V<B>,
+    targets: V<B>,
+    n: usize,
+    v: usize,
+) -> Result<()> {
     let op = Op::new(be, "logprob_fwd");
     op.width(n, v, "vocabulary")?;
     op.view(&logp, "logp", Want::F32, n)?;
@@ -378,7 +437,18 @@ pub(crate) fn logprob_fwd<B: Backend + ?Sized>(be: &B, logp: V<B>, lse: V<B>, en
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn logprob_bwd<B: Backend + ?Sized>(be: &B, dlogits: V<B>, logits: V<B>, targets: V<B>, lse: V<B>, entropy: Option<V<B>>, dlogp: V<B>, dentropy: Option<V<B>>, n: usize, v: usize) -> Result<()> {
+pub(crate) fn logprob_bwd<B: Backend + ?Sized>(
+    be: &B,
+    dlogits: V<B>,
+    logits: V<B>,
+    targets: V<B>,
+    lse: V<B>,
+    entropy: Option<V<B>>,
+    dlogp: V<B>,
+    dentropy: Option<V<B>>,
+    n: usize,
+    v: usize,
+) -> Result<()> {
     let op = Op::new(be, "logprob_bwd");
     op.width(n, v, "vocabulary")?;
     let nv = op.size(&[n, v])?;
@@ -400,7 +470,16 @@ pub(crate) fn logprob_bwd<B: Backend + ?Sized>(be: &B, dlogits: V<B>, logits: V<
 // ---- sampling ------------------------------------------------------------------------------
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sample<B: Backend + ?Sized>(be: &B, out: V<B>, logits: V<B>, b: usize, v: usize, params: &SamplingParams, seeds: &[u64], counters: &[u64]) -> Result<()> {
+pub(crate) fn sample<B: Backend + ?Sized>(
+    be: &B,
+    out: V<B>,
+    logits: V<B>,
+    b: usize,
+    v: usize,
+    params: &SamplingParams,
+    seeds: &[u64],
+    counters: &[u64],
+) -> Result<()> {
     let op = Op::new(be, "sample");
     op.width(b, v, "vocabulary")?;
     if seeds.len() < b || counters.len() < b {
@@ -416,7 +495,15 @@ pub(crate) fn sample<B: Backend + ?Sized>(be: &B, out: V<B>, logits: V<B>, b: us
 // ---- losses --------------------------------------------------------------------------------
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn apo_loss<B: Backend + ?Sized>(be: &B, loss: V<B>, dlogp: V<B>, logp: V<B>, ref_logp: V<B>, target: V<B>, seqs: &Seqs<B>) -> Result<()> {
+pub(crate) fn apo_loss<B: Backend + ?Sized>(
+    be: &B,
+    loss: V<B>,
+    dlogp: V<B>,
+    logp: V<B>,
+    ref_logp: V<B>,
+    target: V<B>,
+    seqs: &Seqs<B>,
+) -> Result<()> {
     let op = Op::new(be, "apo_loss");
     op.seqs(seqs)?;
     let (s, t) = (seqs.count(), seqs.tokens());
@@ -428,9 +515,21 @@ pub(crate) fn apo_loss<B: Backend + ?Sized>(be: &B, loss: V<B>, dlogp: V<B>, log
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn grpo_loss<B: Backend + ?Sized>(be: &B, loss: V<B>, dlogp: V<B>, logp: V<B>, old_logp: V<B>, ref_logp: V<B>, adv: V<B>, weight: V<B>, n: usize) -> Result<()> {
+pub(crate) fn grpo_loss<B: Backend + ?Sized>(
+    be: &B,
+    loss: V<B>,
+    dlogp: V<B>,
+    logp: V<B>,
+    old_logp: V<B>,
+    ref_logp: V<B>,
+    adv: V<B>,
+    weight: V<B>,
+    n: usize,
+) -> Result<()> {
     let op = Op::new(be, "grpo_loss");
-    for (v, arg) in [(loss, "loss"), (dlogp, "dlogp"), (logp, "logp"), (old_logp, "old_logp"), (ref_logp, "ref_logp"), (adv, "adv"), (weight, "weight")] {
+    for (v, arg) in
+        [(loss, "loss"), (dlogp, "dlogp"), (logp, "logp"), (old_logp, "old_logp"), (ref_logp, "ref_logp"), (adv, "adv"), (weight, "weight")]
+    {
         op.view(&v, arg, Want::F32, n)?;
     }
     Ok(())
@@ -440,7 +539,15 @@ pub(crate) fn grpo_loss<B: Backend + ?Sized>(be: &B, loss: V<B>, dlogp: V<B>, lo
 
 /// AdamW over `params.len()` elements: grads, m, v (and master) F32; F32 params are updated in
 /// place, BF16 ones need a master copy.
-pub(crate) fn adamw<B: Backend + ?Sized>(be: &B, params: V<B>, master: Option<V<B>>, grads: V<B>, m: V<B>, v: V<B>, step: u32) -> Result<()> {
+pub(crate) fn adamw<B: Backend + ?Sized>(
+    be: &B,
+    params: V<B>,
+    master: Option<V<B>>,
+    grads: V<B>,
+    m: V<B>,
+    v: V<B>,
+    step: u32,
+) -> Result<()> {
     let op = Op::new(be, "adamw");
     let n = params.len();
     if step == 0 {

@@ -184,10 +184,31 @@ pub trait Backend: Send + Sync + 'static {
     /// `resid_out = resid_in + delta; out = rmsnorm(resid_out)`: the residual add fused with
     /// the following norm. `resid_out` may alias `resid_in`.
     #[allow(clippy::too_many_arguments)]
-    fn residual_rmsnorm_fwd(&self, resid_out: View<Self>, out: View<Self>, rstd: View<Self>, resid_in: View<Self>, delta: View<Self>, w: View<Self>, n: usize, c: usize, eps: f32) -> Result<()>;
+    fn residual_rmsnorm_fwd(
+        &self,
+        resid_out: View<Self>,
+        out: View<Self>,
+        rstd: View<Self>,
+        resid_in: View<Self>,
+        delta: View<Self>,
+        w: View<Self>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// `dx += d(rmsnorm)/dx · dout` (the `+=` is the residual path's gradient), `dw += ...` (F32).
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_bwd(&self, dx: View<Self>, dw: View<Self>, dout: View<Self>, x: View<Self>, w: View<Self>, rstd: View<Self>, n: usize, c: usize) -> Result<()>;
+    fn rmsnorm_bwd(
+        &self,
+        dx: View<Self>,
+        dw: View<Self>,
+        dout: View<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        rstd: View<Self>,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
 
     // ---- GEMM ------------------------------------------------------------------------------
     /// `C[m,n] = alpha · op(A) · op(B) + beta · C (+ bias[n] broadcast over rows)`.
@@ -195,7 +216,20 @@ pub trait Backend: Send + Sync + 'static {
     /// when `trans_b`). A and B are act; C is act or F32 (parameter-gradient accumulation);
     /// bias is act. Accumulation is F32.
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, c: View<Self>, a: View<Self>, b: View<Self>, bias: Option<View<Self>>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()>;
+    fn gemm(
+        &self,
+        c: View<Self>,
+        a: View<Self>,
+        b: View<Self>,
+        bias: Option<View<Self>>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()>;
     /// `dbias[j] += Σ_i dout[i, j]`; dout `[m, n]` act, dbias F32.
     fn bias_bwd(&self, dbias: View<Self>, dout: View<Self>, m: usize, n: usize) -> Result<()>;
 
@@ -210,20 +244,61 @@ pub trait Backend: Send + Sync + 'static {
     /// Causal grouped-query attention within each packed sequence (no attention across
     /// sequences). `out [tokens, n_head*head_dim]` act; `lse [tokens * n_head]` F32, row
     /// `t * n_head + h` = log-sum-exp of the scaled scores, saved for backward.
-    fn attention_fwd(&self, out: View<Self>, lse: View<Self>, qkv: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()>;
+    fn attention_fwd(
+        &self,
+        out: View<Self>,
+        lse: View<Self>,
+        qkv: View<Self>,
+        seqs: Seqs<Self>,
+        shape: AttnShape,
+        scale: f32,
+    ) -> Result<()>;
     /// `dqkv = ∂/∂qkv` (written, act) given `dout`, the forward's `qkv`, `out` and `lse`.
     #[allow(clippy::too_many_arguments)]
-    fn attention_bwd(&self, dqkv: View<Self>, dout: View<Self>, qkv: View<Self>, out: View<Self>, lse: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()>;
+    fn attention_bwd(
+        &self,
+        dqkv: View<Self>,
+        dout: View<Self>,
+        qkv: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        seqs: Seqs<Self>,
+        shape: AttnShape,
+        scale: f32,
+    ) -> Result<()>;
     /// Store the k and v heads of each qkv row `i < n` into the cache at
     /// `[slot[i], pos[i]]`; caches are `[slots, t_max, n_kv_head, head_dim]` act. Slots and
     /// positions must be inside the cache (checked on the CPU; the caller's to guarantee on
     /// devices).
     #[allow(clippy::too_many_arguments)]
-    fn kv_store(&self, kcache: View<Self>, vcache: View<Self>, qkv: View<Self>, slot: View<Self>, pos: View<Self>, n: usize, shape: AttnShape, t_max: usize) -> Result<()>;
+    fn kv_store(
+        &self,
+        kcache: View<Self>,
+        vcache: View<Self>,
+        qkv: View<Self>,
+        slot: View<Self>,
+        pos: View<Self>,
+        n: usize,
+        shape: AttnShape,
+        t_max: usize,
+    ) -> Result<()>;
     /// One query per row i < b (the q heads of qkv row i) attending to cache positions
     /// `[0, len[i])` of slot `slot[i]`. `max_len` bounds every `len[i]` (launch shape).
     #[allow(clippy::too_many_arguments)]
-    fn attention_decode(&self, out: View<Self>, qkv: View<Self>, kcache: View<Self>, vcache: View<Self>, slot: View<Self>, len: View<Self>, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()>;
+    fn attention_decode(
+        &self,
+        out: View<Self>,
+        qkv: View<Self>,
+        kcache: View<Self>,
+        vcache: View<Self>,
+        slot: View<Self>,
+        len: View<Self>,
+        b: usize,
+        max_len: usize,
+        shape: AttnShape,
+        t_max: usize,
+        scale: f32,
+    ) -> Result<()>;
 
     // ---- MLP -------------------------------------------------------------------------------
     /// `out[i, j] = silu(gu[i, j]) * gu[i, inter + j]`: gu `[n, 2*inter]` is the fused gate|up
@@ -237,11 +312,33 @@ pub trait Backend: Send + Sync + 'static {
     /// `logp[i] = z[target[i]] - lse[i]`, and (if given) `entropy[i] = -Σ p log p`. F32 out;
     /// no `[n, v]` probability tensor is materialized.
     #[allow(clippy::too_many_arguments)]
-    fn logprob_fwd(&self, logp: View<Self>, lse: View<Self>, entropy: Option<View<Self>>, logits: View<Self>, targets: View<Self>, n: usize, v: usize, inv_temp: f32) -> Result<()>;
+    fn logprob_fwd(
+        &self,
+        logp: View<Self>,
+        lse: View<Self>,
+        entropy: Option<View<Self>>,
+        logits: View<Self>,
+        targets: View<Self>,
+        n: usize,
+        v: usize,
+        inv_temp: f32,
+    ) -> Result<()>;
     /// `dlogits[i, j] = inv_temp · (dlogp[i]·(1[j = target] − p_j) − dent[i]·p_j(log p_j + H_i))`
     /// (written, act). `dlogits` may alias `logits`. `entropy`/`dentropy` go together.
     #[allow(clippy::too_many_arguments)]
-    fn logprob_bwd(&self, dlogits: View<Self>, logits: View<Self>, targets: View<Self>, lse: View<Self>, entropy: Option<View<Self>>, dlogp: View<Self>, dentropy: Option<View<Self>>, n: usize, v: usize, inv_temp: f32) -> Result<()>;
+    fn logprob_bwd(
+        &self,
+        dlogits: View<Self>,
+        logits: View<Self>,
+        targets: View<Self>,
+        lse: View<Self>,
+        entropy: Option<View<Self>>,
+        dlogp: View<Self>,
+        dentropy: Option<View<Self>>,
+        n: usize,
+        v: usize,
+        inv_temp: f32,
+    ) -> Result<()>;
 
     // ---- sampling --------------------------------------------------------------------------
     /// One token per row of logits `[b, v]` into `out` (U32). Row i draws its uniform from
@@ -249,23 +346,62 @@ pub trait Backend: Send + Sync + 'static {
     /// row's draw does not depend on the other rows. `seeds`/`counters` are host slices of
     /// length b (tiny; backends stage them in preallocated memory).
     #[allow(clippy::too_many_arguments)]
-    fn sample(&self, out: View<Self>, logits: View<Self>, b: usize, v: usize, params: &SamplingParams, seeds: &[u64], counters: &[u64]) -> Result<()>;
+    fn sample(
+        &self,
+        out: View<Self>,
+        logits: View<Self>,
+        b: usize,
+        v: usize,
+        params: &SamplingParams,
+        seeds: &[u64],
+        counters: &[u64],
+    ) -> Result<()>;
 
     // ---- losses ----------------------------------------------------------------------------
     /// A*PO, per sequence s over its tokens t in `[cu[s], cu[s+1])` of the F32 log-prob arrays:
     /// `d_s = beta2·Σ_t (logp[t] − ref_logp[t]) − target[s]`, `loss[s] = d_s²`,
     /// `dlogp[t] = 2·beta2·d_s·grad_scale`.
     #[allow(clippy::too_many_arguments)]
-    fn apo_loss(&self, loss: View<Self>, dlogp: View<Self>, logp: View<Self>, ref_logp: View<Self>, target: View<Self>, seqs: Seqs<Self>, beta2: f32, grad_scale: f32) -> Result<()>;
+    fn apo_loss(
+        &self,
+        loss: View<Self>,
+        dlogp: View<Self>,
+        logp: View<Self>,
+        ref_logp: View<Self>,
+        target: View<Self>,
+        seqs: Seqs<Self>,
+        beta2: f32,
+        grad_scale: f32,
+    ) -> Result<()>;
     /// GRPO, per token t (F32): ratio = exp(logp − old_logp);
     /// `pg = −min(ratio·adv, clip(ratio, 1−clip_eps, 1+clip_eps)·adv)`;
     /// k3 KL: `kl = exp(ref − logp) − (ref − logp) − 1`;
     /// `loss[t] = weight[t]·(pg + kl_coef·kl)` and `dlogp[t] = weight[t]·∂(pg + kl_coef·kl)/∂logp`.
     #[allow(clippy::too_many_arguments)]
-    fn grpo_loss(&self, loss: View<Self>, dlogp: View<Self>, logp: View<Self>, old_logp: View<Self>, ref_logp: View<Self>, adv: View<Self>, weight: View<Self>, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()>;
+    fn grpo_loss(
+        &self,
+        loss: View<Self>,
+        dlogp: View<Self>,
+        logp: View<Self>,
+        old_logp: View<Self>,
+        ref_logp: View<Self>,
+        adv: View<Self>,
+        weight: View<Self>,
+        n: usize,
+        clip_eps: f32,
+        kl_coef: f32,
+    ) -> Result<()>;
 
     // ---- optimizer -------------------------------------------------------------------------
     /// Fused AdamW over flat buffers: grads, m, v F32. With `master` (F32) the update is applied
     /// to master and `params` (act) receives its cast; without, `params` (F32) is updated in place.
-    fn adamw(&self, params: View<Self>, master: Option<View<Self>>, grads: View<Self>, m: View<Self>, v: View<Self>, p: &AdamWParams) -> Result<()>;
+    fn adamw(
+        &self,
+        params: View<Self>,
+        master: Option<View<Self>>,
+        grads: View<Self>,
+        m: View<Self>,
+        v: View<Self>,
+        p: &AdamWParams,
+    ) -> Result<()>;
 }

@@ -108,9 +108,18 @@ fn bench<B: Backend>(be: &B, a: &KernelArgs, shapes: &Shapes) -> Result<i32> {
         // Checked before anything is allocated: a failed host allocation aborts the process.
         let budget = avail / 10 * 9;
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        let need = ops.iter().map(|o| (o.mem_bytes, format!("{} {}", o.op, o.shape))).chain([(reference, "the reference copy and GEMM".to_string())]).max_by_key(|(b, _)| *b);
+        let need = ops
+            .iter()
+            .map(|o| (o.mem_bytes, format!("{} {}", o.op, o.shape)))
+            .chain([(reference, "the reference copy and GEMM".to_string())])
+            .max_by_key(|(b, _)| *b);
         if let Some((bytes, what)) = need.filter(|(b, _)| *b > budget) {
-            bail!("{what} needs {:.2} GiB of {} memory, {:.2} GiB are available: use smaller --tokens/--hidden/--inter/--vocab", gib(bytes), be.name(), gib(avail));
+            bail!(
+                "{what} needs {:.2} GiB of {} memory, {:.2} GiB are available: use smaller --tokens/--hidden/--inter/--vocab",
+                gib(bytes),
+                be.name(),
+                gib(avail)
+            );
         }
     }
 
@@ -125,7 +134,13 @@ fn bench<B: Backend>(be: &B, a: &KernelArgs, shapes: &Shapes) -> Result<i32> {
     println!("tz-engine commit {}", env!("TZ_GIT_COMMIT"));
     #[cfg(feature = "cuda")]
     if let Some(c) = (be as &dyn std::any::Any).downcast_ref::<crate::backend::cuda::CudaBackend>() {
-        println!("gpu: {} (compute capability {}.{}, {} SMs)", c.device_name(), c.compute_capability().0, c.compute_capability().1, c.multiprocessors());
+        println!(
+            "gpu: {} (compute capability {}.{}, {} SMs)",
+            c.device_name(),
+            c.compute_capability().0,
+            c.compute_capability().1,
+            c.multiprocessors()
+        );
     }
     println!("device {}: measured copy {copy_gbps:.1} GB/s, GEMM {} TFLOP/s ({g}^3)", be.name(), rate(gemm_tflops));
     drop((x, y, ga, gb, gc));

@@ -1,7 +1,7 @@
 //! `tz-engine data`: task datasets as JSON lines — Countdown generated or converted from
 //! TinyZero's parquet, and 3-digit multiplication.
-use crate::task::{self, Problem};
 use crate::task::parse_rows;
+use crate::task::{self, Problem};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -48,7 +48,8 @@ pub fn run(args: RewardArgs) -> Result<i32> {
         let text = String::from_utf8_lossy(&line);
         let text = text.strip_suffix('\r').unwrap_or(&text);
         n += 1;
-        let value: Result<serde_json::Value> = if text.trim().is_empty() { Err(anyhow!("blank line")) } else { serde_json::from_str(text).map_err(|e| anyhow!("{e}")) };
+        let value: Result<serde_json::Value> =
+            if text.trim().is_empty() { Err(anyhow!("blank line")) } else { serde_json::from_str(text).map_err(|e| anyhow!("{e}")) };
         let id = value.as_ref().ok().and_then(|v| v.get("id").cloned());
         let json = match value.and_then(|v| parse(&v, args.reward)) {
             Ok((p, response, kind)) => serde_json::to_string(&task::score(&p, &response, kind))?,

@@ -55,7 +55,9 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
         if len > model.cfg.max_position_embeddings {
             return Err(anyhow!(
                 "{}: item {}: prompt + response is {len} tokens, longer than the model's context ({})",
-                args.input.display(), i + 1, model.cfg.max_position_embeddings
+                args.input.display(),
+                i + 1,
+                model.cfg.max_position_embeddings
             ));
         }
         pairs.push((p, r));

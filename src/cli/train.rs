@@ -1,9 +1,9 @@
 //! `tz-engine train`: RL training. With no arguments it runs the tiny CPU preset end to end
 //! (tokenizer + base model built by SFT, A*PO, evaluation), the README's main command.
 use crate::backend::Backend;
-use crate::util::fs::write_atomic;
 use crate::train::run::Trainer;
 use crate::train::{sft, TrainConfig};
+use crate::util::fs::write_atomic;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;

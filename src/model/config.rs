@@ -27,10 +27,7 @@ pub struct Qwen2Config {
 fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<usize> {
     match obj.get(key) {
         None => bail!("missing field '{key}'"),
-        Some(v) => v
-            .as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| anyhow!("field '{key}' must be a non-negative integer, got {v}")),
+        Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| anyhow!("field '{key}' must be a non-negative integer, got {v}")),
     }
 }
 
@@ -45,10 +42,7 @@ fn token_ids(v: Option<&Value>, key: &str) -> Result<Vec<u32>> {
     let as_id = |x: &Value| x.as_u64().filter(|&i| i <= u32::MAX as u64).map(|i| i as u32);
     match v {
         None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(xs)) => xs
-            .iter()
-            .map(|x| as_id(x).ok_or_else(|| anyhow!("field '{key}' holds a non-integer {x}")))
-            .collect(),
+        Some(Value::Array(xs)) => xs.iter().map(|x| as_id(x).ok_or_else(|| anyhow!("field '{key}' holds a non-integer {x}"))).collect(),
         Some(x) => Ok(vec![as_id(x).ok_or_else(|| anyhow!("field '{key}' must be an integer, got {x}"))?]),
     }
 }
@@ -63,11 +57,8 @@ impl Qwen2Config {
         let v: Value = serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON: {e}"))?;
         let obj = v.as_object().ok_or_else(|| anyhow!("top level must be a JSON object"))?;
         let model_type = obj.get("model_type").and_then(Value::as_str);
-        let archs: Vec<&str> = obj
-            .get("architectures")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let archs: Vec<&str> =
+            obj.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let qwen2 = model_type == Some("qwen2") || archs.iter().any(|a| a.starts_with("Qwen2"));
         if !qwen2 {
             bail!(
@@ -117,11 +108,7 @@ impl Qwen2Config {
                 bail!("rope_type '{rt}' is not supported (only the default RoPE)");
             }
         }
-        let dtype = obj
-            .get("dtype")
-            .or_else(|| obj.get("torch_dtype"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let dtype = obj.get("dtype").or_else(|| obj.get("torch_dtype")).and_then(Value::as_str).map(str::to_string);
         let cfg = Qwen2Config {
             vocab_size: get_usize(obj, "vocab_size")?,
             hidden_size,
@@ -191,10 +178,6 @@ impl Qwen2Config {
     }
 
     pub fn attn_shape(&self) -> crate::backend::AttnShape {
-        crate::backend::AttnShape {
-            n_head: self.num_attention_heads,
-            n_kv_head: self.num_key_value_heads,
-            head_dim: self.head_dim,
-        }
+        crate::backend::AttnShape { n_head: self.num_attention_heads, n_kv_head: self.num_key_value_heads, head_dim: self.head_dim }
     }
 }

@@ -85,11 +85,7 @@ impl ParamLayout {
             layers.push(LayerOffsets { input_norm, qkv_w, qkv_b, o_w, post_norm, gate_up_w, down_w });
         }
         let final_norm = push("model.norm.weight".into(), vec![c], false);
-        let lm_head = if cfg.tie_word_embeddings {
-            embed
-        } else {
-            push("lm_head.weight".into(), vec![v, c], true)
-        };
+        let lm_head = if cfg.tie_word_embeddings { embed } else { push("lm_head.weight".into(), vec![v, c], true) };
         ParamLayout { entries, embed, layers, final_norm, lm_head, total: off }
     }
 

@@ -148,7 +148,12 @@ impl<B: Backend> LogprobWorkspace<B> {
         if batch.n_rows() > p.max_rows || batch.n_seqs() > p.max_seqs || batch.n_targets() > p.max_targets {
             bail!(
                 "batch of {} tokens / {} sequences / {} targets exceeds the planned {} / {} / {}",
-                batch.n_rows(), batch.n_seqs(), batch.n_targets(), p.max_rows, p.max_seqs, p.max_targets
+                batch.n_rows(),
+                batch.n_seqs(),
+                batch.n_targets(),
+                p.max_rows,
+                p.max_seqs,
+                p.max_targets
             );
         }
         let a = &self.arena;
@@ -195,7 +200,16 @@ impl<B: Backend> Qwen2<B> {
             let (a, p) = (&ws.arena, &ws.plan);
             self.chunk_logits(be, ws, j0, nc)?;
             let ent = with_entropy.then(|| a.view(p.entropy).slice(j0, nc));
-            be.logprob_fwd(a.view(p.logp).slice(j0, nc), a.view(p.lse).slice(j0, nc), ent, a.prefix(p.logits, nc * self.cfg.vocab_size), a.view(p.target_tok).slice(j0, nc), nc, self.cfg.vocab_size, 1.0)
+            be.logprob_fwd(
+                a.view(p.logp).slice(j0, nc),
+                a.view(p.lse).slice(j0, nc),
+                ent,
+                a.prefix(p.logits, nc * self.cfg.vocab_size),
+                a.view(p.target_tok).slice(j0, nc),
+                nc,
+                self.cfg.vocab_size,
+                1.0,
+            )
         })
     }
 
@@ -210,12 +224,20 @@ impl<B: Backend> Qwen2<B> {
         self.for_each_chunk(ws, |j0, nc| {
             self.chunk_logits(be, ws, j0, nc)?;
             let logits = a.prefix(p.logits, nc * vocab);
-            let (ent, dent) = if with_entropy {
-                (Some(a.view(p.entropy).slice(j0, nc)), Some(a.view(p.dentropy).slice(j0, nc)))
-            } else {
-                (None, None)
-            };
-            be.logprob_bwd(logits, logits, a.view(p.target_tok).slice(j0, nc), a.view(p.lse).slice(j0, nc), ent, a.view(p.dlogp).slice(j0, nc), dent, nc, vocab, 1.0)?;
+            let (ent, dent) =
+                if with_entropy { (Some(a.view(p.entropy).slice(j0, nc)), Some(a.view(p.dentropy).slice(j0, nc))) } else { (None, None) };
+            be.logprob_bwd(
+                logits,
+                logits,
+                a.view(p.target_tok).slice(j0, nc),
+                a.view(p.lse).slice(j0, nc),
+                ent,
+                a.view(p.dlogp).slice(j0, nc),
+                dent,
+                nc,
+                vocab,
+                1.0,
+            )?;
             let hsel = a.prefix(p.hsel, nc * c);
             // dW_lm += dlogits^T · h, then dh = dlogits · W_lm, scattered back to the rows.
             let wl = View::all(&self.params).slice(self.layout.lm_head, vocab * c);

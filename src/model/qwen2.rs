@@ -162,7 +162,17 @@ impl<B: Backend> Qwen2<B> {
                 be.rmsnorm_fwd(v(ls.ln1, c), a.prefix(ls.rstd1, n), v(ls.resid_in, c), w_in, n, c, eps)?;
             } else {
                 let prev = &s.layers[l - 1];
-                be.residual_rmsnorm_fwd(v(ls.resid_in, c), v(ls.ln1, c), a.prefix(ls.rstd1, n), v(prev.resid_mid, c), tmp, w_in, n, c, eps)?;
+                be.residual_rmsnorm_fwd(
+                    v(ls.resid_in, c),
+                    v(ls.ln1, c),
+                    a.prefix(ls.rstd1, n),
+                    v(prev.resid_mid, c),
+                    tmp,
+                    w_in,
+                    n,
+                    c,
+                    eps,
+                )?;
             }
             let qkv = v(ls.qkv, qkvw);
             be.gemm(qkv, v(ls.ln1, c), self.w(lo.qkv_w, qkvw * c), Some(self.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
@@ -181,14 +191,34 @@ impl<B: Backend> Qwen2<B> {
                 }
             }
             be.gemm(tmp, att, self.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
-            be.residual_rmsnorm_fwd(v(ls.resid_mid, c), v(ls.ln2, c), a.prefix(ls.rstd2, n), v(ls.resid_in, c), tmp, self.w(lo.post_norm, c), n, c, eps)?;
+            be.residual_rmsnorm_fwd(
+                v(ls.resid_mid, c),
+                v(ls.ln2, c),
+                a.prefix(ls.rstd2, n),
+                v(ls.resid_in, c),
+                tmp,
+                self.w(lo.post_norm, c),
+                n,
+                c,
+                eps,
+            )?;
             let gu = v(ls.gu, 2 * inter);
             be.gemm(gu, v(ls.ln2, c), self.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
             be.swiglu_fwd(v(ls.h, inter), gu, n, inter)?;
             be.gemm(tmp, v(ls.h, inter), self.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
         }
         let last = s.layers.last().expect("at least one layer");
-        be.residual_rmsnorm_fwd(v(s.resid_final, c), v(s.lnf, c), a.prefix(s.rstdf, n), v(last.resid_mid, c), tmp, self.w(self.layout.final_norm, c), n, c, eps)?;
+        be.residual_rmsnorm_fwd(
+            v(s.resid_final, c),
+            v(s.lnf, c),
+            a.prefix(s.rstdf, n),
+            v(last.resid_mid, c),
+            tmp,
+            self.w(self.layout.final_norm, c),
+            n,
+            c,
+            eps,
+        )?;
         Ok(())
     }
 
@@ -236,7 +266,16 @@ impl<B: Backend> Qwen2<B> {
     /// gradient w.r.t. the final normalized hidden states already in `d.dln` (rows `[0, n)`).
     /// Parameter gradients accumulate (`+=`) into `grads` (F32, layout order).
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_layers(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, d: &BackwardSlots, grads: &B::Buf, n: usize, seqs: Seqs<B>) -> Result<()> {
+    pub fn backward_layers(
+        &self,
+        be: &B,
+        a: &Arena<B>,
+        s: &ForwardSlots,
+        d: &BackwardSlots,
+        grads: &B::Buf,
+        n: usize,
+        seqs: Seqs<B>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let shape = self.shape();
@@ -255,7 +294,16 @@ impl<B: Backend> Qwen2<B> {
             be.swiglu_bwd(dgu, dh, v(ls.gu, 2 * inter), n, inter)?;
             be.gemm(dln, dgu, self.w(lo.gate_up_w, 2 * inter * c), None, n, c, 2 * inter, false, false, 1.0, 0.0)?;
             be.gemm(g::<B>(grads, lo.gate_up_w, 2 * inter * c), dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
-            be.rmsnorm_bwd(dresid, g::<B>(grads, lo.post_norm, c), dln, v(ls.resid_mid, c), self.w(lo.post_norm, c), a.prefix(ls.rstd2, n), n, c)?;
+            be.rmsnorm_bwd(
+                dresid,
+                g::<B>(grads, lo.post_norm, c),
+                dln,
+                v(ls.resid_mid, c),
+                self.w(lo.post_norm, c),
+                a.prefix(ls.rstd2, n),
+                n,
+                c,
+            )?;
             // Attention branch.
             let (datt, dqkv) = (v(d.datt, qw), v(d.dqkv, qkvw));
             be.gemm(datt, dresid, self.w(lo.o_w, c * qw), None, n, qw, c, false, false, 1.0, 0.0)?;
@@ -265,7 +313,16 @@ impl<B: Backend> Qwen2<B> {
             be.bias_bwd(g::<B>(grads, lo.qkv_b, qkvw), dqkv, n, qkvw)?;
             be.gemm(g::<B>(grads, lo.qkv_w, qkvw * c), dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
             be.gemm(dln, dqkv, self.w(lo.qkv_w, qkvw * c), None, n, c, qkvw, false, false, 1.0, 0.0)?;
-            be.rmsnorm_bwd(dresid, g::<B>(grads, lo.input_norm, c), dln, v(ls.resid_in, c), self.w(lo.input_norm, c), a.prefix(ls.rstd1, n), n, c)?;
+            be.rmsnorm_bwd(
+                dresid,
+                g::<B>(grads, lo.input_norm, c),
+                dln,
+                v(ls.resid_in, c),
+                self.w(lo.input_norm, c),
+                a.prefix(ls.rstd1, n),
+                n,
+                c,
+            )?;
         }
         be.embedding_bwd(g::<B>(grads, self.layout.embed, cfg.vocab_size * c), dresid, a.prefix(s.ids, n), n, c)?;
         Ok(())

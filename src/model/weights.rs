@@ -30,10 +30,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON: {e}", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| anyhow!("{}: no 'weight_map' object", index.display()))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: no 'weight_map' object", index.display()))?;
         let mut files = BTreeSet::new();
         for (name, f) in map {
             let f = f.as_str().ok_or_else(|| anyhow!("{}: shard of '{name}' is not a string", index.display()))?;
@@ -120,7 +117,14 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes config.json, model.safetensors (a tied lm_head is not stored, as transformers
 /// does), tokenizer.json and generation_config.json into `dir`, atomically: everything goes
 /// into a temporary sibling directory that is then renamed over `dir`.
-pub fn save_model(dir: &Path, cfg: &Qwen2Config, layout: &ParamLayout, params: &[f32], dtype: SaveDtype, tokenizer_json: Option<&str>) -> Result<()> {
+pub fn save_model(
+    dir: &Path,
+    cfg: &Qwen2Config,
+    layout: &ParamLayout,
+    params: &[f32],
+    dtype: SaveDtype,
+    tokenizer_json: Option<&str>,
+) -> Result<()> {
     if params.len() != layout.total {
         bail!("save_model: {} parameters for a layout of {}", params.len(), layout.total);
     }

@@ -60,7 +60,13 @@ pub struct Generator<B: Backend> {
 }
 
 /// Bytes a generator of this size plans, by category (for `tz-engine plan`).
-pub fn plan_bytes(cfg: &Qwen2Config, act: crate::backend::DType, slots: usize, max_prompt: usize, t_max: usize) -> Vec<(&'static str, usize)> {
+pub fn plan_bytes(
+    cfg: &Qwen2Config,
+    act: crate::backend::DType,
+    slots: usize,
+    max_prompt: usize,
+    t_max: usize,
+) -> Vec<(&'static str, usize)> {
     let mut p = ArenaPlan::new(act);
     plan(&mut p, cfg, slots, max_prompt, t_max);
     p.categories
@@ -108,7 +114,15 @@ impl<B: Backend> Generator<B> {
 
     /// Generates one response per prompt. `seeds[i]` keys sequence i's sampling stream;
     /// `decode` turns response tokens into text for stop-string checks.
-    pub fn generate(&self, be: &B, model: &Qwen2<B>, prompts: &[Vec<u32>], seeds: &[u64], gc: &GenConfig, decode: &dyn Fn(&[u32]) -> String) -> Result<Vec<Generation>> {
+    pub fn generate(
+        &self,
+        be: &B,
+        model: &Qwen2<B>,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        gc: &GenConfig,
+        decode: &dyn Fn(&[u32]) -> String,
+    ) -> Result<Vec<Generation>> {
         if seeds.len() != prompts.len() {
             bail!("{} seeds for {} prompts", seeds.len(), prompts.len());
         }
@@ -134,7 +148,18 @@ impl<B: Backend> Generator<B> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_wave(&self, be: &B, model: &Qwen2<B>, prompts: &[Vec<u32>], seeds: &[u64], wave: &[usize], gc: &GenConfig, max_new: usize, decode: &dyn Fn(&[u32]) -> String, out: &mut [Option<Generation>]) -> Result<()> {
+    fn run_wave(
+        &self,
+        be: &B,
+        model: &Qwen2<B>,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        wave: &[usize],
+        gc: &GenConfig,
+        max_new: usize,
+        decode: &dyn Fn(&[u32]) -> String,
+        out: &mut [Option<Generation>],
+    ) -> Result<()> {
         let (a, p) = (&self.arena, &self.plan);
         let c = model.cfg.hidden_size;
         let vocab = model.cfg.vocab_size;

@@ -43,7 +43,8 @@ impl<'a, B: Backend> RolloutCtx<'a, B> {
 
     /// The same context with other sampling settings (and, if given, another response limit).
     pub fn with_sampling(&self, sampling: SamplingParams, max_new_tokens: Option<usize>) -> Self {
-        let settings = GenConfig { sampling, max_new_tokens: max_new_tokens.unwrap_or(self.settings.max_new_tokens), ..self.settings.clone() };
+        let settings =
+            GenConfig { sampling, max_new_tokens: max_new_tokens.unwrap_or(self.settings.max_new_tokens), ..self.settings.clone() };
         RolloutCtx { settings, ..*self }
     }
 

@@ -60,10 +60,16 @@ fn search(items: &mut Vec<Item>, target: Q, depth_budget: &mut u64) -> Option<St
             let mut cands: Vec<(Option<Q>, char)> = vec![];
             if i < j {
                 // + and × commute: try each unordered pair once.
-                cands.push((a.v.n.checked_mul(b.v.d).and_then(|x| x.checked_add(b.v.n.checked_mul(a.v.d)?)).and_then(|x| Q::new(x, a.v.d * b.v.d)), '+'));
+                cands.push((
+                    a.v.n.checked_mul(b.v.d).and_then(|x| x.checked_add(b.v.n.checked_mul(a.v.d)?)).and_then(|x| Q::new(x, a.v.d * b.v.d)),
+                    '+',
+                ));
                 cands.push((a.v.n.checked_mul(b.v.n).and_then(|x| Q::new(x, a.v.d.checked_mul(b.v.d)?)), '*'));
             }
-            cands.push((a.v.n.checked_mul(b.v.d).and_then(|x| x.checked_sub(b.v.n.checked_mul(a.v.d)?)).and_then(|x| Q::new(x, a.v.d * b.v.d)), '-'));
+            cands.push((
+                a.v.n.checked_mul(b.v.d).and_then(|x| x.checked_sub(b.v.n.checked_mul(a.v.d)?)).and_then(|x| Q::new(x, a.v.d * b.v.d)),
+                '-',
+            ));
             if b.v.n != 0 {
                 cands.push((a.v.n.checked_mul(b.v.d).and_then(|x| Q::new(x, a.v.d.checked_mul(b.v.n)?)), '/'));
             }

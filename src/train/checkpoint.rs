@@ -43,7 +43,15 @@ fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn save(run_dir: &Path, cfg: &Qwen2Config, layout: &ParamLayout, params: &[f32], tokenizer_json: &str, opt: &OptimizerState, state: &TrainerState) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    cfg: &Qwen2Config,
+    layout: &ParamLayout,
+    params: &[f32],
+    tokenizer_json: &str,
+    opt: &OptimizerState,
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let ckpts = run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpts).with_context(|| format!("cannot create {}", ckpts.display()))?;
     let name = format!("step-{:06}", state.step);

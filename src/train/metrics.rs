@@ -40,11 +40,8 @@ pub fn append(path: &Path, m: &StepMetrics) -> Result<()> {
 
 /// Appends one JSON object as a line.
 pub fn append_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut line = serde_json::to_string(v)?;
     line.push('\n');
     f.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
@@ -75,10 +72,7 @@ pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)

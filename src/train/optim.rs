@@ -116,7 +116,14 @@ impl<B: Backend> Optimizer<B> {
         let ranges: &[(usize, usize, bool)] = if self.cfg.weight_decay == 0.0 { &whole } else { &self.decay_ranges };
         for &(off, len, decays) in ranges {
             let p = AdamWParams { weight_decay: if decays { self.cfg.weight_decay } else { 0.0 }, ..p };
-            be.adamw(part(&model.params, off, len), self.master.as_ref().map(|m| part(m, off, len)), part(&self.grads, off, len), part(&self.m, off, len), part(&self.v, off, len), &p)?;
+            be.adamw(
+                part(&model.params, off, len),
+                self.master.as_ref().map(|m| part(m, off, len)),
+                part(&self.grads, off, len),
+                part(&self.m, off, len),
+                part(&self.v, off, len),
+                &p,
+            )?;
         }
         Ok(StepOutcome { grad_norm, skipped: false })
     }
@@ -140,7 +147,10 @@ impl<B: Backend> Optimizer<B> {
     }
 
     pub fn load_state(&mut self, be: &B, s: &OptimizerState) -> Result<()> {
-        anyhow::ensure!(s.m.len() == self.m.len() && s.v.len() == self.v.len(), "optimizer state does not match the model's parameter count");
+        anyhow::ensure!(
+            s.m.len() == self.m.len() && s.v.len() == self.v.len(),
+            "optimizer state does not match the model's parameter count"
+        );
         be.upload_f32(View::all(&self.m), &s.m)?;
         be.upload_f32(View::all(&self.v), &s.v)?;
         if let (Some(mw), Some(h)) = (&self.master, &s.master) {

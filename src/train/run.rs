@@ -123,9 +123,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .map_err(|e| oom_hint(e, "training activations", 0, "train.micro_batch"))?;
         let objective = cfg.algo.build(be, mb, max_targets)?;
         let f = |n: usize| be.alloc(DType::F32, n.max(1));
-        let bufs = LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
+        let bufs =
+            LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
-        let mut opt = Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
+        let mut opt =
+            Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
             let layout = crate::model::ParamLayout::new(&policy.cfg);
             opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
@@ -155,7 +157,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let tokenizer_json = tok.to_json_string()?;
         let n = train.len();
-        Ok(Trainer { be, cfg, run_dir, tok, tokenizer_json, reward, objective, policy, reference, opt, gen, ws, bufs, train, test, pool: (0..n).collect(), rollout_settings, state })
+        Ok(Trainer {
+            be,
+            cfg,
+            run_dir,
+            tok,
+            tokenizer_json,
+            reward,
+            objective,
+            policy,
+            reference,
+            opt,
+            gen,
+            ws,
+            bufs,
+            train,
+            test,
+            pool: (0..n).collect(),
+            rollout_settings,
+            state,
+        })
     }
 
     pub fn run(mut self) -> Result<Summary> {
@@ -169,10 +190,23 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         eprintln!(
             "run {}: {} train / {} test prompts ({} + {} over the prompt limit dropped), algorithm {}, device {}",
-            self.run_dir.display(), self.train.len(), self.test.len(), self.train.dropped_too_long, self.test.dropped_too_long, self.objective.name(), self.be.name()
+            self.run_dir.display(),
+            self.train.len(),
+            self.test.len(),
+            self.train.dropped_too_long,
+            self.test.dropped_too_long,
+            self.objective.name(),
+            self.be.name()
         );
         {
-            let reference = RolloutCtx { be: self.be, model: &self.reference, gen: &self.gen, tok: &self.tok, settings: self.rollout_settings.clone(), reward: self.reward };
+            let reference = RolloutCtx {
+                be: self.be,
+                model: &self.reference,
+                gen: &self.gen,
+                tok: &self.tok,
+                settings: self.rollout_settings.clone(),
+                reward: self.reward,
+            };
             let stage = Stage1 { reference, train: &self.train, pool: &mut self.pool, cache_dir: &self.cfg.out_dir, seed: self.cfg.seed };
             self.objective.prepare(stage)?;
         }
@@ -186,7 +220,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
             metrics::append_json(&metrics_path, &line)?;
         }
         let bar = indicatif::ProgressBar::new(t.steps as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         bar.set_position(self.state.step as u64);
         let started = Instant::now();
         let elapsed0 = self.state.elapsed_s;
@@ -199,7 +236,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.state.skipped_steps += 1;
                 self.state.bad_in_a_row += 1;
                 if self.state.bad_in_a_row >= t.max_bad_steps {
-                    bail!("{} non-finite losses or gradients in a row (last grad norm {}): stopping; lower train.lr or check the data", self.state.bad_in_a_row, m.grad_norm);
+                    bail!(
+                        "{} non-finite losses or gradients in a row (last grad norm {}): stopping; lower train.lr or check the data",
+                        self.state.bad_in_a_row,
+                        m.grad_norm
+                    );
                 }
             } else {
                 self.state.bad_in_a_row = 0;
@@ -210,7 +251,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 m.eval_solve_rate = Some(r.overall.solve_rate);
                 m.eval_reward_mean = Some(r.overall.reward_mean);
                 m.eval_format_rate = Some(r.overall.format_rate);
-                bar.println(format!("step {}: held-out solve rate {:.3}, mean reward {:.3}", self.state.step, r.overall.solve_rate, r.overall.reward_mean));
+                bar.println(format!(
+                    "step {}: held-out solve rate {:.3}, mean reward {:.3}",
+                    self.state.step, r.overall.solve_rate, r.overall.reward_mean
+                ));
             }
             self.state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
             metrics::append(&metrics_path, &m)?;
@@ -241,7 +285,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             interrupted,
         };
         crate::util::fs::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-        crate::model::weights::save_model(&self.run_dir.join("final"), &self.policy.cfg, &self.policy.layout, &self.opt.params_to_host(self.be, &self.policy)?, crate::model::weights::SaveDtype::F32, Some(&self.tokenizer_json))?;
+        crate::model::weights::save_model(
+            &self.run_dir.join("final"),
+            &self.policy.cfg,
+            &self.policy.layout,
+            &self.opt.params_to_host(self.be, &self.policy)?,
+            crate::model::weights::SaveDtype::F32,
+            Some(&self.tokenizer_json),
+        )?;
         if let Err(e) = super::plot::plot_run(&self.run_dir) {
             eprintln!("warning: could not draw learning curves: {e:#}");
         }
@@ -250,7 +301,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Generate-and-score with the policy and the training rollout settings.
     fn policy_ctx(&self) -> RolloutCtx<'_, B> {
-        RolloutCtx { be: self.be, model: &self.policy, gen: &self.gen, tok: &self.tok, settings: self.rollout_settings.clone(), reward: self.reward }
+        RolloutCtx {
+            be: self.be,
+            model: &self.policy,
+            gen: &self.gen,
+            tok: &self.tok,
+            settings: self.rollout_settings.clone(),
+            reward: self.reward,
+        }
     }
 
     /// The next `n` prompts: epochs are seeded permutations of the pool.
@@ -377,7 +435,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Forward + loss + backward of one micro-batch; returns (loss contribution, entropy sum).
     #[allow(clippy::too_many_arguments)]
-    fn accumulate(&mut self, micro: &[usize], pairs: &[(Vec<u32>, Vec<u32>)], ref_lp: &[Vec<f32>], old_lp: Option<&[Vec<f32>]>, targets: &[f32], mini_seqs: usize, mini_tokens: usize) -> Result<(f64, f64)> {
+    fn accumulate(
+        &mut self,
+        micro: &[usize],
+        pairs: &[(Vec<u32>, Vec<u32>)],
+        ref_lp: &[Vec<f32>],
+        old_lp: Option<&[Vec<f32>]>,
+        targets: &[f32],
+        mini_seqs: usize,
+        mini_tokens: usize,
+    ) -> Result<(f64, f64)> {
         let be = self.be;
         let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
         let batch = PackedBatch::from_pairs(&sub)?;
@@ -397,7 +464,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
             _ => None,
         };
         let micro_targets: Vec<f32> = micro.iter().map(|&i| targets[i]).collect();
-        let x = LossInputs { logp: self.ws.logp(), dlogp: self.ws.dlogp(), ref_logp: ref_view, old_logp: old_view, seqs: self.ws.target_seqs(), targets: &micro_targets, mini_seqs, mini_tokens };
+        let x = LossInputs {
+            logp: self.ws.logp(),
+            dlogp: self.ws.dlogp(),
+            ref_logp: ref_view,
+            old_logp: old_view,
+            seqs: self.ws.target_seqs(),
+            targets: &micro_targets,
+            mini_seqs,
+            mini_tokens,
+        };
         self.objective.loss(be, &x)?;
         // Loss term −entropy_coeff · mean token entropy over the mini-batch.
         let entropy_coeff = self.objective.entropy_coeff();
@@ -433,7 +509,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
     fn write_samples(&self, step: usize, outs: &[Rollout]) -> Result<()> {
         use std::io::Write;
         let path = self.run_dir.join("samples.jsonl");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         for o in outs.iter().take(4) {
             let line = serde_json::json!({"step": step, "prompt": self.train.prompts[o.idx], "response": o.text, "score": o.score.score});
             writeln!(f, "{line}")?;

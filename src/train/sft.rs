@@ -20,7 +20,17 @@ use std::time::Instant;
 #[allow(clippy::too_many_arguments)]
 /// `master`: the parameters at full precision (f32 master weights start from them on backends
 /// that keep such a copy). Returns the trained parameters at full precision too.
-pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, master: Option<&[f32]>, pairs: &[(Vec<u32>, Vec<u32>)], steps: usize, lr: f32, batch: usize, seed: u64, label: &str) -> Result<(f32, Vec<f32>)> {
+pub fn sft_train<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    master: Option<&[f32]>,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    steps: usize,
+    lr: f32,
+    batch: usize,
+    seed: u64,
+    label: &str,
+) -> Result<(f32, Vec<f32>)> {
     if pairs.is_empty() || steps == 0 {
         return Ok((f32::NAN, model.to_host(be)?));
     }
@@ -41,7 +51,10 @@ pub fn sft_train<B: Backend>(be: &B, model: &Qwen2<B>, master: Option<&[f32]>, p
     let mut host = vec![0f32; batch * max_resp];
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} SFT steps {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} SFT steps {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for step in 0..steps {
         let mut sel = Vec::with_capacity(batch);
         while sel.len() < batch {
@@ -149,7 +162,14 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let host = crate::model::presets::init_params(&mcfg, cfg.seed);
     let model = Qwen2::from_host(be, mcfg.clone(), &host)?;
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().map(|(p, r)| Ok((tok.encode(p)?, tok.encode(r)?))).collect::<Result<_>>()?;
-    eprintln!("base model: preset {} ({} parameters, vocab {}), SFT on {} examples ({:?} numbers)", cfg.model.preset, model.layout.total, mcfg.vocab_size, pairs.len(), s.counts);
+    eprintln!(
+        "base model: preset {} ({} parameters, vocab {}), SFT on {} examples ({:?} numbers)",
+        cfg.model.preset,
+        model.layout.total,
+        mcfg.vocab_size,
+        pairs.len(),
+        s.counts
+    );
     let (_, trained) = sft_train(be, &model, Some(&host), &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
     save_model(&dir, &mcfg, &model.layout, &trained, SaveDtype::F32, Some(&tok.to_json_string()?))?;
     Ok(dir)

@@ -58,9 +58,20 @@ pub fn check_weight_decay_only_on_matrices<B: Backend>(be: &B, cfg: &Qwen2Config
     for e in &layout.entries {
         for i in e.offset..e.offset + e.numel() {
             let want = if e.decay { host[i] * (1.0 - lr * wd) } else { host[i] };
-            assert!((after[i] - want).abs() <= 1e-6 * want.abs().max(1e-3), "{} [{}]: {} after the step, want {want} (decay {})", e.name, i - e.offset, after[i], e.decay);
+            assert!(
+                (after[i] - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "{} [{}]: {} after the step, want {want} (decay {})",
+                e.name,
+                i - e.offset,
+                after[i],
+                e.decay
+            );
         }
-        if e.decay { seen.0 += 1 } else { seen.1 += 1 }
+        if e.decay {
+            seen.0 += 1
+        } else {
+            seen.1 += 1
+        }
     }
     assert!(seen.0 > 0 && seen.1 > 0, "the layout must have both kinds of entries");
 }

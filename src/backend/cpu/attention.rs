@@ -72,7 +72,12 @@ pub fn bwd(dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<CpuBackend>, sha
     let n = seqs.tokens();
     let (d, hq, w, qw, kw) = (shape.head_dim, shape.n_head, shape.qkv_width(), shape.q_width(), shape.kv_width());
     let group = hq / shape.n_kv_head;
-    let (x, o, dox, ls) = (f(qkv, n * w, "attention_bwd qkv")?, f(out, n * qw, "attention_bwd out")?, f(dout, n * qw, "attention_bwd dout")?, f(lse, n * hq, "attention_bwd lse")?);
+    let (x, o, dox, ls) = (
+        f(qkv, n * w, "attention_bwd qkv")?,
+        f(out, n * qw, "attention_bwd out")?,
+        f(dout, n * qw, "attention_bwd dout")?,
+        f(lse, n * hq, "attention_bwd lse")?,
+    );
     let grads = split_rows(fm(dqkv, n * w, "attention_bwd dqkv")?, seqs.cu_host, w)?;
     grads.into_par_iter().zip(seqs.cu_host.par_windows(2)).for_each(|(dx, cw)| {
         let start = cw[0] as usize;
@@ -129,7 +134,19 @@ pub fn kv_store(kcache: V, vcache: V, qkv: V, slot: V, pos: V, n: usize, shape: 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn decode(out: V, qkv: V, kcache: V, vcache: V, slot: V, len: V, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()> {
+pub fn decode(
+    out: V,
+    qkv: V,
+    kcache: V,
+    vcache: V,
+    slot: V,
+    len: V,
+    b: usize,
+    max_len: usize,
+    shape: AttnShape,
+    t_max: usize,
+    scale: f32,
+) -> Result<()> {
     let (d, hq, w, qw, kw) = (shape.head_dim, shape.n_head, shape.qkv_width(), shape.q_width(), shape.kv_width());
     let group = hq / shape.n_kv_head;
     let (x, sl, ln) = (f(qkv, b * w, "attention_decode qkv")?, u(slot, b, "attention_decode slot")?, u(len, b, "attention_decode len")?);

@@ -56,7 +56,18 @@ pub fn fwd(logp: V, lse: V, entropy: Option<V>, logits: V, targets: V, n: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn bwd(dlogits: V, logits: V, targets: V, lse: V, entropy: Option<V>, dlogp: V, dentropy: Option<V>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+pub fn bwd(
+    dlogits: V,
+    logits: V,
+    targets: V,
+    lse: V,
+    entropy: Option<V>,
+    dlogp: V,
+    dentropy: Option<V>,
+    n: usize,
+    v: usize,
+    inv_temp: f32,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }

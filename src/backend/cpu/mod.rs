@@ -237,15 +237,49 @@ impl Backend for CpuBackend {
         check::rmsnorm_fwd(self, out, rstd, None, x, w, n, c)?;
         nn::rmsnorm_fwd(out, rstd, None, x, None, w, n, c, eps)
     }
-    fn residual_rmsnorm_fwd(&self, resid_out: View<Self>, out: View<Self>, rstd: View<Self>, resid_in: View<Self>, delta: View<Self>, w: View<Self>, n: usize, c: usize, eps: f32) -> Result<()> {
+    fn residual_rmsnorm_fwd(
+        &self,
+        resid_out: View<Self>,
+        out: View<Self>,
+        rstd: View<Self>,
+        resid_in: View<Self>,
+        delta: View<Self>,
+        w: View<Self>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
         check::rmsnorm_fwd(self, out, rstd, Some((resid_out, delta)), resid_in, w, n, c)?;
         nn::rmsnorm_fwd(out, rstd, Some(resid_out), resid_in, Some(delta), w, n, c, eps)
     }
-    fn rmsnorm_bwd(&self, dx: View<Self>, dw: View<Self>, dout: View<Self>, x: View<Self>, w: View<Self>, rstd: View<Self>, n: usize, c: usize) -> Result<()> {
+    fn rmsnorm_bwd(
+        &self,
+        dx: View<Self>,
+        dw: View<Self>,
+        dout: View<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        rstd: View<Self>,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
         check::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, n, c)?;
         nn::rmsnorm_bwd(dx, dw, dout, x, w, rstd, n, c)
     }
-    fn gemm(&self, c: View<Self>, a: View<Self>, b: View<Self>, bias: Option<View<Self>>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+    fn gemm(
+        &self,
+        c: View<Self>,
+        a: View<Self>,
+        b: View<Self>,
+        bias: Option<View<Self>>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         check::gemm(self, c, a, b, bias, m, n, k)?;
         nn::gemm(c, a, b, bias, m, n, k, trans_a, trans_b, alpha, beta)
     }
@@ -257,19 +291,60 @@ impl Backend for CpuBackend {
         check::rope(self, qkv, pos, n, &shape)?;
         nn::rope(qkv, pos, n, shape, theta, inverse)
     }
-    fn attention_fwd(&self, out: View<Self>, lse: View<Self>, qkv: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()> {
+    fn attention_fwd(
+        &self,
+        out: View<Self>,
+        lse: View<Self>,
+        qkv: View<Self>,
+        seqs: Seqs<Self>,
+        shape: AttnShape,
+        scale: f32,
+    ) -> Result<()> {
         check::attention_fwd(self, out, lse, qkv, &seqs, &shape)?;
         attention::fwd(out, lse, qkv, seqs, shape, scale)
     }
-    fn attention_bwd(&self, dqkv: View<Self>, dout: View<Self>, qkv: View<Self>, out: View<Self>, lse: View<Self>, seqs: Seqs<Self>, shape: AttnShape, scale: f32) -> Result<()> {
+    fn attention_bwd(
+        &self,
+        dqkv: View<Self>,
+        dout: View<Self>,
+        qkv: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        seqs: Seqs<Self>,
+        shape: AttnShape,
+        scale: f32,
+    ) -> Result<()> {
         check::attention_bwd(self, dqkv, dout, qkv, out, lse, &seqs, &shape)?;
         attention::bwd(dqkv, dout, qkv, out, lse, seqs, shape, scale)
     }
-    fn kv_store(&self, kcache: View<Self>, vcache: View<Self>, qkv: View<Self>, slot: View<Self>, pos: View<Self>, n: usize, shape: AttnShape, t_max: usize) -> Result<()> {
+    fn kv_store(
+        &self,
+        kcache: View<Self>,
+        vcache: View<Self>,
+        qkv: View<Self>,
+        slot: View<Self>,
+        pos: View<Self>,
+        n: usize,
+        shape: AttnShape,
+        t_max: usize,
+    ) -> Result<()> {
         check::kv_store(self, kcache, vcache, qkv, slot, pos, n, &shape, t_max)?;
         attention::kv_store(kcache, vcache, qkv, slot, pos, n, shape, t_max)
     }
-    fn attention_decode(&self, out: View<Self>, qkv: View<Self>, kcache: View<Self>, vcache: View<Self>, slot: View<Self>, len: View<Self>, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()> {
+    fn attention_decode(
+        &self,
+        out: View<Self>,
+        qkv: View<Self>,
+        kcache: View<Self>,
+        vcache: View<Self>,
+        slot: View<Self>,
+        len: View<Self>,
+        b: usize,
+        max_len: usize,
+        shape: AttnShape,
+        t_max: usize,
+        scale: f32,
+    ) -> Result<()> {
         check::attention_decode(self, out, qkv, kcache, vcache, slot, len, b, max_len, &shape, t_max)?;
         attention::decode(out, qkv, kcache, vcache, slot, len, b, max_len, shape, t_max, scale)
     }
@@ -281,27 +356,88 @@ impl Backend for CpuBackend {
         check::swiglu_bwd(self, dgu, dout, gu, n, inter)?;
         nn::swiglu_bwd(dgu, dout, gu, n, inter)
     }
-    fn logprob_fwd(&self, logp: View<Self>, lse: View<Self>, entropy: Option<View<Self>>, logits: View<Self>, targets: View<Self>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+    fn logprob_fwd(
+        &self,
+        logp: View<Self>,
+        lse: View<Self>,
+        entropy: Option<View<Self>>,
+        logits: View<Self>,
+        targets: View<Self>,
+        n: usize,
+        v: usize,
+        inv_temp: f32,
+    ) -> Result<()> {
         check::logprob_fwd(self, logp, lse, entropy, logits, targets, n, v)?;
         logprob::fwd(logp, lse, entropy, logits, targets, n, v, inv_temp)
     }
-    fn logprob_bwd(&self, dlogits: View<Self>, logits: View<Self>, targets: View<Self>, lse: View<Self>, entropy: Option<View<Self>>, dlogp: View<Self>, dentropy: Option<View<Self>>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+    fn logprob_bwd(
+        &self,
+        dlogits: View<Self>,
+        logits: View<Self>,
+        targets: View<Self>,
+        lse: View<Self>,
+        entropy: Option<View<Self>>,
+        dlogp: View<Self>,
+        dentropy: Option<View<Self>>,
+        n: usize,
+        v: usize,
+        inv_temp: f32,
+    ) -> Result<()> {
         check::logprob_bwd(self, dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v)?;
         logprob::bwd(dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v, inv_temp)
     }
-    fn sample(&self, out: View<Self>, logits: View<Self>, b: usize, v: usize, params: &SamplingParams, seeds: &[u64], counters: &[u64]) -> Result<()> {
+    fn sample(
+        &self,
+        out: View<Self>,
+        logits: View<Self>,
+        b: usize,
+        v: usize,
+        params: &SamplingParams,
+        seeds: &[u64],
+        counters: &[u64],
+    ) -> Result<()> {
         check::sample(self, out, logits, b, v, params, seeds, counters)?;
         logprob::sample(out, logits, b, v, params, seeds, counters)
     }
-    fn apo_loss(&self, loss: View<Self>, dlogp: View<Self>, logp: View<Self>, ref_logp: View<Self>, target: View<Self>, seqs: Seqs<Self>, beta2: f32, grad_scale: f32) -> Result<()> {
+    fn apo_loss(
+        &self,
+        loss: View<Self>,
+        dlogp: View<Self>,
+        logp: View<Self>,
+        ref_logp: View<Self>,
+        target: View<Self>,
+        seqs: Seqs<Self>,
+        beta2: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
         check::apo_loss(self, loss, dlogp, logp, ref_logp, target, &seqs)?;
         optim::apo_loss(loss, dlogp, logp, ref_logp, target, seqs, beta2, grad_scale)
     }
-    fn grpo_loss(&self, loss: View<Self>, dlogp: View<Self>, logp: View<Self>, old_logp: View<Self>, ref_logp: View<Self>, adv: View<Self>, weight: View<Self>, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()> {
+    fn grpo_loss(
+        &self,
+        loss: View<Self>,
+        dlogp: View<Self>,
+        logp: View<Self>,
+        old_logp: View<Self>,
+        ref_logp: View<Self>,
+        adv: View<Self>,
+        weight: View<Self>,
+        n: usize,
+        clip_eps: f32,
+        kl_coef: f32,
+    ) -> Result<()> {
         check::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n)?;
         optim::grpo_loss(loss, dlogp, logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef)
     }
-    fn adamw(&self, params: View<Self>, master: Option<View<Self>>, grads: View<Self>, m: View<Self>, v: View<Self>, p: &AdamWParams) -> Result<()> {
+    fn adamw(
+        &self,
+        params: View<Self>,
+        master: Option<View<Self>>,
+        grads: View<Self>,
+        m: View<Self>,
+        v: View<Self>,
+        p: &AdamWParams,
+    ) -> Result<()> {
         check::adamw(self, params, master, grads, m, v, p.step)?;
         optim::adamw(params, master, grads, m, v, p)
     }

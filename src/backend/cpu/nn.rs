@@ -76,7 +76,8 @@ pub fn rmsnorm_bwd(dx: V, dw: V, dout: V, x: V, w: V, rstd: V, n: usize, c: usiz
     if n == 0 {
         return Ok(());
     }
-    let (d, xs, ws, rs) = (f(dout, n * c, "rmsnorm_bwd dout")?, f(x, n * c, "rmsnorm_bwd x")?, f(w, c, "rmsnorm_bwd w")?, f(rstd, n, "rmsnorm_bwd rstd")?);
+    let (d, xs, ws, rs) =
+        (f(dout, n * c, "rmsnorm_bwd dout")?, f(x, n * c, "rmsnorm_bwd x")?, f(w, c, "rmsnorm_bwd w")?, f(rstd, n, "rmsnorm_bwd rstd")?);
     fm(dx, n * c, "rmsnorm_bwd dx")?.par_chunks_mut(c).enumerate().for_each(|(i, dxr)| {
         let (dr, xr, r) = (&d[i * c..(i + 1) * c], &xs[i * c..(i + 1) * c], rs[i]);
         let dot: f64 = dr.iter().zip(xr).zip(ws).map(|((&g, &xv), &wv)| (g * wv) as f64 * xv as f64).sum();
@@ -107,7 +108,19 @@ pub fn rmsnorm_bwd(dx: V, dw: V, dout: V, x: V, w: V, rstd: V, n: usize, c: usiz
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(c: V, a: V, b: V, bias: Option<V>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+pub fn gemm(
+    c: V,
+    a: V,
+    b: V,
+    bias: Option<V>,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    alpha: f32,
+    beta: f32,
+) -> Result<()> {
     let (av, bv) = (f(a, m * k, "gemm a")?, f(b, k * n, "gemm b")?);
     let cv = fm(c, m * n, "gemm c")?;
     let bias = bias.map(|bv| f(bv, n, "gemm bias")).transpose()?;

@@ -26,8 +26,25 @@ pub fn apo_loss(loss: V, dlogp: V, logp: V, ref_logp: V, target: V, seqs: Seqs<C
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn grpo_loss(loss: V, dlogp: V, logp: V, old_logp: V, ref_logp: V, adv: V, weight: V, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()> {
-    let (lp, old, rl, ad, wt) = (f(logp, n, "grpo logp")?, f(old_logp, n, "grpo old")?, f(ref_logp, n, "grpo ref")?, f(adv, n, "grpo adv")?, f(weight, n, "grpo weight")?);
+pub fn grpo_loss(
+    loss: V,
+    dlogp: V,
+    logp: V,
+    old_logp: V,
+    ref_logp: V,
+    adv: V,
+    weight: V,
+    n: usize,
+    clip_eps: f32,
+    kl_coef: f32,
+) -> Result<()> {
+    let (lp, old, rl, ad, wt) = (
+        f(logp, n, "grpo logp")?,
+        f(old_logp, n, "grpo old")?,
+        f(ref_logp, n, "grpo ref")?,
+        f(adv, n, "grpo adv")?,
+        f(weight, n, "grpo weight")?,
+    );
     let (l, dl) = (fm(loss, n, "grpo loss")?, fm(dlogp, n, "grpo dlogp")?);
     for t in 0..n {
         let ratio = (lp[t] - old[t]).exp();

@@ -45,12 +45,30 @@ pub(super) fn fwd(be: &CudaBackend, out: V, lse: V, qkv: V, seqs: Seqs<CudaBacke
         (grid_dim(max_len.div_ceil(64), "attention_fwd")?, grid_yz(h, "attention_fwd heads")?, grid_yz(s, "attention_fwd sequences")?),
         (threads, 1, 1),
         0,
-        args![vptr(&out), vptr(&lse), vptr(&qkv), vptr(&seqs.cu_dev), int(h, "attention_fwd")?, int(shape.n_kv_head, "attention_fwd")?, scale],
+        args![
+            vptr(&out),
+            vptr(&lse),
+            vptr(&qkv),
+            vptr(&seqs.cu_dev),
+            int(h, "attention_fwd")?,
+            int(shape.n_kv_head, "attention_fwd")?,
+            scale
+        ],
     )
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn bwd(be: &CudaBackend, dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<CudaBackend>, shape: AttnShape, scale: f32) -> Result<()> {
+pub(super) fn bwd(
+    be: &CudaBackend,
+    dqkv: V,
+    dout: V,
+    qkv: V,
+    out: V,
+    lse: V,
+    seqs: Seqs<CudaBackend>,
+    shape: AttnShape,
+    scale: f32,
+) -> Result<()> {
     check_head_dim(&shape, "attention_bwd")?;
     let t = seqs.tokens();
     let (h, kvh, d) = (shape.n_head, shape.n_kv_head, shape.head_dim);
@@ -64,7 +82,13 @@ pub(super) fn bwd(be: &CudaBackend, dqkv: V, dout: V, qkv: V, out: V, lse: V, se
     be.memset_zero(dq, t * h * d * 4)?;
     let rows = t * h;
     let f = be.func("attention", "attn_bwd_dot")?;
-    be.launch(&f, (grid_dim(rows.div_ceil(8), "attention_bwd")?, 1, 1), (256, 1, 1), 0, args![dvec, vptr(&dout), vptr(&out), rows as u64, d as i32])?;
+    be.launch(
+        &f,
+        (grid_dim(rows.div_ceil(8), "attention_bwd")?, 1, 1),
+        (256, 1, 1),
+        0,
+        args![dvec, vptr(&dout), vptr(&out), rows as u64, d as i32],
+    )?;
     // (file, kernel, keys per block, threads): tensor cores for head_dim 64/128 unless the
     // FMA kernels are asked for (as in attention_fwd).
     let (file, name, keys, threads) = match (d, be.fma_attention()) {
@@ -81,13 +105,39 @@ pub(super) fn bwd(be: &CudaBackend, dqkv: V, dout: V, qkv: V, out: V, lse: V, se
         (grid_dim(max_len.div_ceil(keys), "attention_bwd")?, grid_yz(kvh, "attention_bwd heads")?, grid_yz(s, "attention_bwd sequences")?),
         (threads, 1, 1),
         0,
-        args![vptr(&dqkv), dq, vptr(&dout), vptr(&qkv), vptr(&lse), dvec, vptr(&seqs.cu_dev), int(h, "attention_bwd")?, int(kvh, "attention_bwd")?, scale],
+        args![
+            vptr(&dqkv),
+            dq,
+            vptr(&dout),
+            vptr(&qkv),
+            vptr(&lse),
+            dvec,
+            vptr(&seqs.cu_dev),
+            int(h, "attention_bwd")?,
+            int(kvh, "attention_bwd")?,
+            scale
+        ],
     )?;
-    be.flat("attention", "attn_dq_convert", t * h * d, args![vptr(&dqkv), dq, t as u64, int(h * d, "attention_bwd")?, int(w, "attention_bwd")?])
+    be.flat(
+        "attention",
+        "attn_dq_convert",
+        t * h * d,
+        args![vptr(&dqkv), dq, t as u64, int(h * d, "attention_bwd")?, int(w, "attention_bwd")?],
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn kv_store(be: &CudaBackend, kcache: V, vcache: V, qkv: V, slot: V, pos: V, n: usize, shape: AttnShape, t_max: usize) -> Result<()> {
+pub(super) fn kv_store(
+    be: &CudaBackend,
+    kcache: V,
+    vcache: V,
+    qkv: V,
+    slot: V,
+    pos: V,
+    n: usize,
+    shape: AttnShape,
+    t_max: usize,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -112,7 +162,20 @@ pub(super) fn kv_store(be: &CudaBackend, kcache: V, vcache: V, qkv: V, slot: V, 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn decode(be: &CudaBackend, out: V, qkv: V, kcache: V, vcache: V, slot: V, len: V, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()> {
+pub(super) fn decode(
+    be: &CudaBackend,
+    out: V,
+    qkv: V,
+    kcache: V,
+    vcache: V,
+    slot: V,
+    len: V,
+    b: usize,
+    max_len: usize,
+    shape: AttnShape,
+    t_max: usize,
+    scale: f32,
+) -> Result<()> {
     check_head_dim(&shape, "attention_decode")?;
     let (h, d) = (shape.n_head, shape.head_dim);
     if b == 0 {
@@ -157,5 +220,11 @@ pub(super) fn decode(be: &CudaBackend, out: V, qkv: V, kcache: V, vcache: V, slo
         ],
     )?;
     let f = be.func("attention", "attn_decode_combine")?;
-    be.launch(&f, (h as u32, grid_yz(b, "attention_decode rows")?, 1), (d as u32, 1, 1), 0, args![vptr(&out), part, h as i32, d as i32, n_split as i32])
+    be.launch(
+        &f,
+        (h as u32, grid_yz(b, "attention_decode rows")?, 1),
+        (d as u32, 1, 1),
+        0,
+        args![vptr(&out), part, h as i32, d as i32, n_split as i32],
+    )
 }

@@ -34,9 +34,8 @@ impl CudaBuf {
         if bytes == 0 {
             return Ok(CudaBuf { _mem: None, ptr: 0, dtype, len });
         }
-        let slice = stream
-            .alloc_zeros::<u8>(bytes)
-            .map_err(|e| anyhow::anyhow!("cuda: allocating {bytes} bytes ({len} × {dtype:?}): {e:?}"))?;
+        let slice =
+            stream.alloc_zeros::<u8>(bytes).map_err(|e| anyhow::anyhow!("cuda: allocating {bytes} bytes ({len} × {dtype:?}): {e:?}"))?;
         let ptr = {
             let (p, _sync) = slice.device_ptr(stream);
             p

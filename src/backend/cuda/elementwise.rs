@@ -76,7 +76,13 @@ pub(super) fn gather_rows(be: &CudaBackend, out: V, x: V, rows: V, n_rows: usize
     }
     let name = if out.dtype().size_bytes() == 2 { "gather_rows_b16" } else { "gather_rows_b32" };
     let f = be.func("elementwise", name)?;
-    be.launch(&f, (grid_dim(n_rows, "gather_rows")?, 1, 1), (128, 1, 1), 0, args![vptr(&out), vptr(&x), vptr(&rows), int(c, "gather_rows")?])
+    be.launch(
+        &f,
+        (grid_dim(n_rows, "gather_rows")?, 1, 1),
+        (128, 1, 1),
+        0,
+        args![vptr(&out), vptr(&x), vptr(&rows), int(c, "gather_rows")?],
+    )
 }
 
 pub(super) fn scatter_add_rows(be: &CudaBackend, dx: V, dout: V, rows: V, n_rows: usize, c: usize) -> Result<()> {
@@ -90,5 +96,11 @@ pub(super) fn scatter_add_rows(be: &CudaBackend, dx: V, dout: V, rows: V, n_rows
         return Ok(());
     }
     let f = be.func("elementwise", name)?;
-    be.launch(&f, (grid_dim(n_rows, "scatter_add_rows")?, 1, 1), (128, 1, 1), 0, args![vptr(&dx), vptr(&dout), vptr(&rows), int(c, "scatter_add_rows")?])
+    be.launch(
+        &f,
+        (grid_dim(n_rows, "scatter_add_rows")?, 1, 1),
+        (128, 1, 1),
+        0,
+        args![vptr(&dx), vptr(&dout), vptr(&rows), int(c, "scatter_add_rows")?],
+    )
 }

@@ -131,40 +131,86 @@ impl Gemm {
         let layout_a = lt::create_matrix_layout(bf, a_rows as u64, a_cols as u64, lda as i64).map_err(cu)?;
         let layout_b = lt::create_matrix_layout(bf, b_rows as u64, b_cols as u64, ldb as i64).map_err(cu)?;
         let layout_c = lt::create_matrix_layout(ct, key.n as u64, key.m as u64, key.n as i64).map_err(cu)?;
-        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F)
-            .map_err(cu)?;
+        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F).map_err(cu)?;
         // From here on, `plan`'s Drop frees everything if a later step fails.
         let mut plan = Plan { desc, layout_a, layout_b, layout_c, algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] }, bias_fused: with_bias };
         // SAFETY: valid descriptors; attribute buffers sized as the attributes require.
         unsafe {
             let ta: i32 = key.trans_b as i32; // cublasOperation_t: 0 = N, 1 = T
             let tb: i32 = key.trans_a as i32;
-            lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const c_void, size_of::<i32>())
-                .map_err(cu)?;
-            lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as *const c_void, size_of::<i32>())
-                .map_err(cu)?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &ta as *const i32 as *const c_void,
+                size_of::<i32>(),
+            )
+            .map_err(cu)?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                &tb as *const i32 as *const c_void,
+                size_of::<i32>(),
+            )
+            .map_err(cu)?;
             if with_bias {
                 let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-                lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, size_of::<sys::cublasLtEpilogue_t>())
-                    .map_err(cu)?;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &epi as *const _ as *const c_void,
+                    size_of::<sys::cublasLtEpilogue_t>(),
+                )
+                .map_err(cu)?;
                 let bt = sys::cudaDataType_t::CUDA_R_16BF;
-                lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt as *const _ as *const c_void, size_of::<sys::cudaDataType_t>())
-                    .map_err(cu)?;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    &bt as *const _ as *const c_void,
+                    size_of::<sys::cudaDataType_t>(),
+                )
+                .map_err(cu)?;
                 // A placeholder pointer for the heuristic (bias vectors are ≥ 2-byte aligned; the real one is set per call).
                 let p: u64 = self.ws_ptr;
-                lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p as *const u64 as *const c_void, size_of::<u64>())
-                    .map_err(cu)?;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &p as *const u64 as *const c_void,
+                    size_of::<u64>(),
+                )
+                .map_err(cu)?;
             }
             let pref = lt::create_matmul_pref().map_err(cu)?;
-            let set_pref = |attr: sys::cublasLtMatmulPreferenceAttributes_t, v: *const c_void, n: usize| lt::set_matmul_pref_attribute(pref, attr, v, n);
+            let set_pref = |attr: sys::cublasLtMatmulPreferenceAttributes_t, v: *const c_void, n: usize| {
+                lt::set_matmul_pref_attribute(pref, attr, v, n)
+            };
             let ws = self.ws_size as u64;
             let r = (|| {
-                set_pref(sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const u64 as *const c_void, size_of::<u64>())?;
+                set_pref(
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &ws as *const u64 as *const c_void,
+                    size_of::<u64>(),
+                )?;
                 // cuBLASLt "A" is our B and vice versa.
-                set_pref(sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_b as *const u32 as *const c_void, size_of::<u32>())?;
-                set_pref(sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_a as *const u32 as *const c_void, size_of::<u32>())?;
-                set_pref(sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_c as *const u32 as *const c_void, size_of::<u32>())?;
-                set_pref(sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_c as *const u32 as *const c_void, size_of::<u32>())?;
+                set_pref(
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    &key.align_b as *const u32 as *const c_void,
+                    size_of::<u32>(),
+                )?;
+                set_pref(
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    &key.align_a as *const u32 as *const c_void,
+                    size_of::<u32>(),
+                )?;
+                set_pref(
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    &key.align_c as *const u32 as *const c_void,
+                    size_of::<u32>(),
+                )?;
+                set_pref(
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    &key.align_c as *const u32 as *const c_void,
+                    size_of::<u32>(),
+                )?;
                 lt::get_matmul_algo_heuristic(self.handle, desc, layout_a, layout_b, layout_c, layout_c, pref)
             })();
             let _ = lt::destroy_matmul_pref(pref);
@@ -176,8 +222,33 @@ impl Gemm {
     /// `C[m,n] = alpha·op(A)·op(B) + beta·C (+ bias)` on raw device pointers (see the
     /// Backend contract). Returns whether the bias still has to be added.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn matmul(&self, c: u64, c_f32: bool, a: u64, b: u64, bias: Option<u64>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<BiasDone> {
-        let mut key = Key { m, n, k, trans_a, trans_b, c_f32, bias: bias.is_some(), align_a: alignment(a), align_b: alignment(b), align_c: alignment(c) };
+    pub(crate) fn matmul(
+        &self,
+        c: u64,
+        c_f32: bool,
+        a: u64,
+        b: u64,
+        bias: Option<u64>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<BiasDone> {
+        let mut key = Key {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            c_f32,
+            bias: bias.is_some(),
+            align_a: alignment(a),
+            align_b: alignment(b),
+            align_c: alignment(c),
+        };
         let mut plans = self.plans.lock().unwrap();
         if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(key) {
             let plan = match self.make_plan(&key, key.bias) {
@@ -198,8 +269,13 @@ impl Gemm {
         // (checked by the caller); descriptors are alive while `plans` is locked.
         unsafe {
             if let (true, Some(bp)) = (plan.bias_fused, bias) {
-                lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp as *const u64 as *const c_void, size_of::<u64>())
-                    .map_err(cu)?;
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bp as *const u64 as *const c_void,
+                    size_of::<u64>(),
+                )
+                .map_err(cu)?;
             }
             lt::matmul(
                 self.handle,

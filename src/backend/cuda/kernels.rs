@@ -58,10 +58,7 @@ impl Loader {
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
         }
-        let kf = KERNEL_FILES
-            .iter()
-            .find(|k| k.name == file)
-            .ok_or_else(|| anyhow!("cuda: no embedded kernel file {file}.cu"))?;
+        let kf = KERNEL_FILES.iter().find(|k| k.name == file).ok_or_else(|| anyhow!("cuda: no embedded kernel file {file}.cu"))?;
         let m = self.load(kf)?;
         modules.insert(file, m.clone());
         Ok(m)
@@ -98,11 +95,7 @@ impl Loader {
             Ok(m) => return Ok(m),
             Err(e) => errors.push(format!("NVRTC: {e}")),
         }
-        Err(anyhow!(
-            "cuda: could not load kernels/{}.cu on a compute capability {major}.{minor} device ({})",
-            kf.name,
-            errors.join("; ")
-        ))
+        Err(anyhow!("cuda: could not load kernels/{}.cu on a compute capability {major}.{minor} device ({})", kf.name, errors.join("; ")))
     }
 
     fn nvrtc(&self, kf: &KernelFile) -> Result<Arc<CudaModule>> {

@@ -13,7 +13,17 @@ use crate::backend::{SamplingParams, View};
 type V<'a> = View<'a, CudaBackend>;
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn fwd(be: &CudaBackend, logp: V, lse: V, entropy: Option<V>, logits: V, targets: V, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+pub(super) fn fwd(
+    be: &CudaBackend,
+    logp: V,
+    lse: V,
+    entropy: Option<V>,
+    logits: V,
+    targets: V,
+    n: usize,
+    v: usize,
+    inv_temp: f32,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -22,11 +32,29 @@ pub(super) fn fwd(be: &CudaBackend, logp: V, lse: V, entropy: Option<V>, logits:
         None => ("logprob_fwd_bf16", 0),
     };
     let f = be.func("logprob", name)?;
-    be.launch(&f, (grid_dim(n, "logprob_fwd")?, 1, 1), (512, 1, 1), 0, args![vptr(&logp), vptr(&lse), ent, vptr(&logits), vptr(&targets), int(v, "logprob_fwd")?, inv_temp])
+    be.launch(
+        &f,
+        (grid_dim(n, "logprob_fwd")?, 1, 1),
+        (512, 1, 1),
+        0,
+        args![vptr(&logp), vptr(&lse), ent, vptr(&logits), vptr(&targets), int(v, "logprob_fwd")?, inv_temp],
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn bwd(be: &CudaBackend, dlogits: V, logits: V, targets: V, lse: V, entropy: Option<V>, dlogp: V, dentropy: Option<V>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+pub(super) fn bwd(
+    be: &CudaBackend,
+    dlogits: V,
+    logits: V,
+    targets: V,
+    lse: V,
+    entropy: Option<V>,
+    dlogp: V,
+    dentropy: Option<V>,
+    n: usize,
+    v: usize,
+    inv_temp: f32,
+) -> Result<()> {
     let (name, ent, dent) = match (&entropy, &dentropy) {
         (Some(e), Some(de)) => ("logprob_bwd_bf16_ent", vptr(e), vptr(de)),
         (None, None) => ("logprob_bwd_bf16", 0, 0),
@@ -46,7 +74,16 @@ pub(super) fn bwd(be: &CudaBackend, dlogits: V, logits: V, targets: V, lse: V, e
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn sample(be: &CudaBackend, out: V, logits: V, b: usize, v: usize, params: &SamplingParams, seeds: &[u64], counters: &[u64]) -> Result<()> {
+pub(super) fn sample(
+    be: &CudaBackend,
+    out: V,
+    logits: V,
+    b: usize,
+    v: usize,
+    params: &SamplingParams,
+    seeds: &[u64],
+    counters: &[u64],
+) -> Result<()> {
     if b == 0 {
         return Ok(());
     }

@@ -117,9 +117,8 @@ impl CudaBackend {
         if cc.0 < 8 {
             return Err(anyhow!("cuda: compute capability {}.{} is below 8.0 (bf16 kernels need Ampere or newer)", cc.0, cc.1));
         }
-        let sm_count = ctx
-            .attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(drv("multiprocessor count"))? as u32;
+        let sm_count =
+            ctx.attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(drv("multiprocessor count"))? as u32;
         let name = ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into());
         let gemm = gemm::Gemm::new(stream.clone(), cc.0 >= 9)?;
         let loader = kernels::Loader::new(ctx.clone(), cc);
@@ -354,7 +353,20 @@ impl Backend for CudaBackend {
         check::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, n, c)?;
         nn::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, n, c)
     }
-    fn gemm(&self, c: V, a: V, b: V, bias: Option<V>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+    fn gemm(
+        &self,
+        c: V,
+        a: V,
+        b: V,
+        bias: Option<V>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         check::gemm(self, c, a, b, bias, m, n, k)?;
         nn::gemm(self, c, a, b, bias, m, n, k, trans_a, trans_b, alpha, beta)
     }
@@ -378,7 +390,20 @@ impl Backend for CudaBackend {
         check::kv_store(self, kcache, vcache, qkv, slot, pos, n, &shape, t_max)?;
         attention::kv_store(self, kcache, vcache, qkv, slot, pos, n, shape, t_max)
     }
-    fn attention_decode(&self, out: V, qkv: V, kcache: V, vcache: V, slot: V, len: V, b: usize, max_len: usize, shape: AttnShape, t_max: usize, scale: f32) -> Result<()> {
+    fn attention_decode(
+        &self,
+        out: V,
+        qkv: V,
+        kcache: V,
+        vcache: V,
+        slot: V,
+        len: V,
+        b: usize,
+        max_len: usize,
+        shape: AttnShape,
+        t_max: usize,
+        scale: f32,
+    ) -> Result<()> {
         check::attention_decode(self, out, qkv, kcache, vcache, slot, len, b, max_len, &shape, t_max)?;
         attention::decode(self, out, qkv, kcache, vcache, slot, len, b, max_len, shape, t_max, scale)
     }
@@ -394,7 +419,19 @@ impl Backend for CudaBackend {
         check::logprob_fwd(self, logp, lse, entropy, logits, targets, n, v)?;
         logprob::fwd(self, logp, lse, entropy, logits, targets, n, v, inv_temp)
     }
-    fn logprob_bwd(&self, dlogits: V, logits: V, targets: V, lse: V, entropy: Option<V>, dlogp: V, dentropy: Option<V>, n: usize, v: usize, inv_temp: f32) -> Result<()> {
+    fn logprob_bwd(
+        &self,
+        dlogits: V,
+        logits: V,
+        targets: V,
+        lse: V,
+        entropy: Option<V>,
+        dlogp: V,
+        dentropy: Option<V>,
+        n: usize,
+        v: usize,
+        inv_temp: f32,
+    ) -> Result<()> {
         check::logprob_bwd(self, dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v)?;
         logprob::bwd(self, dlogits, logits, targets, lse, entropy, dlogp, dentropy, n, v, inv_temp)
     }
@@ -406,7 +443,19 @@ impl Backend for CudaBackend {
         check::apo_loss(self, loss, dlogp, logp, ref_logp, target, &seqs)?;
         optim::apo_loss(self, loss, dlogp, logp, ref_logp, target, seqs, beta2, grad_scale)
     }
-    fn grpo_loss(&self, loss: V, dlogp: V, logp: V, old_logp: V, ref_logp: V, adv: V, weight: V, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()> {
+    fn grpo_loss(
+        &self,
+        loss: V,
+        dlogp: V,
+        logp: V,
+        old_logp: V,
+        ref_logp: V,
+        adv: V,
+        weight: V,
+        n: usize,
+        clip_eps: f32,
+        kl_coef: f32,
+    ) -> Result<()> {
         check::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n)?;
         optim::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef)
     }

@@ -21,7 +21,13 @@ pub(super) fn embedding_fwd(be: &CudaBackend, out: V, table: V, ids: V, n: usize
         return Ok(());
     }
     let f = be.func("embedding", "embedding_fwd_bf16")?;
-    be.launch(&f, (grid_dim(n, "embedding_fwd")?, 1, 1), (128, 1, 1), 0, args![vptr(&out), vptr(&table), vptr(&ids), int(c, "embedding_fwd")?])
+    be.launch(
+        &f,
+        (grid_dim(n, "embedding_fwd")?, 1, 1),
+        (128, 1, 1),
+        0,
+        args![vptr(&out), vptr(&table), vptr(&ids), int(c, "embedding_fwd")?],
+    )
 }
 
 pub(super) fn embedding_bwd(be: &CudaBackend, dtable: V, dout: V, ids: V, n: usize, c: usize) -> Result<()> {
@@ -29,7 +35,13 @@ pub(super) fn embedding_bwd(be: &CudaBackend, dtable: V, dout: V, ids: V, n: usi
         return Ok(());
     }
     let f = be.func("embedding", "embedding_bwd_bf16")?;
-    be.launch(&f, (grid_dim(n, "embedding_bwd")?, 1, 1), (128, 1, 1), 0, args![vptr(&dtable), vptr(&dout), vptr(&ids), int(c, "embedding_bwd")?])
+    be.launch(
+        &f,
+        (grid_dim(n, "embedding_bwd")?, 1, 1),
+        (128, 1, 1),
+        0,
+        args![vptr(&dtable), vptr(&dout), vptr(&ids), int(c, "embedding_bwd")?],
+    )
 }
 
 // ---- RMSNorm -------------------------------------------------------------------------------
@@ -40,11 +52,28 @@ pub(super) fn rmsnorm_fwd(be: &CudaBackend, out: V, rstd: V, x: V, w: V, n: usiz
         return Ok(());
     }
     let f = be.func("rmsnorm", "rmsnorm_fwd_bf16")?;
-    be.launch(&f, (grid_dim(n, "rmsnorm_fwd")?, 1, 1), (256, 1, 1), 0, args![vptr(&out), vptr(&rstd), vptr(&x), vptr(&w), int(c, "rmsnorm_fwd")?, eps])
+    be.launch(
+        &f,
+        (grid_dim(n, "rmsnorm_fwd")?, 1, 1),
+        (256, 1, 1),
+        0,
+        args![vptr(&out), vptr(&rstd), vptr(&x), vptr(&w), int(c, "rmsnorm_fwd")?, eps],
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn residual_rmsnorm_fwd(be: &CudaBackend, resid_out: V, out: V, rstd: V, resid_in: V, delta: V, w: V, n: usize, c: usize, eps: f32) -> Result<()> {
+pub(super) fn residual_rmsnorm_fwd(
+    be: &CudaBackend,
+    resid_out: V,
+    out: V,
+    rstd: V,
+    resid_in: V,
+    delta: V,
+    w: V,
+    n: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -87,7 +116,20 @@ fn add_bias(be: &CudaBackend, c: &V, bias: &V, m: usize, n: usize) -> Result<()>
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm(be: &CudaBackend, c: V, a: V, b: V, bias: Option<V>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+pub(super) fn gemm(
+    be: &CudaBackend,
+    c: V,
+    a: V,
+    b: V,
+    bias: Option<V>,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    alpha: f32,
+    beta: f32,
+) -> Result<()> {
     let c_f32 = match c.dtype() {
         DType::F32 => true,
         DType::BF16 => false,

@@ -12,7 +12,17 @@ use crate::backend::{AdamWParams, DType, Seqs, View};
 type V<'a> = View<'a, CudaBackend>;
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn apo_loss(be: &CudaBackend, loss: V, dlogp: V, logp: V, ref_logp: V, target: V, seqs: Seqs<CudaBackend>, beta2: f32, grad_scale: f32) -> Result<()> {
+pub(super) fn apo_loss(
+    be: &CudaBackend,
+    loss: V,
+    dlogp: V,
+    logp: V,
+    ref_logp: V,
+    target: V,
+    seqs: Seqs<CudaBackend>,
+    beta2: f32,
+    grad_scale: f32,
+) -> Result<()> {
     let s = seqs.count();
     if s == 0 {
         return Ok(());
@@ -28,12 +38,35 @@ pub(super) fn apo_loss(be: &CudaBackend, loss: V, dlogp: V, logp: V, ref_logp: V
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn grpo_loss(be: &CudaBackend, loss: V, dlogp: V, logp: V, old_logp: V, ref_logp: V, adv: V, weight: V, n: usize, clip_eps: f32, kl_coef: f32) -> Result<()> {
+pub(super) fn grpo_loss(
+    be: &CudaBackend,
+    loss: V,
+    dlogp: V,
+    logp: V,
+    old_logp: V,
+    ref_logp: V,
+    adv: V,
+    weight: V,
+    n: usize,
+    clip_eps: f32,
+    kl_coef: f32,
+) -> Result<()> {
     be.flat(
         "loss",
         "grpo_loss",
         n,
-        args![vptr(&loss), vptr(&dlogp), vptr(&logp), vptr(&old_logp), vptr(&ref_logp), vptr(&adv), vptr(&weight), n as u64, clip_eps, kl_coef],
+        args![
+            vptr(&loss),
+            vptr(&dlogp),
+            vptr(&logp),
+            vptr(&old_logp),
+            vptr(&ref_logp),
+            vptr(&adv),
+            vptr(&weight),
+            n as u64,
+            clip_eps,
+            kl_coef
+        ],
     )
 }
 
@@ -52,6 +85,21 @@ pub(super) fn adamw(be: &CudaBackend, params: V, master: Option<V>, grads: V, m:
         "adamw",
         name,
         n,
-        args![vptr(&params), mptr, vptr(&grads), vptr(&m), vptr(&v), n as u64, p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, bc1, bc2_sqrt, p.grad_scale],
+        args![
+            vptr(&params),
+            mptr,
+            vptr(&grads),
+            vptr(&m),
+            vptr(&v),
+            n as u64,
+            p.lr,
+            p.beta1,
+            p.beta2,
+            p.eps,
+            p.weight_decay,
+            bc1,
+            bc2_sqrt,
+            p.grad_scale
+        ],
     )
 }
