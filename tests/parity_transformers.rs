@@ -90,7 +90,7 @@ fn check_case(case: &str) {
             stop_token_ids: vec![],
             stop_strings: vec![],
         };
-        let out = gen.generate(&be, &model, &[gi.prompt_ids.clone()], &[0], &gc, &|_| String::new()).unwrap();
+        let out = gen.generate(&be, &model, std::slice::from_ref(&gi.prompt_ids), &[0], &gc, &|_| String::new()).unwrap();
         assert_eq!(out[0].tokens, gi.tokens, "{case}: greedy continuation {k}");
     }
     eprintln!("{case}: worst logprob error {worst:.2e}, worst gradient error {worst_g:.2e}");

@@ -28,7 +28,7 @@ impl GrpoConfig {
         if self.group_size == 0 {
             bail!("algo.group_size must be positive");
         }
-        if !(self.clip_eps >= 0.0) {
+        if self.clip_eps.is_nan() || self.clip_eps < 0.0 {
             bail!("algo.clip_eps must be >= 0");
         }
         Ok(())
@@ -38,7 +38,7 @@ impl GrpoConfig {
 /// (r − mean) / (std + 1e-6) within consecutive groups of `g` rewards, with the unbiased
 /// standard deviation (torch.std, as TinyZero/veRL use). A group of one gets advantage 0.
 pub fn group_advantages(rewards: &[f32], g: usize) -> Vec<f32> {
-    assert!(g > 0 && rewards.len() % g == 0, "rewards must come in whole groups");
+    assert!(g > 0 && rewards.len().is_multiple_of(g), "rewards must come in whole groups");
     let mut out = Vec::with_capacity(rewards.len());
     for grp in rewards.chunks(g) {
         let n = grp.len() as f64;

@@ -55,7 +55,7 @@ pub struct MultiplyArgs {
     pub out: PathBuf,
 }
 
-fn write_jsonl(path: &PathBuf, problems: &[Problem]) -> Result<()> {
+fn write_jsonl(path: &std::path::Path, problems: &[Problem]) -> Result<()> {
     let mut text = String::new();
     for p in problems {
         text.push_str(&serde_json::to_string(p)?);

@@ -92,10 +92,7 @@ impl Qwen2Config {
             Some(t) => t,
             None => {
                 let params = obj.get("rope_parameters").and_then(Value::as_object);
-                match params.map(|p| get_f64(p, "rope_theta")).transpose()?.flatten() {
-                    Some(t) => t,
-                    None => 10000.0,
-                }
+                params.map(|p| get_f64(p, "rope_theta")).transpose()?.flatten().unwrap_or(10000.0)
             }
         };
         if let Some(rt) = obj

@@ -42,7 +42,7 @@ fn operand(it: &Item) -> String {
     }
 }
 
-fn search(items: &mut Vec<Item>, target: Q, depth_budget: &mut u64) -> Option<String> {
+fn search(items: &mut [Item], target: Q, depth_budget: &mut u64) -> Option<String> {
     if items.len() == 1 {
         return (items[0].v == target).then(|| items[0].text.clone());
     }

@@ -223,7 +223,7 @@ impl TrainConfig {
         if t.max_prompt_tokens == 0 || t.max_response_tokens == 0 {
             bail!("train.max_prompt_tokens and max_response_tokens must be positive");
         }
-        if !(t.top_p > 0.0 && t.top_p <= 1.0) || !(t.temperature > 0.0) {
+        if !(0.0..=1.0).contains(&t.top_p) || t.top_p == 0.0 || t.temperature.is_nan() || t.temperature <= 0.0 {
             bail!("train.temperature must be > 0 and train.top_p in (0, 1]");
         }
         self.algo.validate()?;

@@ -246,7 +246,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.state.bad_in_a_row = 0;
             }
             let last = self.state.step == t.steps;
-            if t.eval_every > 0 && (self.state.step % t.eval_every == 0 || last) {
+            if t.eval_every > 0 && (self.state.step.is_multiple_of(t.eval_every) || last) {
                 let r = self.eval()?;
                 m.eval_solve_rate = Some(r.overall.solve_rate);
                 m.eval_reward_mean = Some(r.overall.reward_mean);
@@ -261,7 +261,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
             bar.inc(1);
             interrupted = INTERRUPTED.load(Ordering::SeqCst);
-            if (t.save_every > 0 && self.state.step % t.save_every == 0) || last || interrupted {
+            if (t.save_every > 0 && self.state.step.is_multiple_of(t.save_every)) || last || interrupted {
                 self.save()?;
             }
             if interrupted {
@@ -407,7 +407,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             skipped,
             ..Default::default()
         };
-        if t.sample_every > 0 && (self.state.step + 1) % t.sample_every == 0 {
+        if t.sample_every > 0 && (self.state.step + 1).is_multiple_of(t.sample_every) {
             self.write_samples(self.state.step + 1, &outs)?;
         }
         Ok(m)
