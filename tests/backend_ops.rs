@@ -17,7 +17,7 @@
 mod common;
 
 use half::bf16;
-use tz_engine::backend::{AdamWParams, AttnShape, Backend, Buffer, DType, SamplingParams, Seqs, View};
+use tz_engine::backend::{AdamWParams, AttnShape, Backend, DType, SamplingParams, Seqs, View};
 use tz_engine::rng::{uniform, Rng};
 
 backend_test!(
@@ -97,39 +97,7 @@ fn f64s(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }
 
-fn up<B: Backend>(be: &B, dt: DType, data: &[f32]) -> B::Buf {
-    let b = be.alloc(dt, data.len()).unwrap();
-    be.upload_f32(View::all(&b), data).unwrap();
-    b
-}
-
-fn up_u32<B: Backend>(be: &B, data: &[u32]) -> B::Buf {
-    let b = be.alloc(DType::U32, data.len()).unwrap();
-    be.upload_u32(View::all(&b), data).unwrap();
-    b
-}
-
-/// An output buffer an op must overwrite: NaN, or `u32::MAX` for ids.
-fn poisoned<B: Backend>(be: &B, dt: DType, n: usize) -> B::Buf {
-    let b = be.alloc(dt, n).unwrap();
-    match dt {
-        DType::U32 => be.upload_u32(View::all(&b), &vec![u32::MAX; n]).unwrap(),
-        _ => be.fill(View::all(&b), f32::NAN).unwrap(),
-    }
-    b
-}
-
-fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f32> {
-    let mut v = vec![0f32; b.len()];
-    be.download_f32(View::all(b), &mut v).unwrap();
-    v
-}
-
-fn down_u32<B: Backend>(be: &B, b: &B::Buf) -> Vec<u32> {
-    let mut v = vec![0u32; b.len()];
-    be.download_u32(View::all(b), &mut v).unwrap();
-    v
-}
+use common::bufs::{down, down_u32, poisoned, up, up_u32};
 
 // ---- memory and elementwise ------------------------------------------------------------------
 

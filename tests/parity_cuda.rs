@@ -22,7 +22,7 @@ mod common;
 use half::bf16;
 use tz_engine::backend::cpu::CpuBackend;
 use tz_engine::backend::cuda::CudaBackend;
-use tz_engine::backend::{AdamWParams, AttnShape, Backend, Buffer, DType, SamplingParams, Seqs, View};
+use tz_engine::backend::{AdamWParams, AttnShape, Backend, DType, SamplingParams, Seqs, View};
 use tz_engine::rng::Rng;
 
 /// The backend pair for one test, or return (skip) when there is no GPU.
@@ -44,36 +44,7 @@ fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| bfr(rng.normal() as f32 * scale)).collect()
 }
 
-fn up<B: Backend>(be: &B, dt: DType, data: &[f32]) -> B::Buf {
-    let b = be.alloc(dt, data.len().max(1)).unwrap();
-    be.upload_f32(View::all(&b).slice(0, data.len()), data).unwrap();
-    b
-}
-
-fn up_u32<B: Backend>(be: &B, data: &[u32]) -> B::Buf {
-    let b = be.alloc(DType::U32, data.len().max(1)).unwrap();
-    be.upload_u32(View::all(&b).slice(0, data.len()), data).unwrap();
-    b
-}
-
-/// An output buffer filled with NaN, so unwritten elements cannot pass.
-fn poisoned<B: Backend>(be: &B, dt: DType, n: usize) -> B::Buf {
-    let b = be.alloc(dt, n).unwrap();
-    be.fill(View::all(&b), f32::NAN).unwrap();
-    b
-}
-
-fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f32> {
-    let mut v = vec![0f32; b.len()];
-    be.download_f32(View::all(b), &mut v).unwrap();
-    v
-}
-
-fn down_u32<B: Backend>(be: &B, b: &B::Buf) -> Vec<u32> {
-    let mut v = vec![0u32; b.len()];
-    be.download_u32(View::all(b), &mut v).unwrap();
-    v
-}
+use common::bufs::{down, down_u32, poisoned, up, up_u32};
 
 /// Uploads the same host data to the CPU (f32) and the device (`dev_dt`).
 fn both(cpu: &CpuBackend, dev: &CudaBackend, dev_dt: DType, data: &[f32]) -> (<CpuBackend as Backend>::Buf, <CudaBackend as Backend>::Buf) {

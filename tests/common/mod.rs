@@ -1,6 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code, unused_macros)]
 
+pub mod bufs;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
