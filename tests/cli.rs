@@ -173,6 +173,7 @@ fn train_resume_is_bit_identical() {
             "train.eval_every=2".into(),
             "train.save_every=2".into(),
             "train.eval_pass_k=0".into(),
+            "train.sample_every=1".into(),
             format!("train.steps={steps}"),
         ]
         .into_iter()
@@ -184,11 +185,40 @@ fn train_resume_is_bit_identical() {
         let o = tz(&a, None);
         assert!(o.status.success(), "{}", text(&o.stderr));
     };
-    run(common("straight", 4));
+    let mut straight = common("straight", 4);
+    straight.extend(["--set".to_string(), "train.keep_checkpoints=1".to_string()]);
+    run(straight);
     run(common("split", 2));
+    // A crash between checkpoints leaves samples of steps after the last one; the resume
+    // replays those steps, so their old lines must go.
+    let samples = format!("{out}/split/samples.jsonl");
+    let mut text_s = std::fs::read_to_string(&samples).unwrap();
+    text_s.push_str("{\"step\":3,\"prompt\":\"stale\",\"response\":\"\",\"score\":0}\n");
+    std::fs::write(&samples, text_s).unwrap();
+    // While another process holds the run, a second one is refused.
+    {
+        let _held = tz_engine::util::fs::lock_dir(Path::new(&format!("{out}/split"))).unwrap();
+        let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=4"], None);
+        assert_clean_error(&o, &format!("in use by pid {}", std::process::id()));
+    }
     // Resume continues from step 2 to 4 with the run's saved config (steps raised by --set).
     let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=4"], None);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    let steps: Vec<u64> = std::fs::read_to_string(&samples)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert!(!std::fs::read_to_string(&samples).unwrap().contains("stale"), "samples of replayed steps must be replaced");
+    assert_eq!(steps.iter().filter(|&&s| s == 3).count(), steps.iter().filter(|&&s| s == 1).count(), "{steps:?}");
+    // Checkpoints are pruned to train.keep_checkpoints (default 2).
+    let count = |run: &str| {
+        std::fs::read_dir(format!("{out}/{run}/checkpoints"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("step-"))
+            .count()
+    };
+    assert_eq!((count("straight"), count("split")), (1, 2));
     let a = std::fs::read(format!("{out}/straight/final/model.safetensors")).unwrap();
     let b = std::fs::read(format!("{out}/split/final/model.safetensors")).unwrap();
     assert!(a == b, "resumed run differs from the uninterrupted one");
@@ -199,6 +229,33 @@ fn train_resume_is_bit_identical() {
     let a: Vec<String> = common("split", 4);
     let args: Vec<&str> = std::iter::once("train").chain(a.iter().map(String::as_str)).collect();
     assert_clean_error(&tz(&args, None), "--resume");
+    // Without `latest` the run still has checkpoints: refused without --resume, and --resume
+    // continues from the newest complete one (never a silent restart from step 0).
+    std::fs::remove_file(format!("{out}/split/latest")).unwrap();
+    assert_clean_error(&tz(&args, None), "--resume");
+    let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=6"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("latest is missing; using the newest complete checkpoint"), "{}", text(&o.stderr));
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{out}/split/summary.json")).unwrap()).unwrap();
+    assert_eq!(s["steps"], 6);
+    let metrics = std::fs::read_to_string(format!("{out}/split/metrics.jsonl")).unwrap();
+    assert!(metrics.lines().any(|l| l.contains("\"step\":1,")), "the resume kept the run's earlier metrics");
+
+    // `sft` has its own default run name and never writes into the model it reads.
+    let pairs = d.path().join("pairs.jsonl");
+    std::fs::write(&pairs, "{\"prompt\":\"numbers 1 2 3 target 6\\n\",\"response\":\"<answer>1+2+3</answer>\",\"id\":1}\n").unwrap();
+    let sft = |extra: &[&str]| {
+        let model = format!("model.path={out}/split/final");
+        let data = format!("sft.data={}", pairs.display());
+        let outd = format!("out_dir={out}");
+        let mut a = vec!["sft", "--set", &model, "--set", &data, "--set", "sft.steps=1", "--set", &outd];
+        a.extend_from_slice(extra);
+        tz(&a, None)
+    };
+    let o = sft(&[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(Path::new(&format!("{out}/sft/final/model.safetensors")).is_file());
+    assert_clean_error(&sft(&["--set", "name=split"]), "holds the model it reads");
 }
 
 #[test]

@@ -17,14 +17,35 @@ pub struct SftArgs {
     pub sets: Vec<String>,
 }
 
+/// The run name `sft` uses when neither the config file nor `--set` gives one (the training
+/// default would make it write into `runs/tiny-astarpo/`, perhaps the very model it reads).
+pub const DEFAULT_SFT_NAME: &str = "sft";
+
 pub fn run(args: SftArgs) -> Result<i32> {
-    let cfg = super::train::load_config(args.config.as_ref(), &args.sets, None)?;
+    let mut cfg = super::train::load_config(args.config.as_ref(), &args.sets, None)?;
+    let named_in_file = match &args.config {
+        Some(p) => std::fs::read_to_string(p).ok().and_then(|t| t.parse::<toml::Table>().ok()).is_some_and(|t| t.contains_key("name")),
+        None => false,
+    };
+    if !named_in_file && !args.sets.iter().any(|s| s.trim_start().starts_with("name=")) {
+        cfg.name = DEFAULT_SFT_NAME.into();
+    }
     if cfg.model.path.as_os_str().is_empty() || cfg.sft.data.as_os_str().is_empty() {
         bail!("sft needs model.path (a model directory) and sft.data (a JSONL file of prompt/response pairs)");
     }
     if cfg.sft.steps == 0 {
         bail!("sft.steps must be positive");
     }
+    let out = std::path::absolute(cfg.run_dir())?;
+    let input = std::path::absolute(&cfg.model.path)?;
+    if out.starts_with(&input) || input.starts_with(&out) {
+        bail!(
+            "sft would write its model into {} which holds the model it reads ({}): choose another name (--set name=...)",
+            out.display(),
+            input.display()
+        );
+    }
+    let _lock = crate::util::fs::lock_dir(&cfg.run_dir())?;
     crate::with_backend!(cfg.device, be => sft(&be, &cfg))
 }
 

@@ -59,6 +59,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
 }
 
 fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool) -> Result<i32> {
+    // Held until training ends: a second process on the same run would interleave its steps
+    // and checkpoints with this one's.
+    let _lock = crate::util::fs::lock_dir(&cfg.run_dir())?;
     let base_dir = if cfg.model.path.as_os_str().is_empty() { sft::ensure_preset_base(be, &cfg)? } else { cfg.model.path.clone() };
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir)?;

@@ -85,15 +85,51 @@ pub fn save(
     Ok(dst)
 }
 
-/// The newest complete checkpoint of a run, if any.
+/// The run's complete checkpoints (`checkpoints/step-NNNNNN/` holding trainer_state.json),
+/// oldest first.
+fn complete_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else { return vec![] };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let step = e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?;
+            e.path().join("trainer_state.json").is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The newest complete checkpoint of a run, if any: the one `latest` names, or — when `latest`
+/// is missing (deleted, or lost with a crash before it was written) — the newest complete
+/// checkpoint directory, with a notice, so a resume never silently starts over.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let p = run_dir.join("latest");
-    let Ok(name) = std::fs::read_to_string(&p) else { return Ok(None) };
+    let Ok(name) = std::fs::read_to_string(&p) else {
+        let newest = complete_checkpoints(run_dir).pop().map(|(_, dir)| dir);
+        if let Some(dir) = &newest {
+            eprintln!("note: {} is missing; using the newest complete checkpoint, {}", p.display(), dir.display());
+        }
+        return Ok(newest);
+    };
     let dir = run_dir.join("checkpoints").join(name.trim());
     if !dir.join("trainer_state.json").is_file() {
         bail!("{} names {} but it is not a complete checkpoint", p.display(), dir.display());
     }
     Ok(Some(dir))
+}
+
+/// Removes all but the newest `keep` complete checkpoints (0 keeps all). The one `latest`
+/// names is always among the newest, since it is the last written.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let all = complete_checkpoints(run_dir);
+    for (_, dir) in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove old checkpoint {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint's trainer and optimizer state (the weights load like any model dir).

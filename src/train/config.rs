@@ -83,6 +83,8 @@ pub struct TrainSection {
     pub rollout_batch: usize,
     pub eval_every: usize,
     pub save_every: usize,
+    /// Checkpoints kept (the newest; 0 = all); `final/` is separate.
+    pub keep_checkpoints: usize,
     pub sample_every: usize,
     /// Consecutive non-finite steps that stop the run.
     pub max_bad_steps: usize,
@@ -172,6 +174,7 @@ impl Default for TrainSection {
             rollout_batch: 256,
             eval_every: 10,
             save_every: 50,
+            keep_checkpoints: 2,
             sample_every: 10,
             max_bad_steps: 5,
             eval_pass_k: 4,

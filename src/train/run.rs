@@ -185,6 +185,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
         let metrics_path = self.run_dir.join("metrics.jsonl");
         metrics::truncate_after(&metrics_path, self.state.step)?;
+        // Samples of steps after the checkpoint are written again by the replayed steps.
+        metrics::truncate_after(&self.run_dir.join("samples.jsonl"), self.state.step)?;
         if self.state.step == 0 {
             let _ = std::fs::remove_file(&metrics_path);
         }
@@ -503,6 +505,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let params = self.opt.params_to_host(self.be, &self.policy)?;
         let opt = self.opt.state_to_host(self.be)?;
         checkpoint::save(&self.run_dir, &self.policy.cfg, &self.policy.layout, &params, &self.tokenizer_json, &opt, &self.state)?;
+        checkpoint::prune(&self.run_dir, self.cfg.train.keep_checkpoints)?;
         Ok(())
     }
 

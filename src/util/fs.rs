@@ -1,5 +1,5 @@
 //! Files that are never seen half-written.
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
 
@@ -15,4 +15,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// An exclusive advisory lock on a directory (`DIR/.lock`, holding the owner's pid), held until
+/// dropped — for the whole life of the process that trains, fine-tunes or evaluates into it.
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes `dir`'s lock, creating `dir` if needed; a directory another live process holds is an
+/// error naming that process.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            let owner = owner.trim();
+            bail!(
+                "{} is in use by {} (another tz-engine run holds its lock)",
+                dir.display(),
+                if owner.is_empty() { "another process".to_string() } else { format!("pid {owner}") }
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(anyhow!("cannot lock {}: {e}", path.display())),
+    }
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    file.sync_all()?;
+    Ok(DirLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_dir;
+
+    #[test]
+    fn a_locked_directory_is_refused_until_released() {
+        let dir = std::env::temp_dir().join(format!("tz-lock-test-{}", std::process::id()));
+        let held = lock_dir(&dir).unwrap();
+        let e = format!("{:#}", lock_dir(&dir).err().expect("a second lock must fail"));
+        assert!(e.contains("in use by pid") && e.contains(&std::process::id().to_string()), "{e}");
+        drop(held);
+        lock_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
