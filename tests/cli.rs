@@ -100,6 +100,22 @@ fn model_commands() {
         &tz(&["score", "--model", ms, "--input", "-", "--device", "cuda"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")),
         "cuda",
     );
+    // Model configs that would give NaN log-probs are refused.
+    let cfg_text = std::fs::read_to_string(m.join("config.json")).unwrap();
+    let mut cfg_json: serde_json::Value = serde_json::from_str(&cfg_text).unwrap();
+    cfg_json["rope_theta"] = 0.into();
+    std::fs::write(m.join("config.json"), cfg_json.to_string()).unwrap();
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("")), "rope_theta must be a positive number");
+    cfg_json["rope_theta"] = 10000.into();
+    cfg_json["rms_norm_eps"] = (-1.0).into();
+    std::fs::write(m.join("config.json"), cfg_json.to_string()).unwrap();
+    assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("")), "rms_norm_eps");
+    // SFT on an empty data file is an error, not "final loss NaN".
+    let empty = d.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::write(m.join("config.json"), &cfg_text).unwrap();
+    let (mp, dp, od) = (format!("model.path={ms}"), format!("sft.data={}", empty.display()), format!("out_dir={}", d.path().display()));
+    assert_clean_error(&tz(&["sft", "--set", &mp, "--set", &dp, "--set", "sft.steps=1", "--set", &od], None), "no prompt/response pairs");
     std::fs::write(m.join("config.json"), "{ not json").unwrap();
     assert_clean_error(&tz(&["score", "--model", ms, "--input", "-"], Some("")), "config.json");
     std::fs::write(m.join("config.json"), "{\"model_type\":\"llama\"}").unwrap();
@@ -147,6 +163,25 @@ fn task_commands() {
     assert!(text(&o.stdout).contains("total"));
     assert_clean_error(&tz(&["plan", "--preset", "qwen9"], None), "unknown preset");
     assert_clean_error(&tz(&["data", "countdown", "--out", "/tmp/x.jsonl"], None), "--n");
+
+    // A bare `tz-engine` prints what there is instead of starting a training run.
+    let o = tz(&[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stdout).contains("Usage") && text(&o.stdout).contains("train"), "{}", text(&o.stdout));
+    // Negative targets parse as values, not flags.
+    let o = tz(&["solve", "--nums", "2,4", "--target", "-2"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Generators refuse what they cannot fill; an output path that is a directory is refused
+    // and leaves no temp file beside it.
+    assert_clean_error(&tz(&["data", "multiply", "--n", "1000000", "--out", "/tmp/m.jsonl"], None), "only 810000");
+    let d = tempfile::tempdir().unwrap();
+    let sub = d.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    assert_clean_error(&tz(&["data", "multiply", "--n", "3", "--out", sub.to_str().unwrap()], None), "is a directory");
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "a temp file was left");
+    // Config errors name the built-in config, and a bad preset fails at once.
+    assert_clean_error(&tz(&["train", "--set", "train.lrr=1"], None), "configs/tiny-cpu.toml (built in)");
+    assert_clean_error(&tz(&["train", "--set", "model.preset=nope"], None), "model.preset: unknown preset");
 }
 
 #[test]

@@ -88,7 +88,13 @@ pub fn run(args: DataArgs) -> Result<i32> {
             };
             write_jsonl(&a.out, &problems)?;
         }
-        Some(Which::Multiply(a)) => write_jsonl(&a.out, &task::generate_multiply(a.n, a.seed))?,
+        Some(Which::Multiply(a)) => {
+            // There are only 900 × 900 distinct 3-digit products: say so instead of stopping short.
+            if a.n > 900 * 900 {
+                bail!("--n {}: there are only {} distinct 3-digit multiplication problems", a.n, 900 * 900);
+            }
+            write_jsonl(&a.out, &task::generate_multiply(a.n, a.seed))?
+        }
     }
     Ok(0)
 }

@@ -54,7 +54,13 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => train::run(train::TrainArgs::default()),
+        None => {
+            // A bare `tz-engine` must not start a long training run: say what there is.
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            println!();
+            return 2;
+        }
         Some(Command::Data(a)) => data::run(a),
         Some(Command::Reward(a)) => reward::run(a),
         Some(Command::Solve(a)) => solve::run(a),

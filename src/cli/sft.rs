@@ -53,6 +53,9 @@ fn sft<B: Backend>(be: &B, cfg: &crate::train::TrainConfig) -> Result<i32> {
     let (model, tok) = load_model(be, &cfg.model.path)?;
     let host = crate::model::weights::load_params(&cfg.model.path, &model.cfg, &model.layout)?;
     let pairs = load_pairs(&cfg.sft.data, &tok)?;
+    if pairs.is_empty() {
+        bail!("{}: no prompt/response pairs to train on", cfg.sft.data.display());
+    }
     if let Some((i, _)) = pairs.iter().enumerate().find(|(_, (p, r))| p.len() + r.len() > model.cfg.max_position_embeddings) {
         bail!("{}: item {}: longer than the model's context ({})", cfg.sft.data.display(), i + 1, model.cfg.max_position_embeddings);
     }

@@ -8,7 +8,7 @@ pub struct SolveArgs {
     /// Comma-separated numbers, e.g. 44,19,35.
     #[arg(long)]
     pub nums: String,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub target: i64,
 }
 

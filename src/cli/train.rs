@@ -38,21 +38,19 @@ pub fn load_config(config: Option<&PathBuf>, sets: &[String], resume: Option<&Pa
     }
     match config {
         Some(p) => TrainConfig::load(Some(p), sets),
-        None => {
-            let tmp = std::env::temp_dir().join(format!("tz-engine-tiny-{}.toml", std::process::id()));
-            std::fs::write(&tmp, TINY_CPU_CONFIG)?;
-            let cfg = TrainConfig::load(Some(&tmp), sets);
-            let _ = std::fs::remove_file(&tmp);
-            cfg
-        }
+        None => TrainConfig::load_text(TINY_CPU_CONFIG, "configs/tiny-cpu.toml (built in)", sets),
     }
 }
 
 pub fn run(args: TrainArgs) -> Result<i32> {
-    let cfg = load_config(args.config.as_ref(), &args.sets, args.resume.as_ref())?;
+    let mut cfg = load_config(args.config.as_ref(), &args.sets, args.resume.as_ref())?;
     if let Some(dir) = &args.resume {
-        if std::path::absolute(dir)? != std::path::absolute(cfg.run_dir())? {
-            bail!("{} holds run '{}' whose outputs go to {}; resume from there", dir.display(), cfg.name, cfg.run_dir().display());
+        // The saved out_dir may be relative to wherever the run started; the directory being
+        // resumed says where the run is (its parent holds the run, the base model, V* cache).
+        let abs = std::path::absolute(dir)?;
+        match (abs.file_name(), abs.parent()) {
+            (Some(n), Some(parent)) if n == cfg.name.as_str() => cfg.out_dir = parent.to_path_buf(),
+            _ => bail!("{} holds run '{}' (its config's name): resume from a directory of that name", dir.display(), cfg.name),
         }
     }
     crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some()))

@@ -132,6 +132,12 @@ impl Qwen2Config {
                 bail!("{name} must be positive");
             }
         }
+        if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
+            bail!("rope_theta must be a positive number, got {}", cfg.rope_theta);
+        }
+        if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps >= 0.0) {
+            bail!("rms_norm_eps must be a number >= 0, got {}", cfg.rms_norm_eps);
+        }
         if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
                 bail!("hidden_act '{act}' is not supported (Qwen2 uses silu)");

@@ -194,13 +194,22 @@ pub use crate::task::parse_rows;
 impl TrainConfig {
     /// Reads `path` (if any), applies `--set` overrides, validates.
     pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Self> {
-        let mut doc: toml::Table = match path {
+        match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-                text.parse().map_err(|e| anyhow!("{}: {e}", p.display()))?
+                Self::load_text(&text, &p.display().to_string(), sets)
             }
-            None => toml::Table::new(),
-        };
+            None => Self::from_table(toml::Table::new(), "--set", sets),
+        }
+    }
+
+    /// `load` for config text; errors name it `origin`.
+    pub fn load_text(text: &str, origin: &str, sets: &[String]) -> Result<Self> {
+        let doc: toml::Table = text.parse().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Self::from_table(doc, origin, sets)
+    }
+
+    fn from_table(mut doc: toml::Table, origin: &str, sets: &[String]) -> Result<Self> {
         for s in sets {
             switch_algorithm(&mut doc, s);
             apply_set(&mut doc, s)?;
@@ -209,8 +218,7 @@ impl TrainConfig {
         if let Some(toml::Value::Table(algo)) = doc.get_mut("algo") {
             algo.entry("name").or_insert_with(|| toml::Value::String("astarpo".into()));
         }
-        let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
-        let cfg: TrainConfig = toml::Value::Table(doc).try_into().map_err(|e| anyhow!("{where_}: {e}"))?;
+        let cfg: TrainConfig = toml::Value::Table(doc).try_into().map_err(|e| anyhow!("{origin}: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -231,6 +239,10 @@ impl TrainConfig {
         }
         self.algo.validate()?;
         crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?;
+        if self.model.path.as_os_str().is_empty() {
+            // Checked now, not after minutes of data generation.
+            crate::model::presets::preset(&self.model.preset).map_err(|e| anyhow!("model.preset: {e}"))?;
+        }
         if self.data.counts.iter().any(|&c| !(2..=6).contains(&c)) || self.data.counts.is_empty() {
             bail!("data.counts must list Countdown sizes between 2 and 6");
         }
