@@ -207,6 +207,21 @@ fn parquet_and_jsonl_load() {
     std::fs::write(&jl, "{\"nums\":[1,2,3],\"target\":6}\n{\"nums\":\"x\"}\n").unwrap();
     let e = format!("{:#}", task::load_problems(&jl, None).unwrap_err());
     assert!(e.contains("p.jsonl:2"), "{e}");
+    // Corrupt bytes anywhere give an error (or, where the damage is harmless, the rows), never
+    // a panic: the parquet crate panics on some damaged pages.
+    let good = std::fs::read(&path).unwrap();
+    let mut rng = tz_engine::rng::Rng::new(5);
+    let bad = dir.path().join("corrupt.parquet");
+    for _ in 0..200 {
+        let mut bytes = good.clone();
+        for _ in 0..4 {
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] = rng.below(256) as u8;
+        }
+        std::fs::write(&bad, &bytes).unwrap();
+        let r = std::panic::catch_unwind(|| task::load_problems(&bad, None));
+        assert!(r.is_ok(), "a corrupt parquet file panicked the reader");
+    }
     std::fs::write(dir.path().join("bad.parquet"), b"PAR1 not really").unwrap();
     assert!(task::load_problems(&dir.path().join("bad.parquet"), None).is_err());
 }

@@ -27,7 +27,7 @@ pub fn parse_rows(s: &str) -> Result<Option<Range<usize>>> {
 pub fn load_problems(path: &Path, rows: Option<Range<usize>>) -> Result<Vec<Problem>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let all = match ext {
-        "parquet" => read_parquet(path, rows.clone())?,
+        "parquet" => read_parquet_guarded(path, rows.clone())?,
         "jsonl" | "json" => read_jsonl(path)?,
         _ => bail!("{}: expected a .parquet or .jsonl file", path.display()),
     };
@@ -77,6 +77,17 @@ fn field_json(f: &parquet::record::Field) -> serde_json::Value {
         Field::Group(row) => Value::Object(row.get_column_iter().map(|(k, v)| (k.clone(), field_json(v))).collect()),
         _ => Value::Null,
     }
+}
+
+/// `read_parquet`, with a panic inside the parquet crate (it panics on some corrupt pages
+/// instead of returning an error) turned into an error naming the file; the panic message is
+/// kept out of the output.
+fn read_parquet_guarded(path: &Path, rows: Option<Range<usize>>) -> Result<Vec<Problem>> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet(path, rows)));
+    std::panic::set_hook(quiet);
+    r.unwrap_or_else(|_| bail!("{}: corrupt parquet file (the reader failed on a damaged page)", path.display()))
 }
 
 fn read_parquet(path: &Path, rows: Option<Range<usize>>) -> Result<Vec<Problem>> {
