@@ -88,6 +88,7 @@ fn model_commands() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let r: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
     assert_eq!(r["n"], 20);
+    assert!(text(&o.stderr).contains("60/60 responses ("), "eval reports progress: {}", text(&o.stderr));
     assert!(r["by_difficulty"]["3 numbers"]["n"].as_u64().unwrap() > 0);
 
     // Bad input.
@@ -239,6 +240,9 @@ fn train_resume_is_bit_identical() {
     // Resume continues from step 2 to 4 with the run's saved config (steps raised by --set).
     let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=4"], None);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // stderr is a pipe here, not a terminal: progress and notices still arrive, as lines.
+    let log = text(&o.stderr);
+    assert!(log.contains("step 4: held-out solve rate") && log.contains("4/4 steps ("), "{log}");
     let steps: Vec<u64> = std::fs::read_to_string(&samples)
         .unwrap()
         .lines()

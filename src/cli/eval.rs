@@ -72,7 +72,10 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
         stop_strings,
     };
     let ctx = RolloutCtx { be, model: &model, gen: &gen, tok: &tok, settings, reward: args.reward };
-    let r = evaluate(&ctx, &set, 0, args.k, args.seed)?;
+    let total = set.len() * (1 + args.k);
+    let mut progress = crate::util::progress::Progress::new("responses", total as u64, 0, (gen.slots as u64).max(1));
+    let r = evaluate(&ctx, &set, 0, args.k, args.seed, Some(&mut progress))?;
+    progress.finish();
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(0)
 }

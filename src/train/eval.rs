@@ -1,7 +1,8 @@
 //! Held-out evaluation: greedy mean reward, exact-solve rate, format rate and pass@k, overall
 //! and by difficulty.
 use crate::backend::{Backend, SamplingParams};
-use crate::rollout::{PromptSet, RolloutCtx};
+use crate::rollout::{PromptSet, Rollout, RolloutCtx};
+use crate::util::progress::Progress;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -50,17 +51,39 @@ impl Acc {
 /// Greedy evaluation of the first `limit` problems (0 = all) with `ctx`'s model, stop rules and
 /// response limit; with `pass_k > 0` also draws `pass_k` samples at temperature 1 per problem
 /// for pass@k.
-pub fn evaluate<B: Backend>(ctx: &RolloutCtx<B>, set: &PromptSet, limit: usize, pass_k: usize, seed: u64) -> Result<EvalReport> {
+///
+/// With `progress`, responses are generated one generator-full at a time and counted there
+/// (the results are the same: each sequence's sample does not depend on its batch).
+pub fn evaluate<B: Backend>(
+    ctx: &RolloutCtx<B>,
+    set: &PromptSet,
+    limit: usize,
+    pass_k: usize,
+    seed: u64,
+    mut progress: Option<&mut Progress>,
+) -> Result<EvalReport> {
     let n = if limit == 0 { set.len() } else { limit.min(set.len()) };
     let idx: Vec<usize> = (0..n).collect();
     let greedy = ctx.with_sampling(SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, None);
-    let outs = greedy.rollout(set, &idx, &vec![0; n])?;
+    let mut run = |c: &RolloutCtx<B>, idx: &[usize], seeds: &[u64]| -> Result<Vec<Rollout>> {
+        let Some(p) = progress.as_deref_mut() else { return c.rollout(set, idx, seeds) };
+        let mut out = Vec::with_capacity(idx.len());
+        let chunk = c.gen.slots.max(1);
+        for (i, s) in idx.chunks(chunk).zip(seeds.chunks(chunk)) {
+            out.extend(c.rollout(set, i, s)?);
+            for _ in 0..i.len() {
+                p.inc();
+            }
+        }
+        Ok(out)
+    };
+    let outs = run(&greedy, &idx, &vec![0; n])?;
     let mut passed = vec![false; n];
     if pass_k > 0 {
         let sample = ctx.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
         let rep: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, pass_k)).collect();
         let seeds: Vec<u64> = rep.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed, i as u64, (j % pass_k) as u64)).collect();
-        for r in sample.rollout(set, &rep, &seeds)? {
+        for r in run(&sample, &rep, &seeds)? {
             passed[r.idx] |= r.score.solved();
         }
     }

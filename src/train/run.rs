@@ -221,12 +221,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let line = serde_json::json!({"step": 0, "kind": "eval", "eval_solve_rate": r.overall.solve_rate, "eval_reward_mean": r.overall.reward_mean, "eval_format_rate": r.overall.format_rate});
             metrics::append_json(&metrics_path, &line)?;
         }
-        let bar = indicatif::ProgressBar::new(t.steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_position(self.state.step as u64);
+        let mut bar = crate::util::progress::Progress::new("steps", t.steps as u64, self.state.step as u64, 10);
         let started = Instant::now();
         let elapsed0 = self.state.elapsed_s;
         let mut interrupted = false;
@@ -261,7 +256,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
             metrics::append(&metrics_path, &m)?;
             bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
-            bar.inc(1);
+            bar.inc();
             interrupted = INTERRUPTED.load(Ordering::SeqCst);
             if (t.save_every > 0 && self.state.step.is_multiple_of(t.save_every)) || last || interrupted {
                 self.save()?;
@@ -271,7 +266,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 break;
             }
         }
-        bar.finish_and_clear();
+        bar.finish();
         let final_eval = self.final_eval()?;
         let summary = Summary {
             name: self.cfg.name.clone(),
@@ -494,11 +489,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     fn eval(&mut self) -> Result<EvalReport> {
         let _r = nvtx::range("eval");
-        evaluate(&self.policy_ctx(), &self.test, self.cfg.train.eval_limit, 0, self.cfg.seed)
+        evaluate(&self.policy_ctx(), &self.test, self.cfg.train.eval_limit, 0, self.cfg.seed, None)
     }
 
     fn final_eval(&mut self) -> Result<EvalReport> {
-        evaluate(&self.policy_ctx(), &self.test, 0, self.cfg.train.eval_pass_k, self.cfg.seed)
+        evaluate(&self.policy_ctx(), &self.test, 0, self.cfg.train.eval_pass_k, self.cfg.seed, None)
     }
 
     fn save(&mut self) -> Result<()> {

@@ -50,11 +50,7 @@ pub fn sft_train<B: Backend>(
     let mut tail = vec![];
     let mut host = vec![0f32; batch * max_resp];
     let started = Instant::now();
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} SFT steps {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let mut bar = crate::util::progress::Progress::new("SFT steps", steps as u64, 0, (steps as u64 / 20).max(1));
     for step in 0..steps {
         let mut sel = Vec::with_capacity(batch);
         while sel.len() < batch {
@@ -95,9 +91,9 @@ pub fn sft_train<B: Backend>(
             tail.push(loss);
         }
         bar.set_message(format!("loss {loss:.4}"));
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     let tail_loss = (tail.iter().sum::<f64>() / tail.len().max(1) as f64) as f32;
     eprintln!("{label}: {steps} steps in {:.1}s, final loss {tail_loss:.4}", started.elapsed().as_secs_f64());
     Ok((tail_loss, opt.params_to_host(be, model)?))

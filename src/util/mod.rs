@@ -2,6 +2,7 @@
 //! atomic file writes, a stable content hash.
 pub mod fs;
 pub mod jsonl;
+pub mod progress;
 
 /// FNV-1a over `bytes`, continuing from `h`: a stable content key for cache and directory
 /// names (not cryptographic). Start from [`FNV_OFFSET`].
