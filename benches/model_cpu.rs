@@ -28,7 +28,8 @@ fn bench(c: &mut Criterion) {
     let pairs: Vec<(Vec<u32>, Vec<u32>)> =
         (0..64).map(|_| ((0..24).map(|_| rng.below(512) as u32).collect(), (0..40).map(|_| rng.below(512) as u32).collect())).collect();
     let batch = PackedBatch::from_pairs(&pairs).unwrap();
-    let mut ws = LogprobWorkspace::new(&be, &m.cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), false).unwrap();
+    let mut ws =
+        LogprobWorkspace::new(&be, &m.cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), tz_engine::model::Keep::Nothing).unwrap();
     ws.load(&be, &m.cfg, &batch).unwrap();
     let mut g = c.benchmark_group("tiny_cpu");
     g.sample_size(10);

@@ -159,10 +159,11 @@ fn task_commands() {
     );
     assert_eq!(serde_json::from_str::<serde_json::Value>(text(&o.stdout).trim()).unwrap()["score"], 0.0);
 
-    let o = tz(&["plan", "--preset", "qwen2.5-1.5b", "--batch", "4", "--seq", "1280"], None);
+    let o = tz(&["plan", "--config", "configs/qwen2.5-3b.toml", "--set", "train.micro_batch=2"], None);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("total"));
+    assert!(text(&o.stdout).contains("total") && text(&o.stdout).contains("fits 80 GB"), "{}", text(&o.stdout));
     assert_clean_error(&tz(&["plan", "--preset", "qwen9"], None), "unknown preset");
+    assert_clean_error(&tz(&["plan", "--set", "model.path=/nonexistent/model"], None), "--preset");
     assert_clean_error(&tz(&["data", "countdown", "--out", "/tmp/x.jsonl"], None), "--n");
 
     // A bare `tz-engine` prints what there is instead of starting a training run.
@@ -369,4 +370,21 @@ fn bench_kernels() {
     // --device cuda validates its arguments before it needs a GPU.
     let o = tz(&["bench", "kernels", "--device", "cuda", "--tokens", "0"], None);
     assert_clean_error(&o, "--tokens must be positive");
+}
+
+/// The shipped Qwen2.5 configs' memory plans stay within their targets on one GPU (full
+/// parameters, f32 master weights and Adam moments): 0.5B ≤ 16 GiB, 1.5B ≤ 40 GiB, 3B ≤ 72 GiB.
+#[test]
+fn shipped_configs_fit_their_memory_targets() {
+    for (cfg, target_gib) in [("configs/qwen2.5-0.5b.toml", 16.0), ("configs/qwen2.5-1.5b.toml", 40.0), ("configs/qwen2.5-3b.toml", 72.0)] {
+        let o = tz(&["plan", "--config", cfg, "--json"], None);
+        assert!(o.status.success(), "{cfg}: {}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+        let total = v["total_bytes"].as_u64().unwrap() as f64 / (1u64 << 30) as f64;
+        assert!(total <= target_gib, "{cfg}: plans {total:.2} GiB, over the {target_gib} GiB target");
+        let lines = v["lines"].as_array().unwrap();
+        let sum: u64 = lines.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(sum, v["total_bytes"].as_u64().unwrap());
+        assert_eq!(v["recompute"], true, "{cfg}");
+    }
 }

@@ -3,7 +3,7 @@
 //! KV-cache decoding against full recomputation, and batch-independence of sampling.
 use tz_engine::backend::cpu::CpuBackend;
 use tz_engine::backend::{Backend, DType, SamplingParams, View};
-use tz_engine::model::{LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
+use tz_engine::model::{Keep, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
 use tz_engine::rng::Rng;
 use tz_engine::rollout::{GenConfig, Generator};
 
@@ -53,7 +53,7 @@ fn batch() -> PackedBatch {
 /// L = Σ_j w_j·logp_j + Σ_j u_j·entropy_j for fixed random weights.
 fn loss(be: &CpuBackend, cfg: &Qwen2Config, params: &[f32], b: &PackedBatch, w: &[f32], u: &[f32]) -> f64 {
     let model = Qwen2::from_host(be, cfg.clone(), params).unwrap();
-    let mut ws = LogprobWorkspace::new(be, cfg, b.n_rows(), b.n_seqs(), b.n_targets(), false).unwrap();
+    let mut ws = LogprobWorkspace::new(be, cfg, b.n_rows(), b.n_seqs(), b.n_targets(), Keep::Nothing).unwrap();
     ws.load(be, cfg, b).unwrap();
     model.forward_logprobs(be, &ws, true).unwrap();
     let mut lp = vec![0f32; b.n_targets()];
@@ -74,7 +74,7 @@ fn check_gradients(tied: bool) {
     let u: Vec<f32> = (0..b.n_targets()).map(|_| 0.5 * rng.normal() as f32).collect();
 
     let model = Qwen2::from_host(&be, cfg.clone(), &params).unwrap();
-    let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), b.n_seqs(), b.n_targets(), true).unwrap();
+    let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), b.n_seqs(), b.n_targets(), Keep::AllLayers).unwrap();
     ws.load(&be, &cfg, &b).unwrap();
     model.forward_logprobs(&be, &ws, true).unwrap();
     be.upload_f32(ws.dlogp(), &w).unwrap();
@@ -115,6 +115,46 @@ fn gradients_match_finite_differences_untied() {
     check_gradients(false);
 }
 
+/// Gradients (and log-probs, entropies) of one batch with every layer's activations kept.
+fn grads_with(be: &CpuBackend, cfg: &Qwen2Config, params: &[f32], b: &PackedBatch, keep: Keep) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let model = Qwen2::from_host(be, cfg.clone(), params).unwrap();
+    let mut ws = LogprobWorkspace::new(be, cfg, b.n_rows(), b.n_seqs(), b.n_targets(), keep).unwrap();
+    ws.load(be, cfg, b).unwrap();
+    model.forward_logprobs(be, &ws, true).unwrap();
+    let mut rng = Rng::new(17);
+    let w: Vec<f32> = (0..b.n_targets()).map(|_| rng.normal() as f32).collect();
+    be.upload_f32(ws.dlogp(), &w).unwrap();
+    be.upload_f32(ws.dentropy(), &w).unwrap();
+    let grads = be.alloc(DType::F32, model.layout.total).unwrap();
+    model.backward_logprobs(be, &ws, &grads, true).unwrap();
+    let read = |v: View<CpuBackend>| {
+        let mut h = vec![0f32; v.len()];
+        be.download_f32(v, &mut h).unwrap();
+        h
+    };
+    (read(View::all(&grads)), read(ws.logp()), read(ws.entropy()))
+}
+
+/// Activation checkpointing (each layer's input kept, its forward recomputed in the backward)
+/// runs the same ops in the same order: bit-identical gradients, on the tiny preset's shape
+/// and on a tied/untied small model.
+#[test]
+fn recompute_gives_bit_identical_gradients() {
+    let be = CpuBackend::new();
+    let tiny = tz_engine::model::presets::preset("tiny").unwrap().cfg;
+    for (cfg, seed) in [(tiny_cfg(true), 21), (tiny_cfg(false), 22), (tiny, 23)] {
+        let params = random_params(&cfg, seed);
+        let b = batch();
+        let kept = grads_with(&be, &cfg, &params, &b, Keep::AllLayers);
+        let recomputed = grads_with(&be, &cfg, &params, &b, Keep::LayerInputs);
+        assert!(kept.0.iter().any(|&g| g != 0.0));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&kept.0), bits(&recomputed.0), "gradients differ with recompute ({} layers)", cfg.num_hidden_layers);
+        assert_eq!(bits(&kept.1), bits(&recomputed.1));
+        assert_eq!(bits(&kept.2), bits(&recomputed.2));
+    }
+}
+
 /// Log-probs of a packed batch equal those of each sequence run alone.
 #[test]
 fn packing_does_not_leak_across_sequences() {
@@ -123,7 +163,7 @@ fn packing_does_not_leak_across_sequences() {
     let model = Qwen2::from_host(&be, cfg.clone(), &random_params(&cfg, 3)).unwrap();
     let b = batch();
     let run = |b: &PackedBatch| {
-        let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), b.n_seqs(), b.n_targets(), false).unwrap();
+        let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), b.n_seqs(), b.n_targets(), Keep::Nothing).unwrap();
         ws.load(&be, &cfg, b).unwrap();
         model.forward_logprobs(&be, &ws, false).unwrap();
         let mut lp = vec![0f32; b.n_targets()];
@@ -173,7 +213,7 @@ fn kv_cache_greedy_matches_full_recompute() {
                 let mut resp = o.tokens[..t].to_vec();
                 resp.push(cand);
                 let b = PackedBatch::from_pairs(&[(p.clone(), resp)]).unwrap();
-                let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), 1, b.n_targets(), false).unwrap();
+                let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), 1, b.n_targets(), Keep::Nothing).unwrap();
                 ws.load(&be, &cfg, &b).unwrap();
                 model.forward_logprobs(&be, &ws, false).unwrap();
                 let mut lp = vec![0f32; b.n_targets()];

@@ -19,7 +19,7 @@ use std::path::Path;
 use tz_engine::backend::cpu::CpuBackend;
 use tz_engine::backend::{Backend, SamplingParams, View};
 use tz_engine::model::load::load_config;
-use tz_engine::model::{weights, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
+use tz_engine::model::{weights, Keep, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
 use tz_engine::rng::Rng;
 use tz_engine::rollout::{GenConfig, Generator};
 use tz_engine::train::optim::{AdamWConfig, Optimizer};
@@ -53,9 +53,10 @@ fn run_side<B: Backend>(
     u: &[f32],
     prompts: &[Vec<u32>],
     new_tokens: usize,
+    keep: Keep,
 ) -> Side {
     let model = Qwen2::from_host(be, cfg.clone(), host).unwrap();
-    let mut ws = LogprobWorkspace::new(be, cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), true).unwrap();
+    let mut ws = LogprobWorkspace::new(be, cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), keep).unwrap();
     ws.load(be, cfg, batch).unwrap();
     model.forward_logprobs(be, &ws, true).unwrap();
     let logp = download(be, ws.logp());
@@ -104,21 +105,31 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 fn cpu_logprob(cpu: &CpuBackend, cfg: &Qwen2Config, host: &[f32], prefix: &[u32], tok: u32) -> f32 {
     let model = Qwen2::from_host(cpu, cfg.clone(), host).unwrap();
     let b = PackedBatch::from_pairs(&[(prefix.to_vec(), vec![tok])]).unwrap();
-    let mut ws = LogprobWorkspace::new(cpu, cfg, b.n_rows(), 1, 1, false).unwrap();
+    let mut ws = LogprobWorkspace::new(cpu, cfg, b.n_rows(), 1, 1, Keep::Nothing).unwrap();
     ws.load(cpu, cfg, &b).unwrap();
     model.forward_logprobs(cpu, &ws, false).unwrap();
     download(cpu, ws.logp())[0]
 }
 
-fn compare(label: &str, cfg: &Qwen2Config, host: &[f32], pairs: &[(Vec<u32>, Vec<u32>)], prompts: &[Vec<u32>], new_tokens: usize) {
+/// `dev_keep`: what the CUDA side's forward keeps for its backward (the CPU side keeps every
+/// layer; recompute on the CPU is bit-identical to that, tests/model_cpu.rs).
+fn compare(
+    label: &str,
+    cfg: &Qwen2Config,
+    host: &[f32],
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    dev_keep: Keep,
+) {
     let Some(dev) = common::cuda::cuda_or_skip() else { return };
     let cpu = CpuBackend::new();
     let batch = PackedBatch::from_pairs(pairs).unwrap();
     let mut rng = Rng::new(3);
     let w: Vec<f32> = (0..batch.n_targets()).map(|_| rng.normal() as f32).collect();
     let u: Vec<f32> = (0..batch.n_targets()).map(|_| 0.3 * rng.normal() as f32).collect();
-    let c = run_side(&cpu, cfg, host, &batch, &w, &u, prompts, new_tokens);
-    let d = run_side(&dev, cfg, host, &batch, &w, &u, prompts, new_tokens);
+    let c = run_side(&cpu, cfg, host, &batch, &w, &u, prompts, new_tokens, Keep::AllLayers);
+    let d = run_side(&dev, cfg, host, &batch, &w, &u, prompts, new_tokens, dev_keep);
 
     let e = rel_l2(&d.logp, &c.logp);
     assert!(e <= 2e-2, "{label}: log-probs relative L2 error {e:.3e}");
@@ -175,7 +186,15 @@ fn compare(label: &str, cfg: &Qwen2Config, host: &[f32], pairs: &[(Vec<u32>, Vec
 #[test]
 fn tiny_preset_cuda_matches_cpu() {
     let preset = tz_engine::model::presets::preset("tiny").unwrap();
-    tiny_case("tiny", Qwen2Config { vocab_size: 300, ..preset.cfg.clone() });
+    tiny_case("tiny", Qwen2Config { vocab_size: 300, ..preset.cfg.clone() }, Keep::AllLayers);
+}
+
+/// Activation checkpointing on the device: layer inputs kept, each layer's forward recomputed
+/// in bf16 inside the backward; the same tolerances against the CPU oracle.
+#[test]
+fn tiny_preset_recompute_cuda_matches_cpu() {
+    let preset = tz_engine::model::presets::preset("tiny").unwrap();
+    tiny_case("tiny-recompute", Qwen2Config { vocab_size: 300, ..preset.cfg.clone() }, Keep::LayerInputs);
 }
 
 /// The tiny preset reshaped to 2 query heads of 64 dims over 1 kv head: attention runs on the
@@ -186,10 +205,11 @@ fn tiny_head_dim_64_tensor_core_attention_cuda_matches_cpu() {
     tiny_case(
         "tiny-d64",
         Qwen2Config { vocab_size: 300, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 64, ..preset.cfg.clone() },
+        Keep::AllLayers,
     );
 }
 
-fn tiny_case(label: &str, cfg: Qwen2Config) {
+fn tiny_case(label: &str, cfg: Qwen2Config, keep: Keep) {
     // Larger-than-init weights so log-probs are far from uniform and greedy has clear winners.
     let layout = ParamLayout::new(&cfg);
     let mut rng = Rng::new(9);
@@ -213,7 +233,7 @@ fn tiny_case(label: &str, cfg: Qwen2Config) {
         pairs.push((prompt, resp));
     }
     let prompts: Vec<Vec<u32>> = pairs.iter().map(|(p, _)| p.clone()).collect();
-    compare(label, &cfg, &host, &pairs, &prompts, 24);
+    compare(label, &cfg, &host, &pairs, &prompts, 24, keep);
 }
 
 fn fixture(case: &str) {
@@ -243,7 +263,7 @@ fn fixture(case: &str) {
     let ex: Expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = ex.score.iter().map(|s| (s.prompt_ids.clone(), s.response_ids.clone())).collect();
     let prompts: Vec<Vec<u32>> = pairs.iter().map(|(p, _)| p.clone()).collect();
-    compare(case, &cfg, &host, &pairs, &prompts, 16);
+    compare(case, &cfg, &host, &pairs, &prompts, 16, Keep::AllLayers);
 }
 
 #[test]

@@ -47,7 +47,8 @@ fn check_case(case: &str) {
     // Log-probs, all sequences packed into one batch.
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = expected.score.iter().map(|s| (s.prompt_ids.clone(), s.response_ids.clone())).collect();
     let batch = PackedBatch::from_pairs(&pairs).unwrap();
-    let mut ws = LogprobWorkspace::new(&be, &cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), true).unwrap();
+    let mut ws =
+        LogprobWorkspace::new(&be, &cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), tz_engine::model::Keep::AllLayers).unwrap();
     ws.load(&be, &cfg, &batch).unwrap();
     model.forward_logprobs(&be, &ws, false).unwrap();
     let mut lp = vec![0f32; batch.n_targets()];
@@ -80,6 +81,18 @@ fn check_case(case: &str) {
         assert!(err < 1e-4, "{case}: gradient of {} off by {err:.2e} relative", e.name);
         worst_g = worst_g.max(err);
     }
+    // Activation checkpointing: the same gradients, bit for bit.
+    let mut ws_r =
+        LogprobWorkspace::new(&be, &cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), tz_engine::model::Keep::LayerInputs).unwrap();
+    ws_r.load(&be, &cfg, &batch).unwrap();
+    model.forward_logprobs(&be, &ws_r, false).unwrap();
+    be.upload_f32(ws_r.dlogp(), &vec![1.0; batch.n_targets()]).unwrap();
+    let grads_r = be.alloc(DType::F32, layout.total).unwrap();
+    model.backward_logprobs(&be, &ws_r, &grads_r, false).unwrap();
+    let mut g_r = vec![0f32; layout.total];
+    be.download_f32(View::all(&grads_r), &mut g_r).unwrap();
+    let differing = g.iter().zip(&g_r).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differing, 0, "{case}: {differing} gradient values differ with recompute on");
 
     // Greedy continuations.
     for (k, gi) in expected.greedy.iter().enumerate() {

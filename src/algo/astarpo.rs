@@ -67,10 +67,15 @@ pub struct Astarpo<B: Backend> {
     loss: B::Buf,
 }
 
+/// F32 lengths of the loss buffers (targets, squared errors) for micro-batches of `micro_batch`.
+pub fn buffer_lens(micro_batch: usize) -> [usize; 2] {
+    [micro_batch.max(1); 2]
+}
+
 impl<B: Backend> Astarpo<B> {
     pub fn new(be: &B, cfg: AstarpoConfig, micro_batch: usize) -> Result<Self> {
-        let n = micro_batch.max(1);
-        Ok(Astarpo { cfg, vstar: vec![], target: be.alloc(DType::F32, n)?, loss: be.alloc(DType::F32, n)? })
+        let [t, l] = buffer_lens(micro_batch);
+        Ok(Astarpo { cfg, vstar: vec![], target: be.alloc(DType::F32, t)?, loss: be.alloc(DType::F32, l)? })
     }
 }
 

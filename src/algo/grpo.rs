@@ -58,10 +58,15 @@ pub struct Grpo<B: Backend> {
     loss: B::Buf,
 }
 
+/// F32 lengths of the per-token loss buffers (advantage, weight, loss).
+pub fn buffer_lens(max_targets: usize) -> [usize; 3] {
+    [max_targets.max(1); 3]
+}
+
 impl<B: Backend> Grpo<B> {
     pub fn new(be: &B, cfg: GrpoConfig, max_targets: usize) -> Result<Self> {
-        let n = max_targets.max(1);
-        Ok(Grpo { cfg, adv: be.alloc(DType::F32, n)?, weight: be.alloc(DType::F32, n)?, loss: be.alloc(DType::F32, n)? })
+        let [a, w, l] = buffer_lens(max_targets);
+        Ok(Grpo { cfg, adv: be.alloc(DType::F32, a)?, weight: be.alloc(DType::F32, w)?, loss: be.alloc(DType::F32, l)? })
     }
 }
 

@@ -47,6 +47,27 @@ impl AlgoConfig {
         }
     }
 
+    /// Responses per prompt at each step (what the built objective's `samples_per_prompt` says;
+    /// known before building it, for the memory plan).
+    pub fn samples_per_prompt(&self) -> usize {
+        match self {
+            AlgoConfig::Astarpo(_) => 1,
+            AlgoConfig::Grpo(c) => c.group_size,
+        }
+    }
+
+    pub fn needs_old_logprobs(&self) -> bool {
+        matches!(self, AlgoConfig::Grpo(_))
+    }
+
+    /// Lengths of the F32 device buffers `build` allocates for these micro-batch sizes.
+    pub fn buffer_lens(&self, micro_batch: usize, max_targets: usize) -> Vec<usize> {
+        match self {
+            AlgoConfig::Astarpo(_) => astarpo::buffer_lens(micro_batch).to_vec(),
+            AlgoConfig::Grpo(_) => grpo::buffer_lens(max_targets).to_vec(),
+        }
+    }
+
     /// The objective, with its device buffers planned for micro-batches of at most
     /// `micro_batch` sequences and `max_targets` response tokens.
     pub fn build<B: Backend>(&self, be: &B, micro_batch: usize, max_targets: usize) -> Result<Box<dyn Objective<B>>> {

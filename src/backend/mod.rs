@@ -21,6 +21,8 @@ pub(crate) mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod workspace;
+pub use workspace::ScratchNeeds;
 mod device;
 mod view;
 pub use device::Device;
@@ -140,6 +142,16 @@ pub trait Backend: Send + Sync + 'static {
     fn needs_master_weights(&self) -> bool;
     fn mem_info(&self) -> MemInfo {
         None
+    }
+    /// Device memory the backend allocates for itself (library workspaces, kernel scratch)
+    /// for a run of these shapes, as (what, bytes): lines of the run's memory plan.
+    fn workspace_plan(&self, _needs: &ScratchNeeds) -> Vec<(&'static str, usize)> {
+        vec![]
+    }
+    /// Allocates the scratch `workspace_plan` lists, up front, so that no op of the run
+    /// allocates.
+    fn reserve_scratch(&self, _needs: &ScratchNeeds) -> Result<()> {
+        Ok(())
     }
 
     // ---- memory ----------------------------------------------------------------------------

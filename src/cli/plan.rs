@@ -1,93 +1,129 @@
-//! `tz-engine plan`: the device memory a training run will allocate, by category, computed by
-//! the same planner the engine allocates from — so a user knows before launching whether a
-//! model fits a GPU.
+//! `tz-engine plan`: the device memory a training run will allocate, line by line, computed by
+//! the planner the trainer allocates from (`train::plan`), and which GPUs it fits — so a user
+//! knows before launching whether a model and its settings fit.
 use crate::backend::{DType, Device};
-use crate::model::arena::ArenaPlan;
-use crate::model::logprob::LogprobPlan;
 use crate::model::{ParamLayout, Qwen2Config};
+use crate::train::plan::{gib, RunPlan};
+use crate::train::TrainConfig;
 use anyhow::{bail, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Default)]
 pub struct PlanArgs {
-    /// Model directory (its config.json is read; weights are not needed).
+    /// The training config to plan (default: the built-in tiny CPU config).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config value, as for `train` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Plan this model directory's shape (its config.json) instead of the config's model.
     #[arg(long, conflicts_with = "preset")]
     pub model: Option<PathBuf>,
-    /// Or a preset name (e.g. qwen2.5-1.5b).
+    /// Or a preset's shape (e.g. qwen2.5-3b).
     #[arg(long)]
     pub preset: Option<String>,
-    /// Sequences per forward/backward pass (micro-batch).
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Tokens per sequence (prompt + response).
-    #[arg(long, default_value_t = 1280)]
-    pub seq: usize,
-    /// Sequences generated at once (KV cache).
-    #[arg(long, default_value_t = 256)]
-    pub rollout_batch: usize,
-    /// Prompt tokens (the rest of --seq is response).
-    #[arg(long, default_value_t = 256)]
-    pub prompt: usize,
-    /// cuda plans bf16 weights/activations with fp32 master weights; cpu plans f32.
-    #[arg(long, value_enum, default_value_t = Device::Cuda)]
-    pub device: Device,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub struct PlanLine {
-    pub category: &'static str,
-    pub bytes: usize,
-}
+/// GPUs a plan is checked against: (label, bytes).
+const GPUS: [(&str, usize); 3] =
+    [("80 GB (H100/A100)", 80_000_000_000), ("141 GB (H200)", 141_000_000_000), ("24 GB (L4/4090)", 24_000_000_000)];
 
-/// Bytes per category for training with a frozen reference model.
-pub fn plan_training(cfg: &Qwen2Config, device: Device, batch: usize, seq: usize, rollout_batch: usize, prompt: usize) -> Vec<PlanLine> {
-    let act = if device == Device::Cuda { DType::BF16 } else { DType::F32 };
-    let n = ParamLayout::new(cfg).total;
-    let mut lines = vec![
-        PlanLine { category: "policy parameters", bytes: n * act.size_bytes() },
-        PlanLine { category: "reference parameters", bytes: n * act.size_bytes() },
-        PlanLine { category: "gradients (f32)", bytes: n * 4 },
-        PlanLine { category: "Adam moments (f32)", bytes: 2 * n * 4 },
-    ];
-    if device == Device::Cuda {
-        lines.push(PlanLine { category: "master weights (f32)", bytes: n * 4 });
+/// The model shape a config plans for: its model directory's config.json, or its preset; a
+/// model directory that is not there yet (a config written for a download) is planned with
+/// the preset of the same name.
+fn model_shape(cfg: &TrainConfig, args: &PlanArgs) -> Result<(Qwen2Config, String)> {
+    if let Some(dir) = &args.model {
+        return Ok((crate::model::load::load_config(dir)?, dir.display().to_string()));
     }
-    let mut p = ArenaPlan::new(act);
-    let response = seq.saturating_sub(prompt).max(1);
-    LogprobPlan::new(&mut p, cfg, batch * seq, batch, batch * response, true);
-    for (c, b) in p.categories {
-        lines.push(PlanLine { category: leak_category("training", c), bytes: b });
+    if let Some(name) = &args.preset {
+        return Ok((crate::model::presets::preset(name)?.cfg, format!("preset {name}")));
     }
-    for (c, b) in crate::rollout::plan_bytes(cfg, act, rollout_batch, prompt.min(seq - 1).max(1), seq) {
-        lines.push(PlanLine { category: leak_category("rollout", c), bytes: b });
+    let dir = &cfg.model.path;
+    if dir.as_os_str().is_empty() {
+        let name = &cfg.model.preset;
+        return Ok((crate::model::presets::preset(name)?.cfg, format!("preset {name}")));
     }
-    lines
-}
-
-fn leak_category(phase: &str, c: &str) -> &'static str {
-    // A handful of fixed labels; leaking them keeps PlanLine simple and costs nothing.
-    Box::leak(format!("{phase}: {c}").into_boxed_str())
+    if dir.join("config.json").is_file() {
+        return Ok((crate::model::load::load_config(dir)?, dir.display().to_string()));
+    }
+    let stem = Path::new(dir).file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    match crate::model::presets::preset(&stem) {
+        Ok(p) => Ok((p.cfg, format!("preset {stem} ({} not found; same name)", dir.join("config.json").display()))),
+        Err(_) => bail!("{} not found: pass --model DIR or --preset NAME to plan for a model's shape", dir.join("config.json").display()),
+    }
 }
 
 pub fn run(args: PlanArgs) -> Result<i32> {
-    let cfg = match (&args.model, &args.preset) {
-        (Some(dir), _) => crate::model::load::load_config(dir)?,
-        (None, Some(name)) => crate::model::presets::preset(name)?.cfg,
-        (None, None) => bail!("give --model DIR or --preset NAME"),
-    };
-    if args.batch == 0 || args.seq < 2 || args.rollout_batch == 0 {
-        bail!("--batch and --rollout-batch must be positive and --seq at least 2");
+    let cfg = crate::cli::train::load_config(args.config.as_ref(), &args.sets, None)?;
+    let (model, source) = model_shape(&cfg, &args)?;
+    let cuda = cfg.device == Device::Cuda;
+    let act = if cuda { DType::BF16 } else { DType::F32 };
+    // The CUDA backend's own workspace as on a Hopper GPU (the larger cuBLASLt workspace).
+    let workspace = |n: &crate::backend::ScratchNeeds| if cuda { crate::backend::workspace::cuda_workspace(n, true) } else { vec![] };
+    let plan = RunPlan::new(&cfg, &model, act, cuda, &workspace)?;
+    let total = plan.total();
+    if args.json {
+        let v = serde_json::json!({
+            "model": source,
+            "device": cfg.device,
+            "parameters": ParamLayout::new(&model).total,
+            "recompute": plan.shape.recompute(),
+            "lines": plan.lines,
+            "total_bytes": total,
+            "phases": plan.phases,
+            "flops_per_step": plan.flops,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
     }
-    if args.seq > cfg.max_position_embeddings {
-        bail!("--seq {} exceeds the model's context ({})", args.seq, cfg.max_position_embeddings);
+    let s = &plan.shape;
+    let t = &cfg.train;
+    println!(
+        "memory plan on {} ({}): {source}, {:.2} B parameters",
+        cfg.device,
+        if cuda { "bf16 weights and activations, f32 master weights" } else { "f32" },
+        ParamLayout::new(&model).total as f64 / 1e9
+    );
+    println!(
+        "  micro-batch {} x {} tokens, {} sequences generated at once (prompt {} + response {} tokens), recompute {}",
+        s.micro_batch,
+        s.t_max,
+        s.slots,
+        s.max_prompt,
+        s.t_max - s.max_prompt,
+        if s.recompute() { "layers" } else { "none" }
+    );
+    for l in &plan.lines {
+        println!("  {:<46} {:>9.3} GiB", l.what, gib(l.bytes));
     }
-    let lines = plan_training(&cfg, args.device, args.batch, args.seq, args.rollout_batch, args.prompt);
-    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-    println!("planned {} memory: micro-batch {} x {} tokens, rollout batch {}", args.device, args.batch, args.seq, args.rollout_batch);
-    for l in &lines {
-        println!("  {:<36} {:>9.3} GiB", l.category, gib(l.bytes));
+    println!("  {:<46} {:>9.3} GiB ({total} bytes)", "total", gib(total));
+    println!("  the shared activations hold the larger phase:");
+    for p in &plan.phases {
+        let parts: Vec<String> = p.categories.iter().map(|(c, b)| format!("{c} {:.3}", gib(*b))).collect();
+        println!("    {:<9} {:>9.3} GiB  ({})", p.phase, gib(p.bytes), parts.join(", "));
     }
-    let total: usize = lines.iter().map(|l| l.bytes).sum();
-    println!("  {:<36} {:>9.3} GiB", "total", gib(total));
+    let f = &plan.flops;
+    println!(
+        "  training FLOPs per step ({} sequences at full length): {:.3} PFLOP without recompute, {:.3} with (+{:.0}%; one forward is {:.0}%)",
+        t.batch_prompts * cfg.algo.samples_per_prompt(),
+        f.without_recompute / 1e15,
+        f.with_recompute / 1e15,
+        100.0 * (f.with_recompute / f.without_recompute - 1.0),
+        100.0 * f.one_forward / f.without_recompute
+    );
+    if cuda {
+        for (label, bytes) in GPUS {
+            if total <= bytes {
+                println!("  fits {label}: {:.2} GiB headroom", gib(bytes - total));
+            } else {
+                println!("  does not fit {label}: {:.2} GiB over", gib(total - bytes));
+            }
+        }
+        println!("  (outside the plan: the CUDA context, a few hundred MiB)");
+    }
     Ok(0)
 }

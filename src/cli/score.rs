@@ -82,7 +82,7 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
     let max_rows = batches.iter().map(|b| pairs[b.clone()].iter().map(|(p, r)| p.len() + r.len()).sum::<usize>()).max().unwrap_or(1);
     let max_seqs = batches.iter().map(|b| b.len()).max().unwrap_or(1);
     let max_targets = batches.iter().map(|b| pairs[b.clone()].iter().map(|(_, r)| r.len()).sum::<usize>()).max().unwrap_or(1);
-    let mut ws = LogprobWorkspace::new(be, &model.cfg, max_rows, max_seqs, max_targets.max(1), false)?;
+    let mut ws = LogprobWorkspace::new(be, &model.cfg, max_rows, max_seqs, max_targets.max(1), crate::model::Keep::Nothing)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut logp = vec![0f32; max_targets];

@@ -5,7 +5,7 @@
 //! logits exist for one chunk at a time (`chunk × vocab`), never for the whole batch. The
 //! backward recomputes each chunk's logits instead of keeping them.
 use super::arena::{Arena, ArenaPlan, Slot};
-use super::qwen2::{AttnMode, BackwardSlots, ForwardSlots, Qwen2};
+use super::qwen2::{AttnMode, BackwardSlots, ForwardSlots, Keep, Qwen2};
 use super::Qwen2Config;
 use crate::backend::{Backend, Seqs, View};
 use anyhow::{bail, Result};
@@ -98,12 +98,13 @@ pub struct LogprobPlan {
 }
 
 impl LogprobPlan {
-    pub fn new(p: &mut ArenaPlan, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, train: bool) -> Self {
+    /// `keep`: `Keep::Nothing` plans scoring only; otherwise the backward's slots too.
+    pub fn new(p: &mut ArenaPlan, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, keep: Keep) -> Self {
         let c = cfg.hidden_size;
         let chunk = (LOGITS_BUDGET / cfg.vocab_size).clamp(1, max_targets.max(1));
         LogprobPlan {
-            fwd: ForwardSlots::plan(p, cfg, max_rows, train),
-            bwd: train.then(|| BackwardSlots::plan(p, cfg, max_rows)),
+            fwd: ForwardSlots::plan(p, cfg, max_rows, keep),
+            bwd: (keep != Keep::Nothing).then(|| BackwardSlots::plan(p, cfg, max_rows)),
             max_rows,
             max_seqs,
             max_targets,
@@ -134,11 +135,22 @@ pub struct LogprobWorkspace<B: Backend> {
 }
 
 impl<B: Backend> LogprobWorkspace<B> {
-    pub fn new(be: &B, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, train: bool) -> Result<Self> {
+    pub fn new(be: &B, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, keep: Keep) -> Result<Self> {
         let mut p = ArenaPlan::new(be.act_dtype());
-        let plan = LogprobPlan::new(&mut p, cfg, max_rows, max_seqs, max_targets, train);
+        let plan = LogprobPlan::new(&mut p, cfg, max_rows, max_seqs, max_targets, keep);
         let arena = p.allocate(be)?;
-        Ok(LogprobWorkspace { plan, arena, cu_host: vec![], target_cu_host: vec![], n_rows: 0, n_targets: 0 })
+        Ok(Self::with_arena(plan, arena))
+    }
+
+    /// A workspace whose slots (`plan`, planned into `arena_plan`) live in an arena shared
+    /// with other phases.
+    pub fn in_arena(arena: &Arena<B>, arena_plan: &ArenaPlan, plan: LogprobPlan) -> Result<Self> {
+        arena.holds(arena_plan)?;
+        Ok(Self::with_arena(plan, arena.clone()))
+    }
+
+    fn with_arena(plan: LogprobPlan, arena: Arena<B>) -> Self {
+        LogprobWorkspace { plan, arena, cu_host: vec![], target_cu_host: vec![], n_rows: 0, n_targets: 0 }
     }
 
     /// Uploads a batch's inputs into the planned slots.

@@ -12,4 +12,4 @@ pub mod weights;
 pub use config::Qwen2Config;
 pub use layout::ParamLayout;
 pub use logprob::{LogprobWorkspace, PackedBatch};
-pub use qwen2::Qwen2;
+pub use qwen2::{Keep, Qwen2};

@@ -20,8 +20,32 @@ pub struct Qwen2<B: Backend> {
     pub params: B::Buf,
 }
 
+/// What a forward pass keeps for a backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Inference (scoring, prefill, decode): every layer shares one set of buffers and the
+    /// residual stream is updated in place.
+    Nothing,
+    /// Every layer's activations (the fastest backward, the most memory).
+    AllLayers,
+    /// Activation checkpointing: each layer's input only; the backward recomputes a layer's
+    /// forward into one shared set of buffers just before differentiating it.
+    LayerInputs,
+}
+
+impl Keep {
+    pub fn for_training(recompute: bool) -> Self {
+        if recompute {
+            Keep::LayerInputs
+        } else {
+            Keep::AllLayers
+        }
+    }
+}
+
 /// Activation slots of one decoder layer. In inference plans every layer shares one set, and
-/// `resid_in`/`resid_mid` are the same slot (the residual stream is updated in place).
+/// `resid_in`/`resid_mid` are the same slot (the residual stream is updated in place). With
+/// `Keep::LayerInputs` only `resid_in` is per layer.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerSlots {
     pub resid_in: Slot,
@@ -40,6 +64,7 @@ pub struct LayerSlots {
 /// The slots every forward pass uses, sized for `rows` token rows.
 #[derive(Clone, Debug)]
 pub struct ForwardSlots {
+    pub keep: Keep,
     pub layers: Vec<LayerSlots>,
     /// Branch output (attention or MLP projection) before its residual add.
     pub tmp: Slot,
@@ -51,13 +76,12 @@ pub struct ForwardSlots {
 }
 
 impl ForwardSlots {
-    /// `keep_layers`: distinct per-layer activations (needed by backward).
-    pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize, keep_layers: bool) -> Self {
+    pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize, keep: Keep) -> Self {
         let c = cfg.hidden_size;
         let shape = cfg.attn_shape();
         let inter = cfg.intermediate_size;
-        let one = |p: &mut ArenaPlan, first: Option<Slot>| {
-            let resid_in = first.unwrap_or_else(|| p.act("activations", rows * c));
+        let one = |p: &mut ArenaPlan| {
+            let resid_in = p.act("activations", rows * c);
             LayerSlots {
                 resid_in,
                 ln1: p.act("activations", rows * c),
@@ -65,20 +89,25 @@ impl ForwardSlots {
                 qkv: p.act("activations", rows * shape.qkv_width()),
                 att: p.act("activations", rows * shape.q_width()),
                 lse: p.f32("activations", rows * shape.n_head),
-                resid_mid: if keep_layers { p.act("activations", rows * c) } else { resid_in },
+                resid_mid: if keep == Keep::Nothing { resid_in } else { p.act("activations", rows * c) },
                 ln2: p.act("activations", rows * c),
                 rstd2: p.f32("activations", rows),
                 gu: p.act("activations", rows * 2 * inter),
                 h: p.act("activations", rows * inter),
             }
         };
-        let first = one(p, None);
+        let first = one(p);
         let mut layers = vec![first];
         for _ in 1..cfg.num_hidden_layers {
-            layers.push(if keep_layers { one(p, None) } else { first });
+            layers.push(match keep {
+                Keep::Nothing => first,
+                Keep::AllLayers => one(p),
+                Keep::LayerInputs => LayerSlots { resid_in: p.act("layer inputs (recompute)", rows * c), ..first },
+            });
         }
-        let resid_final = if keep_layers { p.act("activations", rows * c) } else { first.resid_in };
+        let resid_final = if keep == Keep::Nothing { first.resid_in } else { p.act("activations", rows * c) };
         ForwardSlots {
+            keep,
             layers,
             tmp: p.act("activations", rows * c),
             resid_final,
@@ -147,65 +176,11 @@ impl<B: Backend> Qwen2<B> {
     /// Embedding, every decoder layer and the final norm over `n` rows whose ids and positions
     /// are already in `s.ids`/`s.pos`. Leaves the normalized final hidden states in `s.lnf`.
     pub fn forward_layers(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, n: usize, mode: &AttnMode<B>) -> Result<()> {
-        let cfg = &self.cfg;
-        let (c, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, self.eps());
-        let shape = self.shape();
-        let (qkvw, qw) = (shape.qkv_width(), shape.q_width());
+        let c = self.cfg.hidden_size;
         let v = |slot: Slot, width: usize| a.prefix(slot, n * width);
-        let ids = a.prefix(s.ids, n);
-        let pos = a.prefix(s.pos, n);
-        let tmp = v(s.tmp, c);
-        be.embedding_fwd(v(s.layers[0].resid_in, c), self.w(self.layout.embed, cfg.vocab_size * c), ids, n, c)?;
-        for (l, (ls, lo)) in s.layers.iter().zip(&self.layout.layers).enumerate() {
-            let w_in = self.w(lo.input_norm, c);
-            if l == 0 {
-                be.rmsnorm_fwd(v(ls.ln1, c), a.prefix(ls.rstd1, n), v(ls.resid_in, c), w_in, n, c, eps)?;
-            } else {
-                let prev = &s.layers[l - 1];
-                be.residual_rmsnorm_fwd(
-                    v(ls.resid_in, c),
-                    v(ls.ln1, c),
-                    a.prefix(ls.rstd1, n),
-                    v(prev.resid_mid, c),
-                    tmp,
-                    w_in,
-                    n,
-                    c,
-                    eps,
-                )?;
-            }
-            let qkv = v(ls.qkv, qkvw);
-            be.gemm(qkv, v(ls.ln1, c), self.w(lo.qkv_w, qkvw * c), Some(self.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
-            be.rope(qkv, pos, n, shape, cfg.rope_theta as f32, false)?;
-            let att = v(ls.att, qw);
-            match mode {
-                AttnMode::Packed { seqs, store } => {
-                    be.attention_fwd(att, a.prefix(ls.lse, n * shape.n_head), qkv, *seqs, shape, self.scale())?;
-                    if let Some(kv) = store {
-                        be.kv_store(kv.kcache[l], kv.vcache[l], qkv, kv.slot, kv.pos, n, shape, kv.t_max)?;
-                    }
-                }
-                AttnMode::Decode { kv, len, max_len } => {
-                    be.kv_store(kv.kcache[l], kv.vcache[l], qkv, kv.slot, kv.pos, n, shape, kv.t_max)?;
-                    be.attention_decode(att, qkv, kv.kcache[l], kv.vcache[l], kv.slot, *len, n, *max_len, shape, kv.t_max, self.scale())?;
-                }
-            }
-            be.gemm(tmp, att, self.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
-            be.residual_rmsnorm_fwd(
-                v(ls.resid_mid, c),
-                v(ls.ln2, c),
-                a.prefix(ls.rstd2, n),
-                v(ls.resid_in, c),
-                tmp,
-                self.w(lo.post_norm, c),
-                n,
-                c,
-                eps,
-            )?;
-            let gu = v(ls.gu, 2 * inter);
-            be.gemm(gu, v(ls.ln2, c), self.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
-            be.swiglu_fwd(v(ls.h, inter), gu, n, inter)?;
-            be.gemm(tmp, v(ls.h, inter), self.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
+        be.embedding_fwd(v(s.layers[0].resid_in, c), self.w(self.layout.embed, self.cfg.vocab_size * c), a.prefix(s.ids, n), n, c)?;
+        for l in 0..s.layers.len() {
+            self.layer_fwd(be, a, s, l, n, mode, false)?;
         }
         let last = s.layers.last().expect("at least one layer");
         be.residual_rmsnorm_fwd(
@@ -213,12 +188,62 @@ impl<B: Backend> Qwen2<B> {
             v(s.lnf, c),
             a.prefix(s.rstdf, n),
             v(last.resid_mid, c),
-            tmp,
+            v(s.tmp, c),
             self.w(self.layout.final_norm, c),
             n,
             c,
-            eps,
+            self.eps(),
         )?;
+        Ok(())
+    }
+
+    /// Decoder layer `l`. Its input is `resid_in` for the first layer or on `recompute`, else
+    /// the previous layer's `resid_mid + tmp` (the residual add fused into the norm, which
+    /// writes `resid_in`). Leaves the MLP branch's output in `tmp`, except on `recompute`:
+    /// the backward needs the layer's activations, not its output.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_fwd(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, l: usize, n: usize, mode: &AttnMode<B>, recompute: bool) -> Result<()> {
+        let cfg = &self.cfg;
+        let (c, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, self.eps());
+        let shape = self.shape();
+        let (qkvw, qw) = (shape.qkv_width(), shape.q_width());
+        let v = |slot: Slot, width: usize| a.prefix(slot, n * width);
+        let tmp = v(s.tmp, c);
+        let (ls, lo) = (&s.layers[l], &self.layout.layers[l]);
+        let w_in = self.w(lo.input_norm, c);
+        if l == 0 || recompute {
+            // The same arithmetic as the fused add + norm on the stored sum (bit-identical on
+            // the CPU backend).
+            be.rmsnorm_fwd(v(ls.ln1, c), a.prefix(ls.rstd1, n), v(ls.resid_in, c), w_in, n, c, eps)?;
+        } else {
+            let prev = &s.layers[l - 1];
+            be.residual_rmsnorm_fwd(v(ls.resid_in, c), v(ls.ln1, c), a.prefix(ls.rstd1, n), v(prev.resid_mid, c), tmp, w_in, n, c, eps)?;
+        }
+        let qkv = v(ls.qkv, qkvw);
+        be.gemm(qkv, v(ls.ln1, c), self.w(lo.qkv_w, qkvw * c), Some(self.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
+        be.rope(qkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, false)?;
+        let att = v(ls.att, qw);
+        match mode {
+            AttnMode::Packed { seqs, store } => {
+                be.attention_fwd(att, a.prefix(ls.lse, n * shape.n_head), qkv, *seqs, shape, self.scale())?;
+                if let Some(kv) = store {
+                    be.kv_store(kv.kcache[l], kv.vcache[l], qkv, kv.slot, kv.pos, n, shape, kv.t_max)?;
+                }
+            }
+            AttnMode::Decode { kv, len, max_len } => {
+                be.kv_store(kv.kcache[l], kv.vcache[l], qkv, kv.slot, kv.pos, n, shape, kv.t_max)?;
+                be.attention_decode(att, qkv, kv.kcache[l], kv.vcache[l], kv.slot, *len, n, *max_len, shape, kv.t_max, self.scale())?;
+            }
+        }
+        be.gemm(tmp, att, self.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
+        let (resid_in, post) = (v(ls.resid_in, c), self.w(lo.post_norm, c));
+        be.residual_rmsnorm_fwd(v(ls.resid_mid, c), v(ls.ln2, c), a.prefix(ls.rstd2, n), resid_in, tmp, post, n, c, eps)?;
+        let gu = v(ls.gu, 2 * inter);
+        be.gemm(gu, v(ls.ln2, c), self.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
+        be.swiglu_fwd(v(ls.h, inter), gu, n, inter)?;
+        if !recompute {
+            be.gemm(tmp, v(ls.h, inter), self.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
+        }
         Ok(())
     }
 
@@ -286,7 +311,14 @@ impl<B: Backend> Qwen2<B> {
         be.fill(dresid, 0.0)?;
         let fnorm = self.layout.final_norm;
         be.rmsnorm_bwd(dresid, g::<B>(grads, fnorm, c), dln, v(s.resid_final, c), self.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
-        for (ls, lo) in s.layers.iter().zip(&self.layout.layers).rev() {
+        let recompute = s.keep == Keep::LayerInputs;
+        if s.keep == Keep::Nothing {
+            bail!("backward needs a forward planned for training (activations kept)");
+        }
+        for (l, (ls, lo)) in s.layers.iter().zip(&self.layout.layers).enumerate().rev() {
+            if recompute {
+                self.layer_fwd(be, a, s, l, n, &AttnMode::Packed { seqs, store: None }, true)?;
+            }
             // MLP branch: dresid is the gradient of its output.
             let (dh, dgu) = (v(d.dh, inter), v(d.dgu, 2 * inter));
             be.gemm(dh, dresid, self.w(lo.down_w, c * inter), None, n, inter, c, false, false, 1.0, 0.0)?;

@@ -38,6 +38,8 @@ pub struct Generation {
 
 struct GenPlan {
     fwd: ForwardSlots,
+    /// Rows of one forward pass (a prefill group, or the decode batch).
+    rows: usize,
     kcache: Vec<Slot>,
     vcache: Vec<Slot>,
     cu: Slot,
@@ -59,25 +61,43 @@ pub struct Generator<B: Backend> {
     pub t_max: usize,
 }
 
-/// Bytes a generator of this size plans, by category (for `tz-engine plan`).
-pub fn plan_bytes(
-    cfg: &Qwen2Config,
-    act: crate::backend::DType,
+/// Prompt rows prefilled at once: a wave's prompts go through the layers in groups of at most
+/// this many rows (but always a whole prompt), so prefill activations stay small next to the
+/// KV cache (256 prompts of 256 tokens would otherwise need 65536 rows of activations).
+const PREFILL_ROWS: usize = 8192;
+
+/// A generator's slots, planned into `p` (possibly an arena shared with other phases).
+pub struct GenLayout {
+    plan: GenPlan,
     slots: usize,
     max_prompt: usize,
     t_max: usize,
-) -> Vec<(&'static str, usize)> {
-    let mut p = ArenaPlan::new(act);
-    plan(&mut p, cfg, slots, max_prompt, t_max);
-    p.categories
+}
+
+impl GenLayout {
+    pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> Result<Self> {
+        if slots == 0 || max_prompt == 0 || t_max <= max_prompt {
+            bail!("generator needs slots > 0 and max prompt ({max_prompt}) < max total length ({t_max})");
+        }
+        if t_max > cfg.max_position_embeddings {
+            bail!("prompt + response length {t_max} exceeds the model's context ({})", cfg.max_position_embeddings);
+        }
+        Ok(GenLayout { plan: plan(p, cfg, slots, max_prompt, t_max), slots, max_prompt, t_max })
+    }
+}
+
+/// Rows of one prefill pass (also the decode pass's `slots` rows).
+fn prefill_rows(slots: usize, max_prompt: usize) -> usize {
+    (slots * max_prompt).min(PREFILL_ROWS.max(max_prompt)).max(slots)
 }
 
 fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> GenPlan {
-    let rows = (slots * max_prompt).max(slots);
+    let rows = prefill_rows(slots, max_prompt);
     let c = cfg.hidden_size;
     let kv_len = slots * t_max * cfg.num_key_value_heads * cfg.head_dim;
     GenPlan {
-        fwd: ForwardSlots::plan(p, cfg, rows, false),
+        fwd: ForwardSlots::plan(p, cfg, rows, crate::model::Keep::Nothing),
+        rows,
         kcache: (0..cfg.num_hidden_layers).map(|_| p.act("kv cache", kv_len)).collect(),
         vcache: (0..cfg.num_hidden_layers).map(|_| p.act("kv cache", kv_len)).collect(),
         cu: p.u32("inputs", slots + 1),
@@ -100,16 +120,17 @@ struct Live {
 
 impl<B: Backend> Generator<B> {
     pub fn new(be: &B, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> Result<Self> {
-        if slots == 0 || max_prompt == 0 || t_max <= max_prompt {
-            bail!("generator needs slots > 0 and max prompt ({max_prompt}) < max total length ({t_max})");
-        }
-        if t_max > cfg.max_position_embeddings {
-            bail!("prompt + response length {t_max} exceeds the model's context ({})", cfg.max_position_embeddings);
-        }
         let mut p = ArenaPlan::new(be.act_dtype());
-        let plan = plan(&mut p, cfg, slots, max_prompt, t_max);
-        let arena = p.allocate(be)?;
-        Ok(Generator { plan, arena, slots, max_prompt, t_max })
+        let layout = GenLayout::plan(&mut p, cfg, slots, max_prompt, t_max)?;
+        Self::in_arena(&p.allocate(be)?, &p, layout)
+    }
+
+    /// A generator whose slots (`layout`, planned into `arena_plan`) live in an arena shared
+    /// with phases that never run during generation.
+    pub fn in_arena(arena: &Arena<B>, arena_plan: &ArenaPlan, layout: GenLayout) -> Result<Self> {
+        arena.holds(arena_plan)?;
+        let GenLayout { plan, slots, max_prompt, t_max } = layout;
+        Ok(Generator { plan, arena: arena.clone(), slots, max_prompt, t_max })
     }
 
     /// Generates one response per prompt. `seeds[i]` keys sequence i's sampling stream;
@@ -166,27 +187,39 @@ impl<B: Backend> Generator<B> {
         let kc: Vec<View<B>> = p.kcache.iter().map(|&s| a.view(s)).collect();
         let vc: Vec<View<B>> = p.vcache.iter().map(|&s| a.view(s)).collect();
 
-        // Prefill: the wave's prompts packed end to end.
-        let (mut ids, mut pos, mut slot, mut cu, mut last) = (vec![], vec![], vec![], vec![0u32], vec![]);
-        for (k, &i) in wave.iter().enumerate() {
-            let pr = &prompts[i];
-            ids.extend_from_slice(pr);
-            pos.extend(0..pr.len() as u32);
-            slot.extend(std::iter::repeat_n(k as u32, pr.len()));
-            cu.push(ids.len() as u32);
-            last.push(ids.len() as u32 - 1);
-        }
-        let n = ids.len();
-        be.upload_u32(a.prefix(p.fwd.ids, n), &ids)?;
-        be.upload_u32(a.prefix(p.fwd.pos, n), &pos)?;
-        be.upload_u32(a.prefix(p.slot, n), &slot)?;
-        be.upload_u32(a.prefix(p.cu, cu.len()), &cu)?;
-        be.upload_u32(a.prefix(p.last_rows, wave.len()), &last)?;
-        let store = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
-        let seqs = Seqs { cu_dev: a.prefix(p.cu, cu.len()), cu_host: &cu };
-        model.forward_layers(be, a, &p.fwd, n, &AttnMode::Packed { seqs, store: Some(store) })?;
+        // Prefill: the wave's prompts packed end to end, in groups of whole prompts that fit
+        // the planned rows; each group's last rows go to the hsel rows of its sequences.
+        let rows = p.rows;
         let b = wave.len();
-        be.gather_rows(a.prefix(p.hsel, b * c), a.prefix(p.fwd.lnf, n * c), a.prefix(p.last_rows, b), b, c)?;
+        let mut k0 = 0;
+        while k0 < b {
+            let mut k1 = k0;
+            let mut n = 0;
+            while k1 < b && (k1 == k0 || n + prompts[wave[k1]].len() <= rows) {
+                n += prompts[wave[k1]].len();
+                k1 += 1;
+            }
+            let (mut ids, mut pos, mut slot, mut cu, mut last) = (vec![], vec![], vec![], vec![0u32], vec![]);
+            for (k, &i) in wave.iter().enumerate().take(k1).skip(k0) {
+                let pr = &prompts[i];
+                ids.extend_from_slice(pr);
+                pos.extend(0..pr.len() as u32);
+                slot.extend(std::iter::repeat_n(k as u32, pr.len()));
+                cu.push(ids.len() as u32);
+                last.push(ids.len() as u32 - 1);
+            }
+            let g = k1 - k0;
+            be.upload_u32(a.prefix(p.fwd.ids, n), &ids)?;
+            be.upload_u32(a.prefix(p.fwd.pos, n), &pos)?;
+            be.upload_u32(a.prefix(p.slot, n), &slot)?;
+            be.upload_u32(a.prefix(p.cu, cu.len()), &cu)?;
+            be.upload_u32(a.prefix(p.last_rows, g), &last)?;
+            let store = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
+            let seqs = Seqs { cu_dev: a.prefix(p.cu, cu.len()), cu_host: &cu };
+            model.forward_layers(be, a, &p.fwd, n, &AttnMode::Packed { seqs, store: Some(store) })?;
+            be.gather_rows(a.view(p.hsel).slice(k0 * c, g * c), a.prefix(p.fwd.lnf, n * c), a.prefix(p.last_rows, g), g, c)?;
+            k0 = k1;
+        }
         model.lm_head(be, a.prefix(p.logits, b * vocab), a.prefix(p.hsel, b * c), b)?;
 
         let mut live: Vec<Live> = wave

@@ -4,7 +4,7 @@
 pub mod generate;
 pub mod prompts;
 
-pub use generate::{plan_bytes, Finish, GenConfig, Generation, Generator};
+pub use generate::{Finish, GenConfig, GenLayout, Generation, Generator};
 pub use prompts::PromptSet;
 
 use crate::backend::{Backend, SamplingParams};

@@ -81,6 +81,9 @@ pub struct TrainSection {
     pub top_p: f32,
     /// Sequences generated at once.
     pub rollout_batch: usize,
+    /// Activation checkpointing: "none" | "layers" | "auto" (layers on CUDA for models of
+    /// 1B parameters and more).
+    pub recompute: super::plan::Recompute,
     pub eval_every: usize,
     pub save_every: usize,
     /// Checkpoints kept (the newest; 0 = all); `final/` is separate.
@@ -172,6 +175,7 @@ impl Default for TrainSection {
             temperature: 1.0,
             top_p: 1.0,
             rollout_batch: 256,
+            recompute: super::plan::Recompute::Auto,
             eval_every: 10,
             save_every: 50,
             keep_checkpoints: 2,

@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod plot;
 pub mod run;
 pub mod sft;

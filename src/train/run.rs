@@ -10,8 +10,10 @@ use super::data::load_problems;
 use super::eval::{evaluate, EvalReport};
 use super::metrics::{self, StepMetrics};
 use super::optim::{AdamWConfig, Optimizer};
+use super::plan::{gib, RunPlan};
 use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
+use crate::model::arena::{Arena, ArenaPlan};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
 use crate::nvtx;
@@ -77,6 +79,25 @@ pub struct Trainer<'a, B: Backend> {
     state: TrainerState,
 }
 
+/// Stops a run whose plan exceeds the device's free memory, naming the two settings that
+/// would cut the most.
+fn refuse_if_too_big<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::Qwen2Config, plan: &RunPlan) -> Result<()> {
+    let Some((free, _)) = be.mem_info() else { return Ok(()) };
+    let total = plan.total();
+    if total <= free {
+        return Ok(());
+    }
+    let workspace = |n: &crate::backend::ScratchNeeds| be.workspace_plan(n);
+    let cuts = super::plan::best_cuts(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace);
+    let hint = if cuts.is_empty() { "a smaller model".to_string() } else { cuts.join(" or ") };
+    bail!(
+        "the run needs {:.2} GiB of device memory ({total} bytes, `tz-engine plan` shows the lines) but the {} device has {:.2} GiB free: lower {hint}",
+        gib(total),
+        be.name(),
+        gib(free)
+    )
+}
+
 fn oom_hint(e: anyhow::Error, what: &str, bytes: usize, setting: &str) -> anyhow::Error {
     anyhow!("{e:#} — while allocating {what} ({:.2} GiB planned); lower {setting}", bytes as f64 / (1u64 << 30) as f64)
 }
@@ -90,6 +111,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
             bail!("{} already has checkpoints: pass --resume to continue it, or choose another name (--set name=...)", run_dir.display());
         }
         let (template, reward) = (cfg.task.template, cfg.task.reward);
+        // The memory plan first, from config.json alone: a run that cannot fit stops here,
+        // before minutes of loading weights.
+        let model_cfg = crate::model::load::load_config(base_dir)?;
+        let workspace = |n: &crate::backend::ScratchNeeds| be.workspace_plan(n);
+        let plan = RunPlan::new(&cfg, &model_cfg, be.act_dtype(), be.needs_master_weights(), &workspace)?;
+        refuse_if_too_big(be, &cfg, &model_cfg, &plan)?;
+        let free = be.mem_info().map(|(f, _)| format!(", {:.3} GiB free", gib(f))).unwrap_or_default();
+        eprintln!(
+            "memory plan: {:.3} GiB ({} bytes) on {}, recompute {}{free}",
+            gib(plan.total()),
+            plan.total(),
+            be.name(),
+            if plan.shape.recompute() { "layers" } else { "none" }
+        );
         let (reference, tok) = load_model(be, base_dir)?;
         let ckpt = match (&latest, resume) {
             (Some(dir), true) => Some(checkpoint::load(dir)?),
@@ -99,7 +134,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             Some(c) => load_model(be, &c.dir)?.0,
             None => load_model(be, base_dir)?.0,
         };
-        if policy.cfg != reference.cfg {
+        if policy.cfg != reference.cfg || policy.cfg != model_cfg {
             bail!("the checkpoint's config differs from the base model's");
         }
         let (train_p, test_p) = load_problems(&cfg)?;
@@ -109,22 +144,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if train.is_empty() || test.is_empty() {
             bail!("every prompt is longer than train.max_prompt_tokens ({})", t.max_prompt_tokens);
         }
-        let max_prompt = train.max_prompt_len().max(test.max_prompt_len());
-        let ctx = policy.cfg.max_position_embeddings;
-        let t_max = (max_prompt + t.max_response_tokens).min(ctx);
-        if t_max <= max_prompt {
-            bail!("prompts of {max_prompt} tokens leave no room for a response in the model's context ({ctx})");
-        }
-        let gen = Generator::new(be, &policy.cfg, t.rollout_batch, max_prompt, t_max)
-            .map_err(|e| oom_hint(e, "the rollout KV cache", 0, "train.rollout_batch or train.max_response_tokens"))?;
-        let mb = t.micro_batch;
-        let max_targets = mb * t.max_response_tokens;
-        let ws = LogprobWorkspace::new(be, &policy.cfg, mb * t_max, mb, max_targets, true)
-            .map_err(|e| oom_hint(e, "training activations", 0, "train.micro_batch"))?;
+        let RunPlan { shape, rollout: (rollout_plan, gen_layout), training: (train_plan, ws_plan), .. } = plan;
+        // One activation region for every phase: generation, scoring and the update never
+        // run at once, so each is placed at the start of the same allocations.
+        let region = Arena::for_phases(be, &[&rollout_plan, &train_plan]).map_err(|e| {
+            oom_hint(e, "activations", ArenaPlan::shared_bytes(&[&rollout_plan, &train_plan]), "train.micro_batch or train.rollout_batch")
+        })?;
+        let gen = Generator::in_arena(&region, &rollout_plan, gen_layout)?;
+        let ws = LogprobWorkspace::in_arena(&region, &train_plan, ws_plan)?;
+        let (mb, max_targets) = (shape.micro_batch, shape.max_targets);
         let objective = cfg.algo.build(be, mb, max_targets)?;
         let f = |n: usize| be.alloc(DType::F32, n.max(1));
         let bufs =
             LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
+        be.reserve_scratch(&shape.scratch_needs(&policy.cfg))?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
         let mut opt =
             Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;

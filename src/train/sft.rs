@@ -37,7 +37,7 @@ pub fn sft_train<B: Backend>(
     let batch = batch.min(pairs.len()).max(1);
     let max_len = pairs.iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
     let max_resp = pairs.iter().map(|(_, r)| r.len()).max().unwrap_or(1).max(1);
-    let mut ws = LogprobWorkspace::new(be, &model.cfg, batch * max_len, batch, batch * max_resp, true)?;
+    let mut ws = LogprobWorkspace::new(be, &model.cfg, batch * max_len, batch, batch * max_resp, crate::model::Keep::AllLayers)?;
     // A warm start from random init: no weight decay, clip at 1.
     let mut opt = Optimizer::new(be, model, AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() })?;
     if let Some(h) = master {

@@ -77,8 +77,8 @@ pub(super) fn bwd(
     if s == 0 || max_len == 0 || t == 0 {
         return Ok(());
     }
-    let dvec = be.scratch(Scratch::A, t * h * 4)?;
-    let dq = be.scratch(Scratch::B, t * h * d * 4)?;
+    let dvec = be.scratch(Scratch::Partials, t * h * 4)?;
+    let dq = be.scratch(Scratch::Accumulators, t * h * d * 4)?;
     be.memset_zero(dq, t * h * d * 4)?;
     let rows = t * h;
     let f = be.func("attention", "attn_bwd_dot")?;
@@ -195,9 +195,9 @@ pub(super) fn decode(
     // Enough blocks to fill the GPU, chunks of at least 64 keys.
     let base_blocks = b * (h / heads_per_block);
     let want = (2 * be.sm_count as usize).div_ceil(base_blocks).max(1);
-    let n_split = want.min(max_len.div_ceil(64)).clamp(1, 64);
+    let n_split = want.min(max_len.div_ceil(64)).clamp(1, crate::backend::workspace::MAX_DECODE_SPLITS);
     let chunk = max_len.div_ceil(n_split).max(1);
-    let part = be.scratch(Scratch::A, b * h * n_split * (d + 2) * 4)?;
+    let part = be.scratch(Scratch::Partials, b * h * n_split * (d + 2) * 4)?;
     let f = be.func(file, name)?;
     be.launch(
         &f,

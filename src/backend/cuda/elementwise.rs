@@ -61,8 +61,8 @@ pub(super) fn sum_squares(be: &CudaBackend, x: V) -> Result<f32> {
         DType::BF16 => "sum_squares_partial_bf16",
         DType::U32 => bail!("cuda sum_squares: U32 is not supported"),
     };
-    let blocks = n.div_ceil(FLAT_THREADS as usize).clamp(1, 1024);
-    let partial = be.scratch(Scratch::A, blocks * 8)?;
+    let blocks = n.div_ceil(FLAT_THREADS as usize).clamp(1, crate::backend::workspace::MAX_REDUCE_BLOCKS);
+    let partial = be.scratch(Scratch::Partials, blocks * 8)?;
     let f = be.func("elementwise", name)?;
     be.launch(&f, (blocks as u32, 1, 1), (FLAT_THREADS, 1, 1), 0, args![vptr(&x), n as u64, partial])?;
     let mut host = vec![0f64; blocks];

@@ -109,7 +109,7 @@ impl Gemm {
             ));
         }
         let handle = lt::create_handle().map_err(cu)?;
-        let ws_size = if hopper { 32 << 20 } else { 8 << 20 };
+        let ws_size = crate::backend::workspace::cublaslt_workspace_bytes(hopper);
         let workspace = stream.alloc_zeros::<u8>(ws_size).map_err(|e| anyhow!("cuda: cuBLASLt workspace: {e:?}"))?;
         let ws_ptr = {
             let (p, _s) = workspace.device_ptr(&stream);

@@ -95,7 +95,7 @@ pub(super) fn sample(
     let mut staged = Vec::with_capacity(2 * b);
     staged.extend_from_slice(&seeds[..b]);
     staged.extend_from_slice(&counters[..b]);
-    let dev = be.scratch(Scratch::B, 16 * b)?;
+    let dev = be.scratch(Scratch::Accumulators, 16 * b)?;
     be.htod(dev, &staged)?;
     let top_k = if params.top_k == 0 || params.top_k >= v { 0 } else { params.top_k as i32 };
     let top_p = if params.top_p >= 1.0 || params.top_p.is_nan() { 1.0 } else { params.top_p };

@@ -46,8 +46,10 @@ pub use kernels::nvrtc_check_all;
 /// The scratch areas an op may need at the same time (each grown on demand, never shrunk).
 #[derive(Clone, Copy)]
 pub(crate) enum Scratch {
-    A = 0,
-    B = 1,
+    /// Partial results (see `backend::workspace`).
+    Partials = 0,
+    /// F32 accumulators and staged per-row inputs.
+    Accumulators = 1,
 }
 
 /// A scratch allocation with its device pointer and size in bytes.
@@ -189,6 +191,23 @@ impl CudaBackend {
         Ok(ptr)
     }
 
+    /// Allocates scratch area `which` at exactly `bytes` unless it already holds that much.
+    fn reserve(&self, which: Scratch, bytes: usize) -> Result<()> {
+        let mut s = self.scratch.lock().unwrap();
+        let slot = &mut s[which as usize];
+        if matches!(slot, Some((_, _, size)) if *size >= bytes) {
+            return Ok(());
+        }
+        *slot = None; // the old area is freed before the new one is taken
+        let mem = self.stream.alloc_zeros::<u8>(bytes).map_err(drv("allocating scratch"))?;
+        let ptr = {
+            let (p, _s) = mem.device_ptr(&self.stream);
+            p
+        };
+        *slot = Some((mem, ptr, bytes));
+        Ok(())
+    }
+
     pub(crate) fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
@@ -254,6 +273,14 @@ impl Backend for CudaBackend {
     }
     fn mem_info(&self) -> MemInfo {
         self.mem_info_raw().ok()
+    }
+    fn workspace_plan(&self, needs: &crate::backend::ScratchNeeds) -> Vec<(&'static str, usize)> {
+        crate::backend::workspace::cuda_workspace(needs, self.cc.0 >= 9)
+    }
+    fn reserve_scratch(&self, needs: &crate::backend::ScratchNeeds) -> Result<()> {
+        self.bind()?;
+        self.reserve(Scratch::Partials, crate::backend::workspace::partials_bytes(needs))?;
+        self.reserve(Scratch::Accumulators, crate::backend::workspace::accumulators_bytes(needs))
     }
 
     // ---- memory ------------------------------------------------------------------------------

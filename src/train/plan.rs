@@ -1,0 +1,245 @@
+//! The memory plan of a training run, computed from its config and the model's config.json
+//! before any weight is loaded. The trainer allocates from it line by line, so
+//! `tz-engine plan --config FILE` prints what `tz-engine train --config FILE` allocates
+//! (tools/emu-check.sh compares it with every allocation the emulated GPU sees).
+//!
+//! Persistent state (parameters, reference, gradients, Adam moments, master weights, small
+//! loss buffers, the backend's own workspace) is allocated once. Activations live in one
+//! region shared by the phases of a step, which never run at once: rollout (KV cache, prefill
+//! and decode activations, logits) and scoring/training (per-layer activations or, with
+//! recompute, only layer inputs; gradient scratch; logits chunks; log-probs). The region is as
+//! large as the larger phase, not their sum.
+use super::config::TrainConfig;
+use crate::backend::{DType, ScratchNeeds};
+use crate::model::arena::ArenaPlan;
+use crate::model::logprob::LogprobPlan;
+use crate::model::{Keep, ParamLayout, Qwen2Config};
+use crate::rollout::GenLayout;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// `train.recompute`: activation checkpointing per decoder layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// `layers` on CUDA for models of at least `AUTO_RECOMPUTE_PARAMS` parameters, else `none`.
+    #[default]
+    Auto,
+    None,
+    Layers,
+}
+
+/// Models this large recompute by default on CUDA (Qwen2.5-1.5B and up; 0.5B's activations
+/// fit beside its state).
+pub const AUTO_RECOMPUTE_PARAMS: usize = 1_000_000_000;
+
+impl Recompute {
+    pub fn enabled(self, cuda: bool, params: usize) -> bool {
+        match self {
+            Recompute::Auto => cuda && params >= AUTO_RECOMPUTE_PARAMS,
+            Recompute::None => false,
+            Recompute::Layers => true,
+        }
+    }
+}
+
+/// The sizes every buffer of the run is planned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunShape {
+    /// Longest prompt (`train.max_prompt_tokens`: longer prompts are dropped at load).
+    pub max_prompt: usize,
+    /// Longest prompt + response.
+    pub t_max: usize,
+    /// Sequences generated at once (`train.rollout_batch`).
+    pub slots: usize,
+    pub micro_batch: usize,
+    /// Response tokens of a micro-batch.
+    pub max_targets: usize,
+    pub keep: Keep,
+}
+
+impl RunShape {
+    pub fn new(cfg: &TrainConfig, model: &Qwen2Config, cuda: bool) -> Result<Self> {
+        let t = &cfg.train;
+        let ctx = model.max_position_embeddings;
+        let max_prompt = t.max_prompt_tokens;
+        let t_max = (max_prompt + t.max_response_tokens).min(ctx);
+        if t_max <= max_prompt {
+            bail!("train.max_prompt_tokens ({max_prompt}) leaves no room for a response in the model's context ({ctx})");
+        }
+        let recompute = t.recompute.enabled(cuda, ParamLayout::new(model).total);
+        Ok(RunShape {
+            max_prompt,
+            t_max,
+            slots: t.rollout_batch,
+            micro_batch: t.micro_batch,
+            max_targets: t.micro_batch * t.max_response_tokens,
+            keep: Keep::for_training(recompute),
+        })
+    }
+
+    pub fn recompute(&self) -> bool {
+        self.keep == Keep::LayerInputs
+    }
+
+    pub fn scratch_needs(&self, model: &Qwen2Config) -> ScratchNeeds {
+        ScratchNeeds {
+            attn_rows: self.micro_batch * self.t_max,
+            n_head: model.num_attention_heads,
+            head_dim: model.head_dim,
+            decode_rows: self.slots,
+            decode_len: self.t_max,
+        }
+    }
+}
+
+/// One allocation (or group of same-purpose allocations) of the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanLine {
+    pub what: String,
+    pub bytes: usize,
+}
+
+/// What a phase of the shared region holds, by category (for the printout; the region's line
+/// is the larger phase's size).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseUse {
+    pub phase: &'static str,
+    pub categories: Vec<(&'static str, usize)>,
+    pub bytes: usize,
+}
+
+/// Training FLOPs of one step with every sequence at the planned full length.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct StepFlops {
+    /// Reference (and behaviour-policy) scoring, policy forward and backward.
+    pub without_recompute: f64,
+    pub with_recompute: f64,
+    /// One forward of the policy over the step's sequences, for comparison.
+    pub one_forward: f64,
+}
+
+pub struct RunPlan {
+    pub shape: RunShape,
+    pub lines: Vec<PlanLine>,
+    pub phases: Vec<PhaseUse>,
+    pub flops: StepFlops,
+    /// The shared region's per-phase plans, for the trainer to place its phases in.
+    pub rollout: (ArenaPlan, GenLayout),
+    pub training: (ArenaPlan, LogprobPlan),
+}
+
+impl RunPlan {
+    /// `act`: the backend's weight/activation dtype; `master`: whether it keeps f32 master
+    /// weights; `workspace`: the backend's own allocations for these shapes.
+    pub fn new(
+        cfg: &TrainConfig,
+        model: &Qwen2Config,
+        act: DType,
+        master: bool,
+        workspace: &dyn Fn(&ScratchNeeds) -> Vec<(&'static str, usize)>,
+    ) -> Result<Self> {
+        let shape = RunShape::new(cfg, model, act == DType::BF16)?;
+        let n = ParamLayout::new(model).total;
+        let a = act.size_bytes();
+        let mut lines = vec![
+            line("policy parameters", n * a),
+            line("reference parameters", n * a),
+            line("gradients (f32)", n * 4),
+            line("Adam moments (f32, two)", 2 * n * 4),
+        ];
+        if master {
+            lines.push(line("master weights (f32)", n * 4));
+        }
+        let mut rp = ArenaPlan::new(act);
+        let gen = GenLayout::plan(&mut rp, model, shape.slots, shape.max_prompt, shape.t_max)?;
+        let mut tp = ArenaPlan::new(act);
+        let ws = LogprobPlan::new(&mut tp, model, shape.micro_batch * shape.t_max, shape.micro_batch, shape.max_targets, shape.keep);
+        lines.push(line("activations (shared by rollout and training)", ArenaPlan::shared_bytes(&[&rp, &tp])));
+        let phases = vec![
+            PhaseUse { phase: "rollout", categories: rp.categories.clone(), bytes: rp.bytes() },
+            PhaseUse { phase: "training", categories: tp.categories.clone(), bytes: tp.bytes() },
+        ];
+        let f32_buf = |len: usize| 4 * len.max(1);
+        let logp_bufs = if cfg.algo.needs_old_logprobs() { 2 } else { 1 };
+        lines.push(line("reference/old log-probs (f32)", logp_bufs * f32_buf(shape.max_targets)));
+        lines.push(line("loss buffers (f32)", cfg.algo.buffer_lens(shape.micro_batch, shape.max_targets).into_iter().map(f32_buf).sum()));
+        for (what, bytes) in workspace(&shape.scratch_needs(model)) {
+            lines.push(line(what, bytes));
+        }
+        let flops = step_flops(cfg, model, &shape);
+        Ok(RunPlan { shape, lines, phases, flops, rollout: (rp, gen), training: (tp, ws) })
+    }
+
+    pub fn total(&self) -> usize {
+        self.lines.iter().map(|l| l.bytes).sum()
+    }
+}
+
+fn line(what: &str, bytes: usize) -> PlanLine {
+    PlanLine { what: what.to_string(), bytes }
+}
+
+/// Matmul and attention FLOPs (2 per multiply-add) of a training step, sequences at `t_max`.
+fn step_flops(cfg: &TrainConfig, m: &Qwen2Config, s: &RunShape) -> StepFlops {
+    let (c, inter, layers, vocab) = (m.hidden_size as f64, m.intermediate_size as f64, m.num_hidden_layers as f64, m.vocab_size as f64);
+    let shape = m.attn_shape();
+    let (qkvw, qw) = (shape.qkv_width() as f64, shape.q_width() as f64);
+    let seqs = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()) as f64;
+    let tokens = seqs * s.t_max as f64;
+    let targets = seqs * cfg.train.max_response_tokens as f64;
+    // Causal attention: a token attends to half the sequence on average (QK^T and PV).
+    let attn = 2.0 * 2.0 * (s.t_max as f64 / 2.0) * qw;
+    let down = 2.0 * c * inter;
+    let layer_tok = 2.0 * (qkvw * c + c * qw + 2.0 * inter * c) + down + attn;
+    let lm_head = 2.0 * vocab * c * targets;
+    let forward = layers * layer_tok * tokens + lm_head;
+    let scoring = if cfg.algo.needs_old_logprobs() { 2.0 } else { 1.0 } * forward;
+    // Backward: twice the forward, plus the logits chunks it recomputes.
+    let without = scoring + forward + 2.0 * forward + lm_head;
+    // Recompute: each layer's forward again, except the MLP down projection.
+    let with = without + layers * (layer_tok - down) * tokens;
+    StepFlops { without_recompute: without, with_recompute: with, one_forward: forward }
+}
+
+/// The plan's two most effective cuts, as "setting (saves X GiB)" phrases, for an error that
+/// says what to lower.
+pub fn best_cuts(
+    cfg: &TrainConfig,
+    model: &Qwen2Config,
+    act: DType,
+    master: bool,
+    workspace: &dyn Fn(&ScratchNeeds) -> Vec<(&'static str, usize)>,
+) -> Vec<String> {
+    let Ok(base) = RunPlan::new(cfg, model, act, master, workspace).map(|p| p.total()) else { return vec![] };
+    let t = &cfg.train;
+    let mut options: Vec<(String, TrainConfig)> = vec![];
+    let mut with = |label: String, f: &dyn Fn(&mut TrainConfig)| {
+        let mut c = cfg.clone();
+        f(&mut c);
+        options.push((label, c));
+    };
+    if t.micro_batch > 1 {
+        with(format!("train.micro_batch={}", t.micro_batch / 2), &|c| c.train.micro_batch /= 2);
+    }
+    if t.rollout_batch > 1 {
+        with(format!("train.rollout_batch={}", t.rollout_batch / 2), &|c| c.train.rollout_batch /= 2);
+    }
+    if t.max_response_tokens > 1 {
+        with(format!("train.max_response_tokens={}", t.max_response_tokens / 2), &|c| c.train.max_response_tokens /= 2);
+    }
+    if t.recompute != Recompute::Layers {
+        with("train.recompute=\"layers\"".into(), &|c| c.train.recompute = Recompute::Layers);
+    }
+    let mut saved: Vec<(usize, String)> = options
+        .into_iter()
+        .filter_map(|(label, c)| RunPlan::new(&c, model, act, master, workspace).ok().map(|p| (base.saturating_sub(p.total()), label)))
+        .filter(|(s, _)| *s > 0)
+        .collect();
+    saved.sort_by(|a, b| b.0.cmp(&a.0));
+    saved.into_iter().take(2).map(|(s, label)| format!("{label} (saves {:.2} GiB)", gib(s))).collect()
+}
+
+pub fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
