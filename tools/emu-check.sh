@@ -33,9 +33,11 @@ echo "emu-check: again, threads in reverse order between barriers"
 TZ_EMU_ORDER=reverse cargo test --release --test backend_ops --test parity_cuda "$@"
 
 # The trainer end to end on the emulated GPU: SFT, V*, A*PO steps with rollouts (KV cache,
-# decode attention, sampling), evaluation and checkpoints, all through --device cuda. Run for
-# 1 and for 3 RL steps with every device allocation logged: the counts must be equal (the
-# rule "no device allocation inside a training step or decode step").
+# decode attention, sampling), evaluation and checkpoints, all through --device cuda, with
+# activation checkpointing on. Run for 1 and for 3 RL steps with every device allocation
+# logged: the counts must be equal (the rule "no device allocation inside a training step or
+# decode step"), and the device memory live once the trainer is set up must equal its memory
+# plan (the line it prints; `tz-engine plan` computes the same) within 1%.
 echo "emu-check: tz-engine train --device cuda end to end, 1 and 3 steps"
 cargo build --release --bin tz-engine
 bin="${CARGO_TARGET_DIR:-target}/release/tz-engine"
@@ -47,7 +49,7 @@ for steps in 1 3; do
     --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
     --set train.steps=$steps --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
     --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1 \
-    2> "$run_dir/s$steps.log"
+    --set train.recompute=layers 2> "$run_dir/s$steps.log"
   test -s "$run_dir/s$steps/tiny-astarpo/summary.json"
   test -d "$run_dir/s$steps/tiny-astarpo/checkpoints/step-00000$steps"
 done
@@ -58,4 +60,28 @@ if [ "$a1" != "$a3" ]; then
   echo "emu-check: FAILED: training steps after the first allocate device memory" >&2
   exit 1
 fi
+# Peak live bytes of the allocations after the plan is printed (the SFT warm start before it
+# frees what it took) against the plan's bytes.
+planned=$(grep -o "memory plan: [0-9.]* GiB ([0-9]* bytes)" "$run_dir/s3.log" | grep -o "([0-9]*" | tr -d '(')
+traced=$(awk '/memory plan:/ {on=1} on && /cuda-emu: alloc/ {gsub(/\)/, "", $6); if ($6 + 0 > m) m = $6 + 0} END {print m + 0}' "$run_dir/s3.log")
+echo "emu-check: planned device memory $planned bytes, traced $traced bytes live after setup"
+if [ -z "$planned" ] || ! awk -v p="$planned" -v t="$traced" 'BEGIN {d = p - t; if (d < 0) d = -d; exit !(p > 0 && d <= 0.01 * p)}'; then
+  echo "emu-check: FAILED: the traced allocations differ from the memory plan by more than 1%" >&2
+  exit 1
+fi
+# `tz-engine plan` with the same settings prints the same total (the base model is built now).
+plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
+  --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers |
+  grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
+echo "emu-check: tz-engine plan: $plan_total bytes"
+[ "$plan_total" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan and the run disagree" >&2; exit 1; }
+# A plan larger than the device's free memory stops the run before any weight is loaded,
+# with one line naming the total, the free memory and what to lower.
+if TZ_EMU_MEM_BYTES=50000000 "$bin" train --set device=cuda --set out_dir="$run_dir/small" --set sft.steps=0 \
+    --set data.generate_train=8 --set data.generate_test=8 --set train.micro_batch=4 --set train.rollout_batch=8 \
+    2> "$run_dir/small.log"; then
+  echo "emu-check: FAILED: a run larger than the device started" >&2
+  exit 1
+fi
+grep -q "^error: the run needs .* free: set train\." "$run_dir/small.log" || { cat "$run_dir/small.log" >&2; echo "emu-check: FAILED: no refusal line" >&2; exit 1; }
 echo "emu-check: ok"

@@ -44,8 +44,16 @@ fn model_shape(cfg: &TrainConfig, args: &PlanArgs) -> Result<(Qwen2Config, Strin
     }
     let dir = &cfg.model.path;
     if dir.as_os_str().is_empty() {
+        // A preset run trains its own tokenizer, whose vocabulary may be smaller than the
+        // preset's: the base model it built, when there, has the exact shape.
+        let built = crate::train::sft::preset_base_dir(cfg);
+        if built.join("config.json").is_file() {
+            return Ok((crate::model::load::load_config(&built)?, built.display().to_string()));
+        }
         let name = &cfg.model.preset;
-        return Ok((crate::model::presets::preset(name)?.cfg, format!("preset {name}")));
+        let p = crate::model::presets::preset(name)?;
+        let note = if p.tokenizer_vocab > 0 { " (an upper bound until its base model and tokenizer are built)" } else { "" };
+        return Ok((p.cfg, format!("preset {name}{note}")));
     }
     if dir.join("config.json").is_file() {
         return Ok((crate::model::load::load_config(dir)?, dir.display().to_string()));

@@ -236,10 +236,19 @@ pub fn best_cuts(
         .filter_map(|(label, c)| RunPlan::new(&c, model, act, master, workspace).ok().map(|p| (base.saturating_sub(p.total()), label)))
         .filter(|(s, _)| *s > 0)
         .collect();
-    saved.sort_by(|a, b| b.0.cmp(&a.0));
-    saved.into_iter().take(2).map(|(s, label)| format!("{label} (saves {:.2} GiB)", gib(s))).collect()
+    saved.sort_by_key(|s| std::cmp::Reverse(s.0));
+    saved.into_iter().take(2).map(|(s, label)| format!("{label} (saves {})", human(s))).collect()
 }
 
 pub fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
+}
+
+/// "12.06 GiB" or, below 1 GiB, "310.4 MiB".
+pub fn human(bytes: usize) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", gib(bytes))
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }

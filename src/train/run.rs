@@ -10,7 +10,7 @@ use super::data::load_problems;
 use super::eval::{evaluate, EvalReport};
 use super::metrics::{self, StepMetrics};
 use super::optim::{AdamWConfig, Optimizer};
-use super::plan::{gib, RunPlan};
+use super::plan::{gib, human, RunPlan};
 use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::model::arena::{Arena, ArenaPlan};
@@ -91,10 +91,10 @@ fn refuse_if_too_big<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model
     let cuts = super::plan::best_cuts(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace);
     let hint = if cuts.is_empty() { "a smaller model".to_string() } else { cuts.join(" or ") };
     bail!(
-        "the run needs {:.2} GiB of device memory ({total} bytes, `tz-engine plan` shows the lines) but the {} device has {:.2} GiB free: lower {hint}",
-        gib(total),
+        "the run needs {} of device memory ({total} bytes; `tz-engine plan` shows the lines) but the {} device has {} free: set {hint}",
+        human(total),
         be.name(),
-        gib(free)
+        human(free)
     )
 }
 

@@ -121,11 +121,16 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32
 
 /// The run's base model for a preset: `runs/<name>/base`, built once (tokenizer trained on task
 /// text, random init, SFT warm start) and reused by later runs and resumes.
-pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
-    // Keyed by everything that shapes the base model, so changing the SFT settings builds anew.
+/// Where `ensure_preset_base` puts (or finds) the base model of a preset config: keyed by
+/// everything that shapes the base model, so changing the SFT settings builds anew.
+pub fn preset_base_dir(cfg: &TrainConfig) -> PathBuf {
     let key = format!("{:?}|{:?}|{}|{}|{}|{}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed, cfg.data.max_number, cfg.data.max_target);
     let hash = crate::util::fnv1a(crate::util::FNV_OFFSET, key.as_bytes());
-    let dir = cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32));
+    cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32))
+}
+
+pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
+    let dir = preset_base_dir(cfg);
     if dir.join("config.json").is_file() {
         eprintln!("base model: reusing {}", dir.display());
         return Ok(dir);

@@ -336,7 +336,15 @@ namespace {
 std::recursive_mutex api_lock;
 std::map<CUdeviceptr, size_t> allocations;
 size_t allocated = 0;
-constexpr size_t kTotalMem = 16ull << 30;
+// The emulated device's memory: 16 GiB, or TZ_EMU_MEM_BYTES (tests of the trainer's refusal
+// to start a run whose plan exceeds free memory).
+size_t total_mem() {
+    static const size_t total = [] {
+        const char* e = std::getenv("TZ_EMU_MEM_BYTES");
+        return e ? (size_t)std::strtoull(e, nullptr, 10) : (16ull << 30);
+    }();
+    return total;
+}
 std::string sticky_error;  // a failed launch poisons the context, as on a GPU
 unsigned long long launches = 0;
 
@@ -394,7 +402,7 @@ CUresult cuDeviceGetName(char* name, int len, int) {
     return OK;
 }
 CUresult cuDeviceTotalMem_v2(size_t* bytes, int) {
-    *bytes = kTotalMem;
+    *bytes = total_mem();
     return OK;
 }
 CUresult cuDevicePrimaryCtxRetain(void** ctx, int) {
@@ -430,7 +438,7 @@ CUresult cuStreamIsCapturing(void*, int* status) {
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     LOCK;
-    if (allocated + bytes > kTotalMem) return ERR_OUT_OF_MEMORY;
+    if (allocated + bytes > total_mem()) return ERR_OUT_OF_MEMORY;
     // Exactly `bytes` (256-byte aligned like cudaMalloc): under AddressSanitizer
     // (TZ_EMU_ASAN=1) the first byte past the allocation is already an error.
     void* mem = nullptr;
@@ -458,8 +466,8 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
 CUresult cuMemFreeAsync(CUdeviceptr p, void*) { return cuMemFree_v2(p); }
 CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
     LOCK;
-    *free_b = kTotalMem - allocated;
-    *total = kTotalMem;
+    *free_b = total_mem() - allocated;
+    *total = total_mem();
     return OK;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
