@@ -9,6 +9,9 @@
 //                                                              bc2_sqrt = sqrt(1−β2^t), host)
 //       master_*: p is the fp32 master copy; params (bf16 or f32) receive its cast.
 //       f32: params are the fp32 weights, updated in place.
+//   adamw_master_bf16_gbf16: master_bf16 with bf16 gradients (`train.grad_dtype = "bf16"`: the
+//       decoder layers' matrices accumulate their gradients in bf16, each GEMM adding in fp32
+//       in its epilogue; the update itself is fp32 as for the others).
 //   Weight decay applies to every element given (the caller splits ranges that skip it).
 //   Launch: grid-stride over n, 256 threads. Purely bandwidth bound (≈ 18 bytes/param for
 //   master_bf16): groups of 4 elements by float4 loads/stores (bf16 params by 8-byte ones)
@@ -38,8 +41,8 @@ __device__ __forceinline__ void st4(bf16* p, float4 v) {
     *(uint2*)p = make_uint2((u32)f2bf(v.x) | ((u32)f2bf(v.y) << 16), (u32)f2bf(v.z) | ((u32)f2bf(v.w) << 16));
 }
 
-template <typename P, bool MASTER>
-__device__ void adamw_impl(P* params, float* master, const float* grads, float* m, float* v, u64 n, float lr,
+template <typename P, bool MASTER, typename G = float>
+__device__ void adamw_impl(P* params, float* master, const G* grads, float* m, float* v, u64 n, float lr,
                            float beta1, float beta2, float eps, float wd, float bc1, float bc2_sqrt,
                            float grad_scale) {
     const AdamW o{lr, beta1, beta2, eps, bc2_sqrt, grad_scale, lr / bc1, 1.f - lr * wd};
@@ -65,7 +68,7 @@ __device__ void adamw_impl(P* params, float* master, const float* grads, float* 
     TZ_GRID_STRIDE(k, n - 4 * n4) {
         const u64 i = 4 * n4 + k;
         float mi = m[i], vi = v[i];
-        const float p = o.step(MASTER ? master[i] : ld(params + i), grads[i], mi, vi);
+        const float p = o.step(MASTER ? master[i] : ld(params + i), ld(grads + i), mi, vi);
         m[i] = mi;
         v[i] = vi;
         if (MASTER) master[i] = p;
@@ -77,6 +80,11 @@ extern "C" __global__ void adamw_master_bf16(bf16* params, float* master, const 
                                              u64 n, float lr, float beta1, float beta2, float eps, float wd,
                                              float bc1, float bc2_sqrt, float grad_scale) {
     adamw_impl<bf16, true>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2_sqrt, grad_scale);
+}
+extern "C" __global__ void adamw_master_bf16_gbf16(bf16* params, float* master, const bf16* grads, float* m,
+                                                   float* v, u64 n, float lr, float beta1, float beta2, float eps,
+                                                   float wd, float bc1, float bc2_sqrt, float grad_scale) {
+    adamw_impl<bf16, true, bf16>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2_sqrt, grad_scale);
 }
 extern "C" __global__ void adamw_master_f32(float* params, float* master, const float* grads, float* m, float* v,
                                             u64 n, float lr, float beta1, float beta2, float eps, float wd,

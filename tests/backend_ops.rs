@@ -933,18 +933,27 @@ fn adamw_matches_scalar_reference<B: Backend>(be: &B) {
         let m0: Vec<f32> = randn_f32(&mut rng, n, 0.1);
         let v0: Vec<f32> = randn_f32(&mut rng, n, 0.1).iter().map(|x| x * x).collect();
         let (b1, b2, lr) = (hp.beta1 as f64, hp.beta2 as f64, hp.lr as f64);
-        let (mut wp, mut wm, mut wv) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
-        for i in 0..n {
-            let gi = g[i] as f64 * hp.grad_scale as f64;
-            wm[i] = b1 * m0[i] as f64 + (1.0 - b1) * gi;
-            wv[i] = b2 * v0[i] as f64 + (1.0 - b2) * gi * gi;
-            let mh = wm[i] / (1.0 - b1.powi(hp.step as i32));
-            let vh = wv[i] / (1.0 - b2.powi(hp.step as i32));
-            wp[i] = p0[i] as f64 * (1.0 - lr * hp.weight_decay as f64) - lr * mh / (vh.sqrt() + hp.eps as f64);
-        }
-        for with_master in [false, true] {
-            let what = format!("adamw n={n} master={with_master}");
-            let (gb, mb, vb) = (up(be, DType::F32, &g), up(be, DType::F32, &m0), up(be, DType::F32, &v0));
+        // The scalar reference for gradients `g` (as the kernel reads them).
+        let reference = |g: &[f32]| {
+            let (mut wp, mut wm, mut wv) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
+            for i in 0..n {
+                let gi = g[i] as f64 * hp.grad_scale as f64;
+                wm[i] = b1 * m0[i] as f64 + (1.0 - b1) * gi;
+                wv[i] = b2 * v0[i] as f64 + (1.0 - b2) * gi * gi;
+                let mh = wm[i] / (1.0 - b1.powi(hp.step as i32));
+                let vh = wv[i] / (1.0 - b2.powi(hp.step as i32));
+                wp[i] = p0[i] as f64 * (1.0 - lr * hp.weight_decay as f64) - lr * mh / (vh.sqrt() + hp.eps as f64);
+            }
+            (wp, wm, wv)
+        };
+        // Gradients in the act dtype (bf16 on CUDA: `train.grad_dtype = "bf16"`) need the
+        // master copy; the kernel reads their rounded values.
+        for (with_master, grads_act) in [(false, false), (true, false), (true, true)] {
+            let what = format!("adamw n={n} master={with_master} act-dtype grads={grads_act}");
+            let gq: Vec<f32> = if grads_act { g.iter().map(|&x| rnd(be, x)).collect() } else { g.clone() };
+            let (wp, wm, wv) = reference(&gq);
+            let gdt = if grads_act { act } else { DType::F32 };
+            let (gb, mb, vb) = (up(be, gdt, &g), up(be, DType::F32, &m0), up(be, DType::F32, &v0));
             let (pb, master) =
                 if with_master { (poisoned(be, act, n), Some(up(be, DType::F32, &p0))) } else { (up(be, DType::F32, &p0), None) };
             be.adamw(View::all(&pb), master.as_ref().map(View::all), View::all(&gb), View::all(&mb), View::all(&vb), &hp).unwrap();

@@ -2,8 +2,8 @@
 //! function of per-token log-probs (and entropies) against central finite differences,
 //! KV-cache decoding against full recomputation, and batch-independence of sampling.
 use tz_engine::backend::cpu::CpuBackend;
-use tz_engine::backend::{Backend, DType, SamplingParams, View};
-use tz_engine::model::{Keep, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
+use tz_engine::backend::{Backend, SamplingParams, View};
+use tz_engine::model::{GradDtype, Grads, Keep, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
 use tz_engine::rng::Rng;
 use tz_engine::rollout::{GenConfig, Generator};
 
@@ -79,10 +79,10 @@ fn check_gradients(tied: bool) {
     model.forward_logprobs(&be, &ws, true).unwrap();
     be.upload_f32(ws.dlogp(), &w).unwrap();
     be.upload_f32(ws.dentropy(), &u).unwrap();
-    let grads = be.alloc(DType::F32, model.layout.total).unwrap();
+    let grads = Grads::new(&be, &model.layout, GradDtype::F32).unwrap();
     model.backward_logprobs(&be, &ws, &grads, true).unwrap();
     let mut g = vec![0f32; model.layout.total];
-    be.download_f32(View::all(&grads), &mut g).unwrap();
+    g.copy_from_slice(&grads.to_host(&be).unwrap());
 
     // Check a few coordinates of every tensor.
     let eps = 1e-2f32;
@@ -125,14 +125,14 @@ fn grads_with(be: &CpuBackend, cfg: &Qwen2Config, params: &[f32], b: &PackedBatc
     let w: Vec<f32> = (0..b.n_targets()).map(|_| rng.normal() as f32).collect();
     be.upload_f32(ws.dlogp(), &w).unwrap();
     be.upload_f32(ws.dentropy(), &w).unwrap();
-    let grads = be.alloc(DType::F32, model.layout.total).unwrap();
+    let grads = Grads::new(be, &model.layout, GradDtype::F32).unwrap();
     model.backward_logprobs(be, &ws, &grads, true).unwrap();
     let read = |v: View<CpuBackend>| {
         let mut h = vec![0f32; v.len()];
         be.download_f32(v, &mut h).unwrap();
         h
     };
-    (read(View::all(&grads)), read(ws.logp()), read(ws.entropy()))
+    (grads.to_host(be).unwrap(), read(ws.logp()), read(ws.entropy()))
 }
 
 /// Activation checkpointing (each layer's input kept, its forward recomputed in the backward)

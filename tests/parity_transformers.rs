@@ -5,9 +5,9 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tz_engine::backend::cpu::CpuBackend;
-use tz_engine::backend::{Backend, DType, SamplingParams, View};
+use tz_engine::backend::{Backend, SamplingParams};
 use tz_engine::model::load::load_config;
-use tz_engine::model::{weights, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2};
+use tz_engine::model::{weights, GradDtype, Grads, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2};
 use tz_engine::rollout::{GenConfig, Generator};
 
 #[derive(Deserialize)]
@@ -64,10 +64,10 @@ fn check_case(case: &str) {
 
     // Gradient of the log-prob sum.
     be.upload_f32(ws.dlogp(), &vec![1.0; batch.n_targets()]).unwrap();
-    let grads = be.alloc(DType::F32, layout.total).unwrap();
+    let grads = Grads::new(&be, &layout, GradDtype::F32).unwrap();
     model.backward_logprobs(&be, &ws, &grads, false).unwrap();
     let mut g = vec![0f32; layout.total];
-    be.download_f32(View::all(&grads), &mut g).unwrap();
+    g.copy_from_slice(&grads.to_host(&be).unwrap());
     let bytes = std::fs::read(dir.join("grads.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut worst_g = 0f32;
@@ -87,10 +87,10 @@ fn check_case(case: &str) {
     ws_r.load(&be, &cfg, &batch).unwrap();
     model.forward_logprobs(&be, &ws_r, false).unwrap();
     be.upload_f32(ws_r.dlogp(), &vec![1.0; batch.n_targets()]).unwrap();
-    let grads_r = be.alloc(DType::F32, layout.total).unwrap();
+    let grads_r = Grads::new(&be, &layout, GradDtype::F32).unwrap();
     model.backward_logprobs(&be, &ws_r, &grads_r, false).unwrap();
     let mut g_r = vec![0f32; layout.total];
-    be.download_f32(View::all(&grads_r), &mut g_r).unwrap();
+    g_r.copy_from_slice(&grads_r.to_host(&be).unwrap());
     let differing = g.iter().zip(&g_r).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     assert_eq!(differing, 0, "{case}: {differing} gradient values differ with recompute on");
 

@@ -34,7 +34,7 @@ TZ_EMU_ORDER=reverse cargo test --release --test backend_ops --test parity_cuda 
 
 # The trainer end to end on the emulated GPU: SFT, V*, A*PO steps with rollouts (KV cache,
 # decode attention, sampling), evaluation and checkpoints, all through --device cuda, with
-# activation checkpointing on. Run for 1 and for 3 RL steps with every device allocation
+# activation checkpointing on and bf16 matrix gradients. Run for 1 and for 3 RL steps with every device allocation
 # logged: the counts must be equal (the rule "no device allocation inside a training step or
 # decode step"), and the device memory live once the trainer is set up must equal its memory
 # plan (the line it prints; `tz-engine plan` computes the same) within 1%.
@@ -49,7 +49,7 @@ for steps in 1 3; do
     --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
     --set train.steps=$steps --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
     --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1 \
-    --set train.recompute=layers 2> "$run_dir/s$steps.log"
+    --set train.recompute=layers --set train.grad_dtype=bf16 2> "$run_dir/s$steps.log"
   test -s "$run_dir/s$steps/tiny-astarpo/summary.json"
   test -d "$run_dir/s$steps/tiny-astarpo/checkpoints/step-00000$steps"
 done
@@ -71,7 +71,7 @@ if [ -z "$planned" ] || ! awk -v p="$planned" -v t="$traced" 'BEGIN {d = p - t; 
 fi
 # `tz-engine plan` with the same settings prints the same total (the base model is built now).
 plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
-  --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers |
+  --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers --set train.grad_dtype=bf16 |
   grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
 echo "emu-check: tz-engine plan: $plan_total bytes"
 [ "$plan_total" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan and the run disagree" >&2; exit 1; }

@@ -537,8 +537,8 @@ pub(crate) fn grpo_loss<B: Backend + ?Sized>(
 
 // ---- optimizer -----------------------------------------------------------------------------
 
-/// AdamW over `params.len()` elements: grads, m, v (and master) F32; F32 params are updated in
-/// place, BF16 ones need a master copy.
+/// AdamW over `params.len()` elements: m, v (and master) F32, grads F32 or the act dtype; F32
+/// params are updated in place, BF16 ones need a master copy.
 pub(crate) fn adamw<B: Backend + ?Sized>(
     be: &B,
     params: V<B>,
@@ -553,7 +553,7 @@ pub(crate) fn adamw<B: Backend + ?Sized>(
     if step == 0 {
         return Err(op.err("step counts from 1"));
     }
-    op.view(&grads, "grads", Want::F32, n)?;
+    op.view(&grads, "grads", Want::ActOrF32, n)?;
     op.view(&m, "m", Want::F32, n)?;
     op.view(&v, "v", Want::F32, n)?;
     match master {

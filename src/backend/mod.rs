@@ -405,7 +405,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
 
     // ---- optimizer -------------------------------------------------------------------------
-    /// Fused AdamW over flat buffers: grads, m, v F32. With `master` (F32) the update is applied
+    /// Fused AdamW over flat buffers: m, v F32, grads F32 or the act dtype. With `master` (F32) the update is applied
     /// to master and `params` (act) receives its cast; without, `params` (F32) is updated in place.
     fn adamw(
         &self,

@@ -5,6 +5,7 @@
 //! logits exist for one chunk at a time (`chunk × vocab`), never for the whole batch. The
 //! backward recomputes each chunk's logits instead of keeping them.
 use super::arena::{Arena, ArenaPlan, Slot};
+use super::grads::Grads;
 use super::qwen2::{AttnMode, BackwardSlots, ForwardSlots, Keep, Qwen2};
 use super::Qwen2Config;
 use crate::backend::{Backend, Seqs, View};
@@ -227,7 +228,7 @@ impl<B: Backend> Qwen2<B> {
 
     /// Backward from `ws.dlogp()` (and `ws.dentropy()` when `with_entropy`), after
     /// `forward_logprobs` on the same batch. Parameter gradients accumulate into `grads`.
-    pub fn backward_logprobs(&self, be: &B, ws: &LogprobWorkspace<B>, grads: &B::Buf, with_entropy: bool) -> Result<()> {
+    pub fn backward_logprobs(&self, be: &B, ws: &LogprobWorkspace<B>, grads: &Grads<B>, with_entropy: bool) -> Result<()> {
         let (a, p) = (&ws.arena, &ws.plan);
         let Some(d) = &p.bwd else { bail!("this workspace was planned for inference only") };
         let (c, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
@@ -253,7 +254,7 @@ impl<B: Backend> Qwen2<B> {
             let hsel = a.prefix(p.hsel, nc * c);
             // dW_lm += dlogits^T · h, then dh = dlogits · W_lm, scattered back to the rows.
             let wl = View::all(&self.params).slice(self.layout.lm_head, vocab * c);
-            be.gemm(View::all(grads).slice(self.layout.lm_head, vocab * c), logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
+            be.gemm(grads.view(self.layout.lm_head, vocab * c)?, logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
             be.gemm(hsel, logits, wl, None, nc, c, vocab, false, false, 1.0, 0.0)?;
             be.scatter_add_rows(dln, hsel, a.view(p.target_row).slice(j0, nc), nc, c)
         })?;

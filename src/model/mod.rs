@@ -2,6 +2,7 @@
 //! and the forward/backward graph as an explicit sequence of backend calls.
 pub mod arena;
 pub mod config;
+pub mod grads;
 pub mod layout;
 pub mod load;
 pub mod logprob;
@@ -10,6 +11,7 @@ pub mod qwen2;
 pub mod weights;
 
 pub use config::Qwen2Config;
+pub use grads::{GradDtype, Grads};
 pub use layout::ParamLayout;
 pub use logprob::{LogprobWorkspace, PackedBatch};
 pub use qwen2::{Keep, Qwen2};

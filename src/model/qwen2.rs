@@ -9,6 +9,7 @@
 //!   r_{l+1} = r'_l + h·Wd^T
 //! Each residual add is fused into the next norm (`residual_rmsnorm_fwd`).
 use super::arena::{Arena, ArenaPlan, Slot};
+use super::grads::Grads;
 use super::{ParamLayout, Qwen2Config};
 use crate::backend::{AttnShape, Backend, Seqs, View};
 use anyhow::{bail, Result};
@@ -254,11 +255,6 @@ impl<B: Backend> Qwen2<B> {
     }
 }
 
-/// Gradient buffer views follow the parameter layout.
-fn g<'a, B: Backend>(grads: &'a B::Buf, off: usize, len: usize) -> View<'a, B> {
-    View::all(grads).slice(off, len)
-}
-
 /// Backward scratch: one set of activation-gradient buffers reused by every layer.
 #[derive(Clone, Copy, Debug)]
 pub struct BackwardSlots {
@@ -289,7 +285,7 @@ impl BackwardSlots {
 impl<B: Backend> Qwen2<B> {
     /// Backward through the final norm, every layer and the embedding, starting from the
     /// gradient w.r.t. the final normalized hidden states already in `d.dln` (rows `[0, n)`).
-    /// Parameter gradients accumulate (`+=`) into `grads` (F32, layout order).
+    /// Parameter gradients accumulate (`+=`) into `grads`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_layers(
         &self,
@@ -297,7 +293,7 @@ impl<B: Backend> Qwen2<B> {
         a: &Arena<B>,
         s: &ForwardSlots,
         d: &BackwardSlots,
-        grads: &B::Buf,
+        grads: &Grads<B>,
         n: usize,
         seqs: Seqs<B>,
     ) -> Result<()> {
@@ -310,7 +306,7 @@ impl<B: Backend> Qwen2<B> {
         let dln = v(d.dln, c);
         be.fill(dresid, 0.0)?;
         let fnorm = self.layout.final_norm;
-        be.rmsnorm_bwd(dresid, g::<B>(grads, fnorm, c), dln, v(s.resid_final, c), self.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
+        be.rmsnorm_bwd(dresid, grads.view(fnorm, c)?, dln, v(s.resid_final, c), self.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
         let recompute = s.keep == Keep::LayerInputs;
         if s.keep == Keep::Nothing {
             bail!("backward needs a forward planned for training (activations kept)");
@@ -322,13 +318,13 @@ impl<B: Backend> Qwen2<B> {
             // MLP branch: dresid is the gradient of its output.
             let (dh, dgu) = (v(d.dh, inter), v(d.dgu, 2 * inter));
             be.gemm(dh, dresid, self.w(lo.down_w, c * inter), None, n, inter, c, false, false, 1.0, 0.0)?;
-            be.gemm(g::<B>(grads, lo.down_w, c * inter), dresid, v(ls.h, inter), None, c, inter, n, true, false, 1.0, 1.0)?;
+            be.gemm(grads.view(lo.down_w, c * inter)?, dresid, v(ls.h, inter), None, c, inter, n, true, false, 1.0, 1.0)?;
             be.swiglu_bwd(dgu, dh, v(ls.gu, 2 * inter), n, inter)?;
             be.gemm(dln, dgu, self.w(lo.gate_up_w, 2 * inter * c), None, n, c, 2 * inter, false, false, 1.0, 0.0)?;
-            be.gemm(g::<B>(grads, lo.gate_up_w, 2 * inter * c), dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
+            be.gemm(grads.view(lo.gate_up_w, 2 * inter * c)?, dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
             be.rmsnorm_bwd(
                 dresid,
-                g::<B>(grads, lo.post_norm, c),
+                grads.view(lo.post_norm, c)?,
                 dln,
                 v(ls.resid_mid, c),
                 self.w(lo.post_norm, c),
@@ -339,15 +335,15 @@ impl<B: Backend> Qwen2<B> {
             // Attention branch.
             let (datt, dqkv) = (v(d.datt, qw), v(d.dqkv, qkvw));
             be.gemm(datt, dresid, self.w(lo.o_w, c * qw), None, n, qw, c, false, false, 1.0, 0.0)?;
-            be.gemm(g::<B>(grads, lo.o_w, c * qw), dresid, v(ls.att, qw), None, c, qw, n, true, false, 1.0, 1.0)?;
+            be.gemm(grads.view(lo.o_w, c * qw)?, dresid, v(ls.att, qw), None, c, qw, n, true, false, 1.0, 1.0)?;
             be.attention_bwd(dqkv, datt, v(ls.qkv, qkvw), v(ls.att, qw), a.prefix(ls.lse, n * shape.n_head), seqs, shape, self.scale())?;
             be.rope(dqkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, true)?;
-            be.bias_bwd(g::<B>(grads, lo.qkv_b, qkvw), dqkv, n, qkvw)?;
-            be.gemm(g::<B>(grads, lo.qkv_w, qkvw * c), dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
+            be.bias_bwd(grads.view(lo.qkv_b, qkvw)?, dqkv, n, qkvw)?;
+            be.gemm(grads.view(lo.qkv_w, qkvw * c)?, dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
             be.gemm(dln, dqkv, self.w(lo.qkv_w, qkvw * c), None, n, c, qkvw, false, false, 1.0, 0.0)?;
             be.rmsnorm_bwd(
                 dresid,
-                g::<B>(grads, lo.input_norm, c),
+                grads.view(lo.input_norm, c)?,
                 dln,
                 v(ls.resid_in, c),
                 self.w(lo.input_norm, c),
@@ -356,7 +352,7 @@ impl<B: Backend> Qwen2<B> {
                 c,
             )?;
         }
-        be.embedding_bwd(g::<B>(grads, self.layout.embed, cfg.vocab_size * c), dresid, a.prefix(s.ids, n), n, c)?;
+        be.embedding_bwd(grads.view(self.layout.embed, cfg.vocab_size * c)?, dresid, a.prefix(s.ids, n), n, c)?;
         Ok(())
     }
 }

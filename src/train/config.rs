@@ -84,6 +84,9 @@ pub struct TrainSection {
     /// Activation checkpointing: "none" | "layers" | "auto" (layers on CUDA for models of
     /// 1B parameters and more).
     pub recompute: super::plan::Recompute,
+    /// Gradient buffers of the decoder layers' weight matrices: "f32" | "bf16" (CUDA: half
+    /// their memory, fp32 accumulation inside each GEMM; no effect on the CPU backend).
+    pub grad_dtype: crate::model::GradDtype,
     pub eval_every: usize,
     pub save_every: usize,
     /// Checkpoints kept (the newest; 0 = all); `final/` is separate.
@@ -176,6 +179,7 @@ impl Default for TrainSection {
             top_p: 1.0,
             rollout_batch: 256,
             recompute: super::plan::Recompute::Auto,
+            grad_dtype: crate::model::GradDtype::F32,
             eval_every: 10,
             save_every: 50,
             keep_checkpoints: 2,

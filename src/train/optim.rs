@@ -3,6 +3,7 @@
 //! applies to matrices only (`ParamLayout`'s `decay` flags): norms and biases are not decayed,
 //! as in the usual AdamW recipes (veRL/transformers' no-decay groups).
 use crate::backend::{AdamWParams, Backend, Buffer, DType, View};
+use crate::model::grads::{GradDtype, Grads, Segment};
 use crate::model::Qwen2;
 use anyhow::Result;
 
@@ -25,14 +26,16 @@ impl Default for AdamWConfig {
 
 pub struct Optimizer<B: Backend> {
     pub cfg: AdamWConfig,
-    pub grads: B::Buf,
+    pub grads: Grads<B>,
     pub m: B::Buf,
     pub v: B::Buf,
     pub master: Option<B::Buf>,
     /// Updates applied so far (AdamW's bias-correction step count).
     pub step: u32,
-    /// (offset, len, decays) runs of the flat buffer, from the layout's decay flags.
-    decay_ranges: Vec<(usize, usize, bool)>,
+    /// Runs of parameters with one decay flag whose gradients share a buffer, and the runs
+    /// ignoring decay (used when weight decay is off).
+    decay_segments: Vec<Segment>,
+    segments: Vec<Segment>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -45,7 +48,13 @@ pub struct StepOutcome {
 
 impl<B: Backend> Optimizer<B> {
     pub fn new(be: &B, model: &Qwen2<B>, cfg: AdamWConfig) -> Result<Self> {
+        Self::with_grad_dtype(be, model, cfg, GradDtype::F32)
+    }
+
+    /// `grad_dtype`: where the layers' matrix gradients accumulate (`crate::model::grads`).
+    pub fn with_grad_dtype(be: &B, model: &Qwen2<B>, cfg: AdamWConfig, grad_dtype: GradDtype) -> Result<Self> {
         let n = model.layout.total;
+        let grads = Grads::new(be, &model.layout, grad_dtype)?;
         let master = if be.needs_master_weights() {
             let mw = be.alloc(DType::F32, n)?;
             be.copy(View::all(&mw), View::all(&model.params))?;
@@ -55,12 +64,13 @@ impl<B: Backend> Optimizer<B> {
         };
         Ok(Optimizer {
             cfg,
-            grads: be.alloc(DType::F32, n)?,
             m: be.alloc(DType::F32, n)?,
             v: be.alloc(DType::F32, n)?,
             master,
             step: 0,
-            decay_ranges: model.layout.decay_ranges(),
+            decay_segments: grads.segments(true),
+            segments: grads.segments(false),
+            grads,
         })
     }
 
@@ -88,13 +98,13 @@ impl<B: Backend> Optimizer<B> {
     }
 
     pub fn zero_grad(&self, be: &B) -> Result<()> {
-        be.fill(View::all(&self.grads), 0.0)
+        self.grads.zero(be)
     }
 
     /// Clips by global norm and applies one AdamW update with learning rate `lr`, unless the
     /// gradients are not finite, in which case they are dropped and the step is skipped.
     pub fn step(&mut self, be: &B, model: &Qwen2<B>, lr: f32) -> Result<StepOutcome> {
-        let grad_norm = be.sum_squares(View::all(&self.grads))?.sqrt();
+        let grad_norm = self.grads.sum_squares(be)?.sqrt();
         if !grad_norm.is_finite() {
             self.zero_grad(be)?;
             return Ok(StepOutcome { grad_norm, skipped: true });
@@ -111,15 +121,15 @@ impl<B: Backend> Optimizer<B> {
             grad_scale,
         };
         // AdamW is elementwise, so one call per run of equal decay computes exactly what one
-        // call with a per-element decay flag would; without decay, one call covers everything.
-        let whole = [(0, model.layout.total, true)];
-        let ranges: &[(usize, usize, bool)] = if self.cfg.weight_decay == 0.0 { &whole } else { &self.decay_ranges };
-        for &(off, len, decays) in ranges {
+        // call with a per-element decay flag would; without decay, one call per gradient
+        // buffer run (one call for all parameters when gradients are all F32).
+        let segments = if self.cfg.weight_decay == 0.0 { &self.segments } else { &self.decay_segments };
+        for &Segment { off, len, decays } in segments {
             let p = AdamWParams { weight_decay: if decays { self.cfg.weight_decay } else { 0.0 }, ..p };
             be.adamw(
                 part(&model.params, off, len),
                 self.master.as_ref().map(|m| part(m, off, len)),
-                part(&self.grads, off, len),
+                self.grads.view(off, len)?,
                 part(&self.m, off, len),
                 part(&self.v, off, len),
                 &p,

@@ -142,12 +142,17 @@ impl RunPlan {
         let shape = RunShape::new(cfg, model, act == DType::BF16)?;
         let n = ParamLayout::new(model).total;
         let a = act.size_bytes();
+        let (grads_full, grads_low) = crate::model::grads::grad_elements(&ParamLayout::new(model), cfg.train.grad_dtype);
         let mut lines = vec![
             line("policy parameters", n * a),
             line("reference parameters", n * a),
-            line("gradients (f32)", n * 4),
+            line("gradients (f32)", 4 * grads_full.max(1)),
             line("Adam moments (f32, two)", 2 * n * 4),
         ];
+        if grads_low > 0 {
+            let what = if act == DType::BF16 { "gradients of layer matrices (bf16)" } else { "gradients of layer matrices" };
+            lines.push(line(what, grads_low * a));
+        }
         if master {
             lines.push(line("master weights (f32)", n * 4));
         }

@@ -159,8 +159,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
         be.reserve_scratch(&shape.scratch_needs(&policy.cfg))?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
-        let mut opt =
-            Optimizer::new(be, &policy, adam).map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
+        let mut opt = Optimizer::with_grad_dtype(be, &policy, adam, t.grad_dtype)
+            .map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
             let layout = crate::model::ParamLayout::new(&policy.cfg);
             opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;

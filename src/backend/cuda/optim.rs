@@ -73,6 +73,8 @@ pub(super) fn grpo_loss(
 pub(super) fn adamw(be: &CudaBackend, params: V, master: Option<V>, grads: V, m: V, v: V, p: &AdamWParams) -> Result<()> {
     let n = params.len();
     let (name, mptr) = match (&master, params.dtype()) {
+        (Some(mv), DType::BF16) if grads.dtype() == DType::BF16 => ("adamw_master_bf16_gbf16", vptr(mv)),
+        (_, _) if grads.dtype() == DType::BF16 => bail!("cuda adamw: BF16 gradients need BF16 params with an F32 master copy"),
         (Some(mv), DType::BF16) => ("adamw_master_bf16", vptr(mv)),
         (Some(mv), DType::F32) => ("adamw_master_f32", vptr(mv)),
         (None, DType::F32) => ("adamw_f32", 0),
