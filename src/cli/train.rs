@@ -60,7 +60,14 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool) -> Result<i32> {
     // Held until training ends: a second process on the same run would interleave its steps
     // and checkpoints with this one's.
     let _lock = crate::util::fs::lock_dir(&cfg.run_dir())?;
-    let base_dir = if cfg.model.path.as_os_str().is_empty() { sft::ensure_preset_base(be, &cfg)? } else { cfg.model.path.clone() };
+    let base_dir = if cfg.model.path.as_os_str().is_empty() {
+        // Checked before minutes of SFT, with the preset's shape (its vocabulary bounds the
+        // tokenizer's); the trainer checks the built model's exact plan again.
+        crate::train::run::check_fits(be, &cfg, &crate::model::presets::preset(&cfg.model.preset)?.cfg)?;
+        sft::ensure_preset_base(be, &cfg)?
+    } else {
+        cfg.model.path.clone()
+    };
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir)?;
     let trainer = Trainer::new(be, cfg.clone(), &base_dir, resume)?;

@@ -154,3 +154,45 @@ impl<B: Backend> Grads<B> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    #[test]
+    fn bf16_option_moves_layer_matrices_only() {
+        let be = CpuBackend::new();
+        let cfg = crate::model::presets::preset("tiny-2l").unwrap().cfg;
+        let layout = ParamLayout::new(&cfg);
+        let g = Grads::new(&be, &layout, GradDtype::Bf16).unwrap();
+        let (full, low) = grad_elements(&layout, GradDtype::Bf16);
+        assert_eq!(full + low, layout.total);
+        let lo = &layout.layers[0];
+        let (c, qkvw) = (cfg.hidden_size, cfg.attn_shape().qkv_width());
+        // The fused q|k|v block is one range of the low buffer; its bias and the norms are f32.
+        assert_eq!(g.view(lo.qkv_w, qkvw * c).unwrap().dtype(), be.act_dtype());
+        assert!(std::ptr::eq(g.view(lo.qkv_w, qkvw * c).unwrap().buf(), g.low.as_ref().unwrap()));
+        assert!(std::ptr::eq(g.view(lo.qkv_b, qkvw).unwrap().buf(), &g.full));
+        assert!(std::ptr::eq(g.view(layout.embed, cfg.vocab_size * c).unwrap().buf(), &g.full));
+        // A range across the two buffers is refused, not silently misaddressed.
+        assert!(g.view(lo.qkv_w, qkvw * c + 1).is_err());
+        // Values written through views come back in layout order.
+        for (i, e) in layout.entries.iter().enumerate() {
+            be.fill(g.view(e.offset, e.numel()).unwrap(), i as f32).unwrap();
+        }
+        let host = g.to_host(&be).unwrap();
+        for (i, e) in layout.entries.iter().enumerate() {
+            assert!(host[e.offset..e.offset + e.numel()].iter().all(|&x| x == i as f32), "{}", e.name);
+        }
+        // Segments cover every parameter once, each inside one buffer.
+        let segs = g.segments(true);
+        assert_eq!(segs.iter().map(|s| s.len).sum::<usize>(), layout.total);
+        for s in &segs {
+            g.view(s.off, s.len).unwrap();
+        }
+        // All-f32 gradients without decay splitting are one segment.
+        let f = Grads::new(&be, &layout, GradDtype::F32).unwrap();
+        assert_eq!(f.segments(false), vec![Segment { off: 0, len: layout.total, decays: true }]);
+    }
+}

@@ -79,6 +79,14 @@ pub struct Trainer<'a, B: Backend> {
     state: TrainerState,
 }
 
+/// Stops a run whose plan for `model`'s shape exceeds the device's free memory (for a preset
+/// run, before its SFT warm start: the preset's shape bounds the base model it builds).
+pub fn check_fits<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::Qwen2Config) -> Result<()> {
+    let workspace = |n: &crate::backend::ScratchNeeds| be.workspace_plan(n);
+    let plan = RunPlan::new(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace)?;
+    refuse_if_too_big(be, cfg, model, &plan)
+}
+
 /// Stops a run whose plan exceeds the device's free memory, naming the two settings that
 /// would cut the most.
 fn refuse_if_too_big<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::Qwen2Config, plan: &RunPlan) -> Result<()> {
