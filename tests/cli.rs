@@ -10,7 +10,10 @@ fn tz(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
+        // A command that fails before reading its input closes the pipe first: not an error here.
+        if let Err(e) = input.write_all(s.as_bytes()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
     }
     drop(input);
     child.wait_with_output().unwrap()
@@ -280,6 +283,40 @@ fn train_resume_is_bit_identical() {
     assert_eq!(s["steps"], 6);
     let metrics = std::fs::read_to_string(format!("{out}/split/metrics.jsonl")).unwrap();
     assert!(metrics.lines().any(|l| l.contains("\"step\":1,")), "the resume kept the run's earlier metrics");
+    // A corrupt newest checkpoint (one flipped byte) is detected by its checksums and the
+    // resume falls back to the previous one, saying so; a trainer state that disagrees with
+    // its checkpoint's step is refused the same way.
+    let ckpt = |step: usize| format!("{out}/split/checkpoints/step-{step:06}");
+    let opt = format!("{}/optimizer.safetensors", ckpt(6));
+    let mut bytes = std::fs::read(&opt).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&opt, bytes).unwrap();
+    let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=6"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let log = text(&o.stderr);
+    assert!(log.contains("optimizer.safetensors does not match its checksum") && log.contains("falling back to"), "{log}");
+    assert!(log.contains("step-000004"), "{log}");
+    let state = format!("{}/trainer_state.json", ckpt(6));
+    let edited = std::fs::read_to_string(&state).unwrap().replace("\"step\": 6", "\"step\": 999");
+    std::fs::write(&state, edited).unwrap();
+    std::fs::remove_file(format!("{}/checksums.json", ckpt(6))).unwrap();
+    let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=6"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("says step 999 in the checkpoint of step 6"), "{}", text(&o.stderr));
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{out}/split/summary.json")).unwrap()).unwrap();
+    assert_eq!(s["steps"], 6);
+    // --restart starts the run over (and only then are its outputs removed).
+    let mut a: Vec<String> = common("split", 2);
+    a.push("--restart".into());
+    std::fs::write(format!("{out}/split/checkpoints/.step-000009.tmp"), b"stale").unwrap();
+    let args: Vec<&str> = std::iter::once("train").chain(a.iter().map(String::as_str)).collect();
+    let o = tz(&args, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(count("split"), 1, "one checkpoint (step 2) after the restart");
+    assert!(!Path::new(&format!("{out}/split/checkpoints/.step-000009.tmp")).exists(), "stale temp files are removed");
+    let metrics = std::fs::read_to_string(format!("{out}/split/metrics.jsonl")).unwrap();
+    assert!(!metrics.lines().any(|l| l.contains("\"step\":6,")), "the restart cleared the old metrics");
 
     // `sft` has its own default run name and never writes into the model it reads.
     let pairs = d.path().join("pairs.jsonl");
@@ -387,4 +424,90 @@ fn shipped_configs_fit_their_memory_targets() {
         assert_eq!(sum, v["total_bytes"].as_u64().unwrap());
         assert_eq!(v["recompute"], true, "{cfg}");
     }
+}
+
+/// Starts `tz-engine args…`, waits until its stderr shows `trigger`, sends it SIGINT `presses`
+/// times, and returns (exit code, stderr).
+fn interrupt_when(args: &[String], trigger: &str, presses: usize) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tz-engine"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(k) = err.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..k]));
+        }
+    });
+    let t0 = Instant::now();
+    while !log.lock().unwrap().contains(trigger) {
+        assert!(t0.elapsed() < Duration::from_secs(300), "never saw {trigger:?}: {}", log.lock().unwrap());
+        assert!(child.try_wait().unwrap().is_none(), "exited before {trigger:?}: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..presses {
+        let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success();
+        assert!(ok);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(120), "still running 120 s after Ctrl-C: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    let text = log.lock().unwrap().clone();
+    (status.code(), text)
+}
+
+/// Ctrl-C outside the training loop: V* estimation stops at its next chunk and the command
+/// exits 130 naming the phase; a second Ctrl-C exits at once. Restarting over a run with
+/// `--restart` works, and a run that fails before writing leaves no directory behind.
+#[test]
+fn interrupts_reach_every_phase() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    let args = |name: &str| -> Vec<String> {
+        let mut a = vec!["train".to_string()];
+        for s in [
+            format!("out_dir={out}"),
+            format!("name={name}"),
+            "model.preset=tiny-2l".into(),
+            "sft.steps=10".into(),
+            "sft.examples=300".into(),
+            "data.generate_train=4000".into(),
+            "data.generate_test=16".into(),
+            "algo.n_vstar=8".into(),
+            "train.rollout_batch=16".into(),
+            "train.max_response_tokens=16".into(),
+        ] {
+            a.extend(["--set".to_string(), s]);
+        }
+        a
+    };
+    let (code, log) = interrupt_when(&args("vstar"), "V* estimation: ", 1);
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("interrupted during V* estimation"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let (code, log) = interrupt_when(&args("vstar2"), "V* estimation: ", 2);
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("second interrupt: exiting now"), "{log}");
+    // A run that fails at once (an unreadable model) leaves no run directory.
+    let o = tz(&["train", "--set", &format!("out_dir={out}"), "--set", "name=broken", "--set", "model.path=/nonexistent"], None);
+    assert!(!o.status.success());
+    assert!(!Path::new(&format!("{out}/broken")).exists(), "{}", text(&o.stderr));
 }

@@ -68,6 +68,7 @@ pub fn compute_or_load<B: Backend>(
     // Chunks of whole prompts, N samples each, sized to fill the generator.
     let per_chunk = (ctx.gen.slots / n).max(1) * 4;
     for start in (0..set.len()).step_by(per_chunk) {
+        crate::util::interrupt::check("V* estimation (finished chunks are not cached; it starts again on --resume)")?;
         let end = (start + per_chunk).min(set.len());
         let idx: Vec<usize> = (start..end).flat_map(|i| std::iter::repeat_n(i, n)).collect();
         let seeds: Vec<u64> =

@@ -42,6 +42,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<i32> {
+    crate::util::interrupt::install();
     if args.batch == 0 || args.max_new_tokens == 0 {
         bail!("--batch and --max-new-tokens must be positive");
     }

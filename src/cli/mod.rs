@@ -76,6 +76,10 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(e) if crate::util::interrupt::is_interrupt(&e) => {
+            eprintln!("{}", one_line(&e));
+            130
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             1

@@ -22,6 +22,7 @@ pub struct SftArgs {
 pub const DEFAULT_SFT_NAME: &str = "sft";
 
 pub fn run(args: SftArgs) -> Result<i32> {
+    crate::util::interrupt::install();
     let mut cfg = super::train::load_config(args.config.as_ref(), &args.sets, None)?;
     let named_in_file = match &args.config {
         Some(p) => std::fs::read_to_string(p).ok().and_then(|t| t.parse::<toml::Table>().ok()).is_some_and(|t| t.contains_key("name")),

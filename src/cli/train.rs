@@ -21,8 +21,12 @@ pub struct TrainArgs {
     pub sets: Vec<String>,
     /// Continue the run in this directory from its latest checkpoint (its saved config is used;
     /// --set still applies on top).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restart")]
     pub resume: Option<PathBuf>,
+    /// Start the run over: its checkpoints, metrics, samples, summary, curves and final model
+    /// are removed first (without this, a run with checkpoints is never overwritten).
+    #[arg(long)]
+    pub restart: bool,
 }
 
 pub fn load_config(config: Option<&PathBuf>, sets: &[String], resume: Option<&PathBuf>) -> Result<TrainConfig> {
@@ -53,13 +57,44 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             _ => bail!("{} holds run '{}' (its config's name): resume from a directory of that name", dir.display(), cfg.name),
         }
     }
-    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some()))
+    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some(), args.restart))
 }
 
-fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool) -> Result<i32> {
+/// What a run directory holds that `--restart` removes (the lock and the run's config stay).
+const RUN_OUTPUTS: [&str; 8] =
+    ["checkpoints", "latest", "metrics.jsonl", "samples.jsonl", "summary.json", "final", "curves.png", "curves.svg"];
+
+fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool) -> Result<i32> {
+    // Ctrl-C stops SFT, V*, evaluations and training steps at their next batch boundary.
+    crate::util::interrupt::install();
     // Held until training ends: a second process on the same run would interleave its steps
     // and checkpoints with this one's.
-    let _lock = crate::util::fs::lock_dir(&cfg.run_dir())?;
+    let run_dir = cfg.run_dir();
+    let existed = run_dir.exists();
+    let _lock = crate::util::fs::lock_dir(&run_dir)?;
+    if restart {
+        for name in RUN_OUTPUTS {
+            let p = run_dir.join(name);
+            let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            if let Err(e) = removed.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
+                bail!("--restart: cannot remove {}: {e}", p.display());
+            }
+        }
+        eprintln!("--restart: {} starts over", run_dir.display());
+    }
+    // Temp files a crashed write of ours left behind (named .NAME.tmp or NAME.tmp.PID).
+    crate::util::fs::remove_stale_temps(&run_dir);
+    crate::util::fs::remove_stale_temps(&run_dir.join("checkpoints"));
+    let result = train_in(be, &cfg, resume, &run_dir);
+    // A run that failed before writing anything leaves no empty directory behind.
+    if result.is_err() && !existed {
+        crate::util::fs::remove_if_only_lock(&run_dir);
+    }
+    result
+}
+
+fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path) -> Result<i32> {
+    let cfg = cfg.clone();
     let base_dir = if cfg.model.path.as_os_str().is_empty() {
         // Checked before minutes of SFT, with the preset's shape (its vocabulary bounds the
         // tokenizer's); the trainer checks the built model's exact plan again.
@@ -68,8 +103,6 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool) -> Result<i32> {
     } else {
         cfg.model.path.clone()
     };
-    let run_dir = cfg.run_dir();
-    std::fs::create_dir_all(&run_dir)?;
     let trainer = Trainer::new(be, cfg.clone(), &base_dir, resume)?;
     write_atomic(&run_dir.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
     let s = trainer.run()?;
@@ -77,5 +110,5 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool) -> Result<i32> {
         "{}: {} steps in {:.0}s; held-out solve rate {:.3} -> {:.3} (base -> final), mean reward {:.3} -> {:.3}; {} skipped steps. Outputs in {}",
         s.name, s.steps, s.wall_time_s, s.base_solve_rate, s.final_solve_rate, s.base_reward_mean, s.final_reward_mean, s.skipped_steps, run_dir.display()
     );
-    Ok(if s.interrupted { 130 } else { 0 })
+    Ok(0)
 }

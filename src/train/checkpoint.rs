@@ -2,7 +2,9 @@
 //! (f32, so a resume is exact), `optimizer.safetensors` (Adam moments, master weights) and
 //! `trainer_state.json`; `runs/<name>/latest` names the newest. Every file and directory is
 //! written under a temporary name and renamed into place, so a crash never leaves a
-//! half-written checkpoint behind a valid name.
+//! half-written checkpoint behind a valid name. `checksums.json` records each file's size and
+//! CRC-32: a resume validates the checkpoint it would use (and the trainer state against the
+//! directory's step) and falls back to the newest older intact one, saying why.
 use super::optim::OptimizerState;
 use crate::model::weights::{save_model, SaveDtype};
 use crate::model::{ParamLayout, Qwen2Config};
@@ -77,12 +79,79 @@ pub fn save(
     write_atomic(&tmp.join("optimizer.safetensors"), &bytes)?;
     write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     debug_assert_eq!(n, layout.total);
+    let mut sums = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(&tmp).with_context(|| format!("cannot list {}", tmp.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            sums.insert(e.file_name().to_string_lossy().to_string(), file_sum(&e.path())?);
+        }
+    }
+    write_atomic(&tmp.join(CHECKSUMS), serde_json::to_string_pretty(&sums)?.as_bytes())?;
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("cannot replace {}", dst.display()))?;
     }
     std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
     write_atomic(&run_dir.join("latest"), name.as_bytes())?;
     Ok(dst)
+}
+
+const CHECKSUMS: &str = "checksums.json";
+
+/// A file's size and CRC-32, recorded at save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct FileSum {
+    bytes: u64,
+    crc32: u32,
+}
+
+fn file_sum(path: &Path) -> Result<FileSum> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let k = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        bytes += k as u64;
+    }
+    Ok(FileSum { bytes, crc32: h.finalize() })
+}
+
+/// Checks a checkpoint before a resume uses it: every file against the checksums recorded at
+/// save (checkpoints written before checksums existed are checked for structure only), and
+/// the trainer state's step against the directory's.
+pub fn validate(dir: &Path) -> Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) else {
+        bail!("{} is not a checkpoint directory (step-NNNNNN)", dir.display())
+    };
+    let sums_path = dir.join(CHECKSUMS);
+    if let Ok(text) = std::fs::read_to_string(&sums_path) {
+        let sums: std::collections::BTreeMap<String, FileSum> =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", sums_path.display()))?;
+        for (file, want) in &sums {
+            let got = file_sum(&dir.join(file))?;
+            if got != *want {
+                bail!("{file} does not match its checksum ({} bytes, expected {}): the file is corrupt", got.bytes, want.bytes);
+            }
+        }
+    }
+    let sp = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", sp.display()))?;
+    if state.step != step {
+        bail!("{} says step {} in the checkpoint of step {step}", sp.display(), state.step);
+    }
+    Ok(())
+}
+
+/// Whether the run has any complete checkpoint (a run that does is not started over).
+pub fn has_checkpoints(run_dir: &Path) -> bool {
+    !complete_checkpoints(run_dir).is_empty() || run_dir.join("latest").is_file()
 }
 
 /// The run's complete checkpoints (`checkpoints/step-NNNNNN/` holding trainer_state.json),
@@ -100,23 +169,50 @@ fn complete_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
-/// The newest complete checkpoint of a run, if any: the one `latest` names, or — when `latest`
-/// is missing (deleted, or lost with a crash before it was written) — the newest complete
-/// checkpoint directory, with a notice, so a resume never silently starts over.
+/// The checkpoint a resume continues from: the one `latest` names (or, when `latest` is
+/// missing — deleted, or lost with a crash before it was written — the newest complete one),
+/// validated; if it is corrupt, the newest older one that validates, with a warning naming
+/// what was wrong. `None` when the run has no checkpoint.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let p = run_dir.join("latest");
-    let Ok(name) = std::fs::read_to_string(&p) else {
-        let newest = complete_checkpoints(run_dir).pop().map(|(_, dir)| dir);
-        if let Some(dir) = &newest {
-            eprintln!("note: {} is missing; using the newest complete checkpoint, {}", p.display(), dir.display());
+    let mut all = complete_checkpoints(run_dir);
+    let named = std::fs::read_to_string(&p).ok().map(|n| run_dir.join("checkpoints").join(n.trim()));
+    let mut candidates: Vec<PathBuf> = vec![];
+    match &named {
+        Some(dir) => {
+            // Only checkpoints older than the one `latest` names are fallbacks.
+            let step = all.iter().find(|(_, d)| d == dir).map(|(s, _)| *s);
+            if step.is_none() {
+                eprintln!("warning: {} names {}, which is not a complete checkpoint", p.display(), dir.display());
+            }
+            all.retain(|(s, _)| step.is_none_or(|n| *s < n));
+            candidates.extend(step.map(|_| dir.clone()));
         }
-        return Ok(newest);
-    };
-    let dir = run_dir.join("checkpoints").join(name.trim());
-    if !dir.join("trainer_state.json").is_file() {
-        bail!("{} names {} but it is not a complete checkpoint", p.display(), dir.display());
+        None if !all.is_empty() => eprintln!("note: {} is missing; using the newest complete checkpoint that validates", p.display()),
+        None => {}
     }
-    Ok(Some(dir))
+    candidates.extend(all.into_iter().rev().map(|(_, d)| d));
+    let mut first_err: Option<String> = None;
+    for dir in &candidates {
+        match validate(dir) {
+            Ok(()) => {
+                if let Some(e) = &first_err {
+                    eprintln!("warning: falling back to {}: {e}", dir.display());
+                }
+                return Ok(Some(dir.clone()));
+            }
+            Err(e) => {
+                let msg = format!("{} is unusable ({e:#})", dir.display());
+                eprintln!("warning: {msg}");
+                first_err.get_or_insert(msg);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => bail!("no intact checkpoint in {}: {e}", run_dir.display()),
+        None if named.is_some() => bail!("{} names a checkpoint that does not exist and there is no other", p.display()),
+        None => Ok(None),
+    }
 }
 
 /// Removes all but the newest `keep` complete checkpoints (0 keeps all). The one `latest`

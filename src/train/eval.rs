@@ -52,8 +52,8 @@ impl Acc {
 /// response limit; with `pass_k > 0` also draws `pass_k` samples at temperature 1 per problem
 /// for pass@k.
 ///
-/// With `progress`, responses are generated one generator-full at a time and counted there
-/// (the results are the same: each sequence's sample does not depend on its batch).
+/// With `progress`, generated responses are counted there. Stops with
+/// `util::interrupt::Interrupted` at a generator-full boundary after Ctrl-C.
 pub fn evaluate<B: Backend>(
     ctx: &RolloutCtx<B>,
     set: &PromptSet,
@@ -65,14 +65,18 @@ pub fn evaluate<B: Backend>(
     let n = if limit == 0 { set.len() } else { limit.min(set.len()) };
     let idx: Vec<usize> = (0..n).collect();
     let greedy = ctx.with_sampling(SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, None);
+    // One generator-full at a time (the results are the same: each sequence's sample does not
+    // depend on its batch), so progress is counted and Ctrl-C is honoured between them.
     let mut run = |c: &RolloutCtx<B>, idx: &[usize], seeds: &[u64]| -> Result<Vec<Rollout>> {
-        let Some(p) = progress.as_deref_mut() else { return c.rollout(set, idx, seeds) };
         let mut out = Vec::with_capacity(idx.len());
         let chunk = c.gen.slots.max(1);
         for (i, s) in idx.chunks(chunk).zip(seeds.chunks(chunk)) {
+            crate::util::interrupt::check("evaluation")?;
             out.extend(c.rollout(set, i, s)?);
-            for _ in 0..i.len() {
-                p.inc();
+            if let Some(p) = progress.as_deref_mut() {
+                for _ in 0..i.len() {
+                    p.inc();
+                }
             }
         }
         Ok(out)

@@ -21,18 +21,11 @@ use crate::rng::{derive_seed, Rng};
 use crate::rollout::{Finish, GenConfig, Generator, PromptSet, Rollout, RolloutCtx};
 use crate::task::RewardKind;
 use crate::tokenizer::Tokenizer;
+use crate::util::interrupt;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn install_ctrlc() {
-    // A second installation (e.g. several runs in one process) is harmless to skip.
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-}
 
 #[derive(Serialize)]
 pub struct Summary {
@@ -46,7 +39,6 @@ pub struct Summary {
     pub base_reward_mean: f32,
     pub final_reward_mean: f32,
     pub final_eval: EvalReport,
-    pub interrupted: bool,
 }
 
 /// Device buffers for the log-probs an objective's loss reads besides the policy's own.
@@ -114,9 +106,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Builds everything the loop needs; resumes from the run's latest checkpoint if `resume`.
     pub fn new(be: &'a B, cfg: TrainConfig, base_dir: &Path, resume: bool) -> Result<Self> {
         let run_dir = cfg.run_dir();
-        let latest = checkpoint::latest(&run_dir)?;
-        if latest.is_some() && !resume {
-            bail!("{} already has checkpoints: pass --resume to continue it, or choose another name (--set name=...)", run_dir.display());
+        if checkpoint::has_checkpoints(&run_dir) && !resume {
+            bail!("{} already has checkpoints: pass --resume to continue it, --restart to start it over, or choose another name (--set name=...)", run_dir.display());
         }
         let (template, reward) = (cfg.task.template, cfg.task.reward);
         // The memory plan first, from config.json alone: a run that cannot fit stops here,
@@ -134,9 +125,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if plan.shape.recompute() { "layers" } else { "none" }
         );
         let (reference, tok) = load_model(be, base_dir)?;
-        let ckpt = match (&latest, resume) {
-            (Some(dir), true) => Some(checkpoint::load(dir)?),
-            _ => None,
+        let ckpt = match resume {
+            true => checkpoint::latest(&run_dir)?.map(|dir| checkpoint::load(&dir)).transpose()?,
+            false => None,
         };
         let policy = match &ckpt {
             Some(c) => load_model(be, &c.dir)?.0,
@@ -221,7 +212,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     }
 
     pub fn run(mut self) -> Result<Summary> {
-        install_ctrlc();
+        interrupt::install();
         let t = self.cfg.train.clone();
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
         let metrics_path = self.run_dir.join("metrics.jsonl");
@@ -265,7 +256,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut bar = crate::util::progress::Progress::new("steps", t.steps as u64, self.state.step as u64, 10);
         let started = Instant::now();
         let elapsed0 = self.state.elapsed_s;
-        let mut interrupted = false;
         while self.state.step < t.steps {
             let mut m = self.step()?;
             self.state.step += 1;
@@ -285,30 +275,47 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
             let last = self.state.step == t.steps;
             if t.eval_every > 0 && (self.state.step.is_multiple_of(t.eval_every) || last) {
-                let r = self.eval()?;
-                m.eval_solve_rate = Some(r.overall.solve_rate);
-                m.eval_reward_mean = Some(r.overall.reward_mean);
-                m.eval_format_rate = Some(r.overall.format_rate);
-                bar.println(format!(
-                    "step {}: held-out solve rate {:.3}, mean reward {:.3}",
-                    self.state.step, r.overall.solve_rate, r.overall.reward_mean
-                ));
+                // An interrupted evaluation leaves this step's eval fields empty; the step itself
+                // is complete and is checkpointed below.
+                match self.eval() {
+                    Ok(r) => {
+                        m.eval_solve_rate = Some(r.overall.solve_rate);
+                        m.eval_reward_mean = Some(r.overall.reward_mean);
+                        m.eval_format_rate = Some(r.overall.format_rate);
+                        bar.println(format!(
+                            "step {}: held-out solve rate {:.3}, mean reward {:.3}",
+                            self.state.step, r.overall.solve_rate, r.overall.reward_mean
+                        ));
+                    }
+                    Err(e) if interrupt::is_interrupt(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
             self.state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
             metrics::append(&metrics_path, &m)?;
             bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
             bar.inc();
-            interrupted = INTERRUPTED.load(Ordering::SeqCst);
+            let interrupted = interrupt::requested();
             if (t.save_every > 0 && self.state.step.is_multiple_of(t.save_every)) || last || interrupted {
                 self.save()?;
             }
             if interrupted {
-                bar.println(format!("interrupted: checkpoint written at step {}; continue with --resume", self.state.step));
-                break;
+                bar.finish();
+                // No final evaluation (it can take hours): the run continues with --resume.
+                let phase = format!("training: checkpoint written at step {}; continue with --resume", self.state.step);
+                return Err(anyhow::Error::new(interrupt::Interrupted(phase)));
             }
         }
         bar.finish();
-        let final_eval = self.final_eval()?;
+        let step = self.state.step;
+        let final_eval = self.final_eval().map_err(|e| {
+            if interrupt::is_interrupt(&e) {
+                let phase = format!("the final evaluation: the checkpoint of step {step} is complete; --resume runs the evaluation again");
+                anyhow::Error::new(interrupt::Interrupted(phase))
+            } else {
+                e
+            }
+        })?;
         let summary = Summary {
             name: self.cfg.name.clone(),
             algorithm: self.objective.name(),
@@ -320,7 +327,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
             base_reward_mean: self.state.base_reward_mean.unwrap_or(0.0),
             final_reward_mean: final_eval.overall.reward_mean,
             final_eval,
-            interrupted,
         };
         crate::util::fs::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
         crate::model::weights::save_model(

@@ -52,6 +52,7 @@ pub fn sft_train<B: Backend>(
     let started = Instant::now();
     let mut bar = crate::util::progress::Progress::new("SFT steps", steps as u64, 0, (steps as u64 / 20).max(1));
     for step in 0..steps {
+        crate::util::interrupt::check("SFT (nothing was written; it starts again)")?;
         let mut sel = Vec::with_capacity(batch);
         while sel.len() < batch {
             if cursor == order.len() {

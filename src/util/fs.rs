@@ -64,6 +64,31 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
     Ok(DirLock { _file: file })
 }
 
+/// Removes temp files and directories our writers leave behind when a process dies mid-write
+/// (`write_atomic`'s `.NAME.tmpPID`, a checkpoint's `.step-NNNNNN.tmp/`) from `dir` — one of
+/// our own directories, held under the run's lock. Best effort: what cannot be removed stays.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp") {
+            let p = e.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+}
+
+/// Removes `dir` if it holds nothing but the run lock (a run that failed before writing).
+pub fn remove_if_only_lock(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+    if names.iter().all(|n| n == ".lock") {
+        let _ = std::fs::remove_file(dir.join(".lock"));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::lock_dir;

@@ -1,6 +1,7 @@
 //! Small crate-wide helpers that belong to no stage of the data flow: JSON-lines input,
 //! atomic file writes, a stable content hash.
 pub mod fs;
+pub mod interrupt;
 pub mod jsonl;
 pub mod progress;
 
