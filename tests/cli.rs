@@ -168,6 +168,12 @@ fn task_commands() {
     assert_clean_error(&tz(&["plan", "--preset", "qwen9"], None), "unknown preset");
     assert_clean_error(&tz(&["plan", "--set", "model.path=/nonexistent/model"], None), "--preset");
     assert_clean_error(&tz(&["data", "countdown", "--out", "/tmp/x.jsonl"], None), "--n");
+    // Ranges that hardly admit solvable problems are refused after a bounded number of draws.
+    let t0 = std::time::Instant::now();
+    let o = tz(&["data", "countdown", "--n", "5", "--max-number", "1000000", "--out", "/tmp/tz-unfillable.jsonl"], None);
+    assert_clean_error(&o, "were solvable in");
+    eprintln!("unfillable countdown ranges refused in {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(!Path::new("/tmp/tz-unfillable.jsonl").exists());
 
     // A bare `tz-engine` prints what there is instead of starting a training run.
     let o = tz(&[], None);

@@ -82,7 +82,11 @@ pub fn run(args: DataArgs) -> Result<i32> {
                     if a.max_number < 1 || a.max_target < 1 {
                         bail!("--max-number and --max-target must be at least 1");
                     }
-                    task::generate_countdown(n, a.seed, &task::CountdownSpec { counts, max_number: a.max_number, max_target: a.max_target })
+                    task::generate_countdown(
+                        n,
+                        a.seed,
+                        &task::CountdownSpec { counts, max_number: a.max_number, max_target: a.max_target },
+                    )?
                 }
                 (None, None) => bail!("give --n N (generate) or --from-parquet FILE (convert)"),
             };

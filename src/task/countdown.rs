@@ -27,16 +27,31 @@ impl Default for CountdownSpec {
 
 /// Countdown problems drawn from `spec`, kept only when the solver finds a solution; sizes are
 /// uniform over `spec.counts`.
-pub fn generate_countdown(n: usize, seed: u64, spec: &CountdownSpec) -> Vec<Problem> {
+/// Draws allowed per requested problem (plus a floor): the shipped ranges need about two, so
+/// running out means the ranges hardly admit solvable problems (e.g. numbers up to 10^6 with
+/// targets up to 99), and the generator says so instead of drawing forever.
+const DRAWS_PER_PROBLEM: usize = 200;
+const MIN_DRAWS: usize = 5_000;
+
+pub fn generate_countdown(n: usize, seed: u64, spec: &CountdownSpec) -> Result<Vec<Problem>> {
     let counts: Vec<usize> = if spec.counts.is_empty() { vec![3, 4] } else { spec.counts.clone() };
     let (max_number, max_target) = (spec.max_number.max(1) as u64, spec.max_target.max(1) as u64);
     let mut rng = Rng::new(seed);
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(1 << 20));
+    let budget = n.saturating_mul(DRAWS_PER_PROBLEM).max(MIN_DRAWS);
+    let mut draws = 0usize;
     while out.len() < n {
         // The size is drawn first and kept while redrawing unsolvable instances, so sizes stay
         // uniform over `counts` even though small instances are less often solvable.
         let k = counts[rng.below(counts.len() as u64) as usize].clamp(2, 6);
         for _ in 0..10_000 {
+            if draws >= budget {
+                bail!(
+                    "only {} of {n} Countdown problems were solvable in {draws} draws (numbers 1..={max_number}, targets 1..={max_target}, sizes {counts:?}): choose ranges whose problems have solutions (the defaults: numbers and targets up to 99)",
+                    out.len()
+                );
+            }
+            draws += 1;
             let nums: Vec<i64> = (0..k).map(|_| 1 + rng.below(max_number) as i64).collect();
             let target = 1 + rng.below(max_target) as i64;
             if solve_countdown(&nums, target).is_some() {
@@ -45,7 +60,7 @@ pub fn generate_countdown(n: usize, seed: u64, spec: &CountdownSpec) -> Vec<Prob
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `[44, 19, 35]`, as Python prints a list.
@@ -74,7 +89,7 @@ impl Task for Countdown {
         "countdown"
     }
 
-    fn generate(&self, n: usize, seed: u64, spec: &CountdownSpec) -> Vec<Problem> {
+    fn generate(&self, n: usize, seed: u64, spec: &CountdownSpec) -> Result<Vec<Problem>> {
         generate_countdown(n, seed, spec)
     }
 

@@ -34,8 +34,8 @@ impl Task for Multiply {
         "multiply"
     }
 
-    fn generate(&self, n: usize, seed: u64, _spec: &CountdownSpec) -> Vec<Problem> {
-        generate_multiply(n, seed)
+    fn generate(&self, n: usize, seed: u64, _spec: &CountdownSpec) -> Result<Vec<Problem>> {
+        Ok(generate_multiply(n, seed))
     }
 
     fn parse(&self, v: &serde_json::Value) -> Option<Result<Problem>> {

@@ -9,19 +9,19 @@ use anyhow::{bail, Result};
 pub fn load_problems(cfg: &TrainConfig) -> Result<(Vec<Problem>, Vec<Problem>)> {
     let d = &cfg.data;
     let task = task::by_name(&cfg.task.name)?;
-    let generate = |n: usize, salt: u64| -> Vec<Problem> {
+    let generate = |n: usize, salt: u64| -> Result<Vec<Problem>> {
         let seed = crate::rng::derive_seed(cfg.seed, salt, 0x5eed);
         task.generate(n, seed, &cfg.countdown_spec(&d.counts))
     };
     let train = if d.train.as_os_str().is_empty() {
-        generate(d.generate_train, 1)
+        generate(d.generate_train, 1)?
     } else {
         task::load_problems(&d.train, parse_rows(&d.train_rows)?)?
     };
     let test = if d.test.as_os_str().is_empty() {
         if d.train.as_os_str().is_empty() {
             let seen: std::collections::HashSet<String> = train.iter().map(|p| format!("{p:?}")).collect();
-            generate(d.generate_test * 2, 2).into_iter().filter(|p| !seen.contains(&format!("{p:?}"))).take(d.generate_test).collect()
+            generate(d.generate_test * 2, 2)?.into_iter().filter(|p| !seen.contains(&format!("{p:?}"))).take(d.generate_test).collect()
         } else {
             // TinyZero's split: the test rows come from the same file.
             let rows = parse_rows(&d.test_rows)?;
