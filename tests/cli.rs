@@ -517,3 +517,24 @@ fn interrupts_reach_every_phase() {
     assert!(!o.status.success());
     assert!(!Path::new(&format!("{out}/broken")).exists(), "{}", text(&o.stderr));
 }
+
+/// Absurd sizes from flags, configs and config.json are errors naming the setting, checked
+/// before allocating (they used to abort on a failed allocation, rc 134).
+#[test]
+fn oversized_inputs_are_errors_not_aborts() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    assert_clean_error(&tz(&["data", "countdown", "--n", "100000000000", "--out", &format!("{out}/x.jsonl")], None), "--n");
+    let train = |set: &str| tz(&["train", "--set", &format!("out_dir={out}"), "--set", "sft.steps=0", "--set", set], None);
+    assert_clean_error(&train("data.generate_train=1000000000"), "data.generate_train");
+    // Memory-bound sizes meet the memory plan, on the CPU against the host's available memory.
+    assert_clean_error(&train("train.rollout_batch=1000000000"), "train.rollout_batch=");
+    assert_clean_error(&train("train.micro_batch=100000000"), "device memory");
+    let model = format!("{out}/m");
+    assert!(tz(&["init", "--preset", "tiny-2l", "--out", &model], None).status.success());
+    let cfg_path = format!("{model}/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["hidden_size"] = serde_json::json!(1_000_000_000_000u64);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    assert_clean_error(&tz(&["score", "--model", &model, "--input", "-"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")), "hidden_size");
+}

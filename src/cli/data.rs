@@ -70,6 +70,9 @@ pub fn run(args: DataArgs) -> Result<i32> {
     match args.which {
         None => bail!("say which dataset: `tz-engine data countdown ...` or `tz-engine data multiply ...`"),
         Some(Which::Countdown(a)) => {
+            if let Some(n) = a.n {
+                crate::util::limits::at_most("--n", n, crate::util::limits::MAX_ITEMS)?;
+            }
             let problems = match (&a.from_parquet, a.n) {
                 (Some(path), _) => task::load_problems(path, parse_rows(&a.rows)?)?,
                 (None, Some(n)) => {

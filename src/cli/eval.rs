@@ -61,6 +61,7 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
     if t_max <= max_prompt {
         bail!("prompts of {max_prompt} tokens leave no room for a response in the model's context");
     }
+    crate::util::limits::items("problems × (1 + --k)", set.len(), args.k.saturating_add(1))?;
     let gen = Generator::new(be, &model.cfg, args.batch.min(set.len() * args.k.max(1)), max_prompt, t_max)?;
     // Every task's stop strings: a dataset may mix tasks.
     let mut stop_strings: Vec<String> = set.problems.iter().flat_map(|p| p.task().stop_strings()).collect();

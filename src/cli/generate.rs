@@ -70,6 +70,7 @@ fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
     let records = crate::util::jsonl::read_records::<Item>(&args.input)?;
     let (ids, items): (Vec<_>, Vec<Item>) = records.into_iter().map(|r| (r.id, r.item)).unzip();
     let (model, tok) = load_model(be, &args.model)?;
+    crate::util::limits::items("prompts × --n", items.len(), args.n)?;
     let mut prompts = Vec::with_capacity(items.len() * args.n);
     let mut seeds = Vec::with_capacity(items.len() * args.n);
     for (i, it) in items.iter().enumerate() {

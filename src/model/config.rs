@@ -132,6 +132,14 @@ impl Qwen2Config {
                 bail!("{name} must be positive");
             }
         }
+        use crate::util::limits::{at_most, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+        at_most("vocab_size", cfg.vocab_size, MAX_VOCAB)?;
+        at_most("hidden_size", cfg.hidden_size, MAX_DIM)?;
+        at_most("intermediate_size", cfg.intermediate_size, MAX_DIM)?;
+        at_most("head_dim", cfg.head_dim, MAX_DIM)?;
+        at_most("num_hidden_layers", cfg.num_hidden_layers, MAX_LAYERS)?;
+        at_most("num_attention_heads", cfg.num_attention_heads, MAX_LAYERS)?;
+        at_most("max_position_embeddings", cfg.max_position_embeddings, MAX_DIM)?;
         if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
             bail!("rope_theta must be a positive number, got {}", cfg.rope_theta);
         }

@@ -99,6 +99,7 @@ pub fn for_each_tensor(dir: &Path, layout: &ParamLayout, mut f: impl FnMut(&Entr
 
 /// All parameters as one host f32 buffer in layout order.
 pub fn load_params(dir: &Path, _cfg: &Qwen2Config, layout: &ParamLayout) -> Result<Vec<f32>> {
+    crate::util::limits::host_fits(&format!("{}'s {} parameters as f32", dir.display(), layout.total), layout.total.saturating_mul(4))?;
     let mut out = vec![0f32; layout.total];
     for_each_tensor(dir, layout, |e, data| {
         out[e.offset..e.offset + e.numel()].copy_from_slice(data);

@@ -246,6 +246,20 @@ impl TrainConfig {
             bail!("train.temperature must be > 0 and train.top_p in (0, 1]");
         }
         self.algo.validate()?;
+        {
+            use crate::util::limits::{at_most, items, MAX_ITEMS};
+            at_most("data.generate_train", self.data.generate_train, MAX_ITEMS)?;
+            at_most("data.generate_test", self.data.generate_test, MAX_ITEMS)?;
+            at_most("sft.examples", self.sft.examples, MAX_ITEMS)?;
+            items("train.batch_prompts × samples per prompt", t.batch_prompts, self.algo.samples_per_prompt())?;
+            // Memory-bound sizes (rollout_batch, micro_batch, token limits) are checked by the
+            // memory plan against the device before anything is allocated.
+            at_most(
+                "train.max_prompt_tokens + train.max_response_tokens",
+                t.max_prompt_tokens.saturating_add(t.max_response_tokens),
+                1 << 24,
+            )?;
+        }
         crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?;
         if self.model.path.as_os_str().is_empty() {
             // Checked now, not after minutes of data generation.

@@ -3,6 +3,7 @@
 pub mod fs;
 pub mod interrupt;
 pub mod jsonl;
+pub mod limits;
 pub mod progress;
 
 /// FNV-1a over `bytes`, continuing from `h`: a stable content key for cache and directory

@@ -126,6 +126,10 @@ impl Backend for CpuBackend {
     fn needs_master_weights(&self) -> bool {
         false
     }
+    /// The CPU backend's "device" memory is the host's: what it has available.
+    fn mem_info(&self) -> crate::backend::MemInfo {
+        Some((crate::util::limits::host_available_bytes()?, crate::util::limits::host_total_bytes()?))
+    }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
         let storage = match dtype {
