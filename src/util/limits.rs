@@ -22,7 +22,7 @@ pub fn at_most(what: &str, value: usize, limit: usize) -> Result<()> {
 
 /// `a · b` items (e.g. prompts × samples per prompt) within `MAX_ITEMS`.
 pub fn items(what: &str, a: usize, b: usize) -> Result<usize> {
-    let n = a.checked_mul(b).unwrap_or(usize::MAX);
+    let n = a.saturating_mul(b);
     at_most(what, n, MAX_ITEMS)?;
     Ok(n)
 }
