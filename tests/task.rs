@@ -160,39 +160,10 @@ proptest! {
 
 #[test]
 fn parquet_and_jsonl_load() {
-    use parquet::data_type::Int64Type;
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("countdown.parquet");
-    // The layout pyarrow writes for TinyZero's dataset: optional int64 target and a nullable
-    // LIST<int64> nums (3-level list).
-    let schema = parquet::schema::parser::parse_message_type(
-        "message schema { optional int64 target; optional group nums (LIST) { repeated group list { optional int64 element; } } }",
-    )
-    .unwrap();
     let rows: Vec<(i64, Vec<i64>)> = (0..50).map(|i| (i + 10, (0..3 + i % 2).map(|k| i + k + 1).collect())).collect();
-    let file = std::fs::File::create(&path).unwrap();
-    let mut w = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(WriterProperties::builder().build())).unwrap();
-    let mut rg = w.next_row_group().unwrap();
-    let mut col = rg.next_column().unwrap().unwrap();
-    let targets: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    col.typed::<Int64Type>().write_batch(&targets, Some(&vec![1; rows.len()]), None).unwrap();
-    col.close().unwrap();
-    let mut col = rg.next_column().unwrap().unwrap();
-    let (mut vals, mut defs, mut reps) = (vec![], vec![], vec![]);
-    for (_, nums) in &rows {
-        for (k, &x) in nums.iter().enumerate() {
-            vals.push(x);
-            defs.push(3);
-            reps.push(if k == 0 { 0 } else { 1 });
-        }
-    }
-    col.typed::<Int64Type>().write_batch(&vals, Some(&defs), Some(&reps)).unwrap();
-    col.close().unwrap();
-    rg.close().unwrap();
-    w.close().unwrap();
+    task::write_countdown_parquet(&path, &rows).unwrap();
 
     let all = task::load_problems(&path, None).unwrap();
     assert_eq!(all.len(), 50);

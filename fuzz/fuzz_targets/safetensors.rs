@@ -3,6 +3,9 @@
 //! error, never panic or read out of bounds.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+
+#[path = "mutate.rs"]
+mod mutate;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use tz_engine::model::weights::{load_params, save_model, SaveDtype};
@@ -32,23 +35,7 @@ fn fixture() -> &'static Fixture {
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let bytes = match data.split_first() {
-        // Mode 0: the input is the file.
-        Some((0, rest)) => rest.to_vec(),
-        // Otherwise: the valid file with (position, byte) edits, and maybe truncated.
-        Some((mode, rest)) => {
-            let mut b = f.valid.clone();
-            for e in rest.chunks_exact(3) {
-                let at = u16::from_le_bytes([e[0], e[1]]) as usize % b.len();
-                b[at] = e[2];
-            }
-            if mode % 4 == 1 {
-                b.truncate(b.len() * (*mode as usize) / 256);
-            }
-            b
-        }
-        None => return,
-    };
+    let Some(bytes) = mutate::file_from_input(&f.valid, data) else { return };
     std::fs::write(f.dir.join("model.safetensors"), &bytes).unwrap();
     if let Ok(p) = load_params(&f.dir, &f.cfg, &f.layout) {
         assert_eq!(p.len(), f.layout.total);

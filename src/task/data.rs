@@ -108,3 +108,41 @@ fn read_parquet(path: &Path, rows: Option<Range<usize>>) -> Result<Vec<Problem>>
     }
     Ok(out)
 }
+
+/// Writes Countdown problems (target, nums) as a parquet file in TinyZero's layout — the one
+/// pyarrow writes for its dataset: an optional int64 `target` and a nullable `LIST<int64>`
+/// `nums` (3-level list). What the tests and the parquet fuzz target read back.
+pub fn write_countdown_parquet(path: &Path, rows: &[(i64, Vec<i64>)]) -> Result<()> {
+    use parquet::data_type::Int64Type;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let err = |e: parquet::errors::ParquetError| anyhow!("{}: {e}", path.display());
+    let schema = parquet::schema::parser::parse_message_type(
+        "message schema { optional int64 target; optional group nums (LIST) { repeated group list { optional int64 element; } } }",
+    )
+    .map_err(err)?;
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(WriterProperties::builder().build())).map_err(err)?;
+    let mut rg = w.next_row_group().map_err(err)?;
+    let targets: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let (mut vals, mut defs, mut reps) = (vec![], vec![], vec![]);
+    for (_, nums) in rows {
+        for (k, &x) in nums.iter().enumerate() {
+            vals.push(x);
+            defs.push(3);
+            reps.push(if k == 0 { 0 } else { 1 });
+        }
+    }
+    // (values, definition levels, repetition levels) of the two columns.
+    type Column<'a> = (&'a [i64], Vec<i16>, Option<&'a [i16]>);
+    let columns: [Column; 2] = [(&targets, vec![1; rows.len()], None), (&vals, defs, Some(reps.as_slice()))];
+    for (values, defs, reps) in columns {
+        let mut col = rg.next_column().map_err(err)?.ok_or_else(|| anyhow!("{}: schema has too few columns", path.display()))?;
+        col.typed::<Int64Type>().write_batch(values, Some(&defs), reps).map_err(err)?;
+        col.close().map_err(err)?;
+    }
+    rg.close().map_err(err)?;
+    w.close().map_err(err)?;
+    Ok(())
+}

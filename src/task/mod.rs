@@ -21,7 +21,7 @@ pub mod reward;
 pub mod solver;
 pub mod template;
 
-pub use data::{generate_countdown, generate_multiply, load_problems, parse_rows, CountdownSpec};
+pub use data::{generate_countdown, generate_multiply, load_problems, parse_rows, write_countdown_parquet, CountdownSpec};
 pub use reward::{Reason, RewardKind, Score};
 pub use solver::solve_countdown;
 pub use template::Template;

@@ -43,6 +43,9 @@ impl Recompute {
     }
 }
 
+/// The backend's own allocations for a run of these shapes (`Backend::workspace_plan`).
+pub type Workspace<'a> = &'a dyn Fn(&ScratchNeeds) -> Vec<(&'static str, usize)>;
+
 /// The sizes every buffer of the run is planned for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunShape {
@@ -132,13 +135,7 @@ pub struct RunPlan {
 impl RunPlan {
     /// `act`: the backend's weight/activation dtype; `master`: whether it keeps f32 master
     /// weights; `workspace`: the backend's own allocations for these shapes.
-    pub fn new(
-        cfg: &TrainConfig,
-        model: &Qwen2Config,
-        act: DType,
-        master: bool,
-        workspace: &dyn Fn(&ScratchNeeds) -> Vec<(&'static str, usize)>,
-    ) -> Result<Self> {
+    pub fn new(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace) -> Result<Self> {
         let shape = RunShape::new(cfg, model, act == DType::BF16)?;
         let n = ParamLayout::new(model).total;
         let a = act.size_bytes();
@@ -209,13 +206,7 @@ fn step_flops(cfg: &TrainConfig, m: &Qwen2Config, s: &RunShape) -> StepFlops {
 
 /// The plan's two most effective cuts, as "setting (saves X GiB)" phrases, for an error that
 /// says what to lower.
-pub fn best_cuts(
-    cfg: &TrainConfig,
-    model: &Qwen2Config,
-    act: DType,
-    master: bool,
-    workspace: &dyn Fn(&ScratchNeeds) -> Vec<(&'static str, usize)>,
-) -> Vec<String> {
+pub fn best_cuts(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace) -> Vec<String> {
     let Ok(base) = RunPlan::new(cfg, model, act, master, workspace).map(|p| p.total()) else { return vec![] };
     let t = &cfg.train;
     let mut options: Vec<(String, TrainConfig)> = vec![];
