@@ -537,4 +537,15 @@ fn oversized_inputs_are_errors_not_aborts() {
     cfg["hidden_size"] = serde_json::json!(1_000_000_000_000u64);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_clean_error(&tz(&["score", "--model", &model, "--input", "-"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")), "hidden_size");
+    // NaN weights: log-probs that are not numbers are an error, not `"logprobs":[null]`.
+    let good = format!("{out}/good");
+    assert!(tz(&["init", "--preset", "tiny-2l", "--out", &good], None).status.success());
+    let cfg = tz_engine::model::load::load_config(Path::new(&good)).unwrap();
+    let layout = tz_engine::model::ParamLayout::new(&cfg);
+    let tok = std::fs::read_to_string(format!("{good}/tokenizer.json")).unwrap();
+    let nan = format!("{out}/nan");
+    let params = vec![f32::NAN; layout.total];
+    tz_engine::model::weights::save_model(Path::new(&nan), &cfg, &layout, &params, tz_engine::model::weights::SaveDtype::F32, Some(&tok))
+        .unwrap();
+    assert_clean_error(&tz(&["score", "--model", &nan, "--input", "-"], Some("{\"prompt\":\"a\",\"response\":\"b\"}\n")), "not finite");
 }

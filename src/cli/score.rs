@@ -3,7 +3,7 @@
 use crate::backend::{Backend, Device};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -92,6 +92,13 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
         model.forward_logprobs(be, &ws, false)?;
         let nt = batch.n_targets();
         be.download_f32(ws.logp(), &mut logp[..nt])?;
+        if let Some(j) = logp[..nt].iter().position(|x| !x.is_finite()) {
+            let k = batch.target_cu.partition_point(|&c| c as usize <= j) - 1;
+            bail!(
+                "the model's log-probs are not finite (input record {}): its weights or config (rope_theta, rms_norm_eps, dtype) are broken",
+                range.start + k + 1
+            );
+        }
         for (k, i) in range.enumerate() {
             let (t0, t1) = (batch.target_cu[k] as usize, batch.target_cu[k + 1] as usize);
             let line = Scored { prompt_tokens: &pairs[i].0, response_tokens: &pairs[i].1, logprobs: &logp[t0..t1] };

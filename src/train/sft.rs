@@ -97,6 +97,9 @@ pub fn sft_train<B: Backend>(
     bar.finish();
     let tail_loss = (tail.iter().sum::<f64>() / tail.len().max(1) as f64) as f32;
     eprintln!("{label}: {steps} steps in {:.1}s, final loss {tail_loss:.4}", started.elapsed().as_secs_f64());
+    if !tail_loss.is_finite() {
+        bail!("{label}: the loss is not finite ({tail_loss}): lower sft.lr or check the data; nothing was written");
+    }
     Ok((tail_loss, opt.params_to_host(be, model)?))
 }
 
