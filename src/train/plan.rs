@@ -137,9 +137,10 @@ impl RunPlan {
     /// weights; `workspace`: the backend's own allocations for these shapes.
     pub fn new(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace) -> Result<Self> {
         let shape = RunShape::new(cfg, model, act == DType::BF16)?;
-        let n = ParamLayout::new(model).total;
+        let layout = ParamLayout::new(model);
+        let n = layout.total;
         let a = act.size_bytes();
-        let (grads_full, grads_low) = crate::model::grads::grad_elements(&ParamLayout::new(model), cfg.train.grad_dtype);
+        let (grads_full, grads_low) = crate::model::grads::grad_elements(&layout, cfg.train.grad_dtype);
         let mut lines = vec![
             line("policy parameters", n * a),
             line("reference parameters", n * a),

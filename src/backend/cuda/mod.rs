@@ -174,14 +174,26 @@ impl CudaBackend {
     /// A device scratch area of at least `bytes` bytes (stream-ordered reuse: valid for work
     /// enqueued after this call).
     pub(crate) fn scratch(&self, which: Scratch, bytes: usize) -> Result<u64> {
+        // Unplanned growth (callers other than a planned run) rounds up, to grow rarely.
+        self.grow_scratch(which, bytes, bytes.max(1 << 16).next_power_of_two())
+    }
+
+    /// Allocates scratch area `which` at exactly `bytes` unless it already holds that much.
+    fn reserve(&self, which: Scratch, bytes: usize) -> Result<()> {
+        self.grow_scratch(which, bytes, bytes).map(|_| ())
+    }
+
+    /// Area `which`'s pointer, reallocated at `size` bytes first if it holds fewer than
+    /// `needed` (the old area is freed before the new one is taken).
+    fn grow_scratch(&self, which: Scratch, needed: usize, size: usize) -> Result<u64> {
         let mut s = self.scratch.lock().unwrap();
         let slot = &mut s[which as usize];
-        if let Some((_, ptr, size)) = slot {
-            if *size >= bytes {
+        if let Some((_, ptr, have)) = slot {
+            if *have >= needed {
                 return Ok(*ptr);
             }
         }
-        let size = bytes.max(1 << 16).next_power_of_two();
+        *slot = None;
         let mem = self.stream.alloc_zeros::<u8>(size).map_err(drv("allocating scratch"))?;
         let ptr = {
             let (p, _s) = mem.device_ptr(&self.stream);
@@ -189,23 +201,6 @@ impl CudaBackend {
         };
         *slot = Some((mem, ptr, size));
         Ok(ptr)
-    }
-
-    /// Allocates scratch area `which` at exactly `bytes` unless it already holds that much.
-    fn reserve(&self, which: Scratch, bytes: usize) -> Result<()> {
-        let mut s = self.scratch.lock().unwrap();
-        let slot = &mut s[which as usize];
-        if matches!(slot, Some((_, _, size)) if *size >= bytes) {
-            return Ok(());
-        }
-        *slot = None; // the old area is freed before the new one is taken
-        let mem = self.stream.alloc_zeros::<u8>(bytes).map_err(drv("allocating scratch"))?;
-        let ptr = {
-            let (p, _s) = mem.device_ptr(&self.stream);
-            p
-        };
-        *slot = Some((mem, ptr, bytes));
-        Ok(())
     }
 
     pub(crate) fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
