@@ -4,6 +4,7 @@
 pub mod algo;
 pub mod backend;
 pub mod cli;
+pub mod dist;
 pub mod model;
 pub mod nvtx;
 pub mod rng;
