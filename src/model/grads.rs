@@ -74,10 +74,18 @@ pub fn grad_elements(layout: &ParamLayout, dtype: GradDtype) -> (usize, usize) {
 
 impl<B: Backend> Grads<B> {
     pub fn new(be: &B, layout: &ParamLayout, dtype: GradDtype) -> Result<Self> {
+        Self::padded(be, layout, dtype, 0)
+    }
+
+    /// With the F32 buffer at least `len` elements long when it holds every gradient (the
+    /// tail past the layout stays zero): a data-parallel run pads it to an even split over
+    /// its ranks for the reduce-scatter (`crate::dist::ShardLayout::padded`).
+    pub fn padded(be: &B, layout: &ParamLayout, dtype: GradDtype, len: usize) -> Result<Self> {
         let places = places(layout, dtype);
         let (f, l) = grad_elements(layout, dtype);
         let low = if l > 0 { Some(be.alloc(be.act_dtype(), l)?) } else { None };
-        Ok(Grads { full: be.alloc(DType::F32, f)?, low, places, total: layout.total })
+        let full = if l == 0 { f.max(len) } else { f };
+        Ok(Grads { full: be.alloc(DType::F32, full)?, low, places, total: layout.total })
     }
 
     /// The gradient of parameters `[off, off + len)`: a range inside one buffer (one tensor,
