@@ -98,10 +98,14 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
         let _r = nvtx::range("vstar");
         let started = Instant::now();
         let cache_dir = s.cache_dir.join("vstar-cache");
-        let table = vstar::compute_or_load(&s.reference, s.train, &cache_dir, self.cfg.n_vstar, self.cfg.beta1, s.seed, |done, total| {
-            eprint!("\rV* estimation: {done}/{total} prompts");
-        })?;
-        if !table.from_cache {
+        let root = s.comm.is_root();
+        let report = |done, total| {
+            if root {
+                eprint!("\rV* estimation: {done}/{total} prompts");
+            }
+        };
+        let table = vstar::compute_or_load(&s.reference, s.train, &cache_dir, self.cfg.n_vstar, self.cfg.beta1, s.seed, report, s.comm)?;
+        if !table.from_cache && root {
             eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
         }
         if self.cfg.drop_zero_prompts {
@@ -111,12 +115,14 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
             }
         }
         let mean = table.vstar.iter().sum::<f32>() / table.vstar.len().max(1) as f32;
-        eprintln!(
-            "V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool",
-            table.vstar.len(),
-            if table.from_cache { " (cached)" } else { "" },
-            s.pool.len()
-        );
+        if root {
+            eprintln!(
+                "V*: mean {mean:.3} over {} prompts{}; {} prompts in the training pool",
+                table.vstar.len(),
+                if table.from_cache { " (cached)" } else { "" },
+                s.pool.len()
+            );
+        }
         self.vstar = table.vstar;
         Ok(())
     }

@@ -105,6 +105,8 @@ pub struct Stage1<'a, B: Backend> {
     /// Where results shared by runs may be cached.
     pub cache_dir: &'a Path,
     pub seed: u64,
+    /// The run's ranks: a stage 1 splits its work over them (and only rank 0 reports).
+    pub comm: &'a dyn crate::dist::HostComm,
 }
 
 pub trait Objective<B: Backend> {

@@ -3,6 +3,7 @@
 //! weights and the sampling settings, so runs sharing them compute it once.
 use super::astarpo::vstar;
 use crate::backend::{Backend, SamplingParams};
+use crate::dist::{all_gather_json, split_range, HostComm};
 use crate::rollout::{PromptSet, RolloutCtx};
 use crate::util::fs::write_atomic;
 use crate::util::{fnv1a, FNV_OFFSET};
@@ -44,6 +45,11 @@ pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_
 
 /// V* of every prompt of `set` from `n` samples each of `reference` (its model: the reference
 /// policy) at temperature 1; `progress(done, total)` after each chunk.
+///
+/// Every rank of `comm` calls this: each samples its contiguous part of the prompts (a
+/// sample's stream is keyed by its prompt, so the table does not depend on the split), the
+/// parts are gathered, and rank 0 writes the cache.
+#[allow(clippy::too_many_arguments)]
 pub fn compute_or_load<B: Backend>(
     reference: &RolloutCtx<B>,
     set: &PromptSet,
@@ -52,24 +58,28 @@ pub fn compute_or_load<B: Backend>(
     beta1: f32,
     seed: u64,
     mut progress: impl FnMut(usize, usize),
+    comm: &dyn HostComm,
 ) -> Result<VstarTable> {
     let ref_host = reference.model.to_host(reference.be)?;
     let key = cache_key(set, &ref_host, n, beta1, reference.settings.max_new_tokens, seed);
     let path = cache_dir.join(format!("vstar-{key}.json"));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(f) = serde_json::from_str::<VstarFile>(&text) {
-            if f.key == key && f.vstar.len() == set.len() {
-                return Ok(VstarTable { vstar: f.vstar, nonzero: f.nonzero, from_cache: true });
-            }
-        }
+    let cached = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<VstarFile>(&text).ok())
+        .filter(|f| f.key == key && f.vstar.len() == set.len());
+    // Every rank takes the same branch, even if the cache appeared while they looked.
+    if !crate::dist::any(comm, cached.is_none())? {
+        let f = cached.expect("every rank found the cache");
+        return Ok(VstarTable { vstar: f.vstar, nonzero: f.nonzero, from_cache: true });
     }
     let ctx = reference.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
     let mut table = VstarTable { vstar: Vec::with_capacity(set.len()), nonzero: Vec::with_capacity(set.len()), from_cache: false };
+    let mine = split_range(set.len(), comm.world(), comm.rank());
     // Chunks of whole prompts, N samples each, sized to fill the generator.
     let per_chunk = (ctx.gen.slots / n).max(1) * 4;
-    for start in (0..set.len()).step_by(per_chunk) {
+    for start in mine.clone().step_by(per_chunk) {
         crate::util::interrupt::check("V* estimation (finished chunks are not cached; it starts again on --resume)")?;
-        let end = (start + per_chunk).min(set.len());
+        let end = (start + per_chunk).min(mine.end);
         let idx: Vec<usize> = (start..end).flat_map(|i| std::iter::repeat_n(i, n)).collect();
         let seeds: Vec<u64> =
             idx.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed ^ 0x5a5a, i as u64, (j % n) as u64)).collect();
@@ -79,10 +89,17 @@ pub fn compute_or_load<B: Backend>(
             table.vstar.push(vstar(&r, beta1));
             table.nonzero.push(r.iter().filter(|&&x| x > 0.0).count() as u32);
         }
-        progress(end, set.len());
+        progress(end - mine.start, mine.len());
     }
-    std::fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
-    let f = VstarFile { key, vstar: table.vstar.clone(), nonzero: table.nonzero.clone() };
-    write_atomic(&path, serde_json::to_string(&f)?.as_bytes())?;
+    if comm.world() > 1 {
+        let parts = all_gather_json(comm, (table.vstar, table.nonzero))?;
+        table.vstar = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
+        table.nonzero = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
+    }
+    if comm.is_root() {
+        std::fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
+        let f = VstarFile { key, vstar: table.vstar.clone(), nonzero: table.nonzero.clone() };
+        write_atomic(&path, serde_json::to_string(&f)?.as_bytes())?;
+    }
     Ok(table)
 }

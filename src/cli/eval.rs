@@ -76,7 +76,7 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
     let ctx = RolloutCtx { be, model: &model, gen: &gen, tok: &tok, settings, reward: args.reward };
     let total = set.len() * (1 + args.k);
     let mut progress = crate::util::progress::Progress::new("responses", total as u64, 0, (gen.slots as u64).max(1));
-    let r = evaluate(&ctx, &set, 0, args.k, args.seed, Some(&mut progress))?;
+    let r = evaluate(&ctx, &set, 0, args.k, args.seed, Some(&mut progress), &crate::dist::Single)?;
     progress.finish();
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(0)

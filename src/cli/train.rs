@@ -1,7 +1,8 @@
 //! `tz-engine train`: RL training. With no arguments it runs the tiny CPU preset end to end
 //! (tokenizer + base model built by SFT, A*PO, evaluation), the README's main command.
 use crate::backend::Backend;
-use crate::train::run::Trainer;
+use crate::dist::{threads::run_ranks, Comm, Single};
+use crate::train::run::{Summary, Trainer};
 use crate::train::{sft, TrainConfig};
 use crate::util::fs::write_atomic;
 use anyhow::{bail, Result};
@@ -27,6 +28,10 @@ pub struct TrainArgs {
     /// are removed first (without this, a run with checkpoints is never overwritten).
     #[arg(long)]
     pub restart: bool,
+    /// Data-parallel ranks. On the CPU backend they run as threads of this process, each
+    /// with its slice of every batch; the result is the one-rank run's up to rounding.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub world_size: u32,
 }
 
 pub fn load_config(config: Option<&PathBuf>, sets: &[String], resume: Option<&PathBuf>) -> Result<TrainConfig> {
@@ -57,14 +62,18 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             _ => bail!("{} holds run '{}' (its config's name): resume from a directory of that name", dir.display(), cfg.name),
         }
     }
-    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some(), args.restart))
+    let world = args.world_size as usize;
+    if world > 1 && cfg.device != crate::backend::Device::Cpu {
+        bail!("--world-size {world} runs ranks as CPU threads; multi-GPU training (one process per GPU over NCCL) is not available yet");
+    }
+    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some(), args.restart, world))
 }
 
 /// What a run directory holds that `--restart` removes (the lock and the run's config stay).
 const RUN_OUTPUTS: [&str; 8] =
     ["checkpoints", "latest", "metrics.jsonl", "samples.jsonl", "summary.json", "final", "curves.png", "curves.svg"];
 
-fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool) -> Result<i32> {
+fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, world: usize) -> Result<i32> {
     // Ctrl-C stops SFT, V*, evaluations and training steps at their next batch boundary.
     crate::util::interrupt::install();
     // Held until training ends: a second process on the same run would interleave its steps
@@ -85,7 +94,7 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool) -> R
     // Temp files a crashed write of ours left behind (named .NAME.tmp or NAME.tmp.PID).
     crate::util::fs::remove_stale_temps(&run_dir);
     crate::util::fs::remove_stale_temps(&run_dir.join("checkpoints"));
-    let result = train_in(be, &cfg, resume, &run_dir);
+    let result = train_in(be, &cfg, resume, &run_dir, world);
     // A run that failed before writing anything leaves no empty directory behind.
     if result.is_err() && !existed {
         crate::util::fs::remove_if_only_lock(&run_dir);
@@ -93,7 +102,7 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool) -> R
     result
 }
 
-fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path) -> Result<i32> {
+fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path, world: usize) -> Result<i32> {
     let cfg = cfg.clone();
     let base_dir = if cfg.model.path.as_os_str().is_empty() {
         // Checked before minutes of SFT, with the preset's shape (its vocabulary bounds the
@@ -103,9 +112,18 @@ fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::
     } else {
         cfg.model.path.clone()
     };
-    let trainer = Trainer::new(be, cfg.clone(), &base_dir, resume)?;
-    write_atomic(&run_dir.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
-    let s = trainer.run()?;
+    let rank = |comm: &dyn Comm<B>| -> Result<Summary> {
+        let trainer = Trainer::new(be, cfg.clone(), &base_dir, resume, comm)?;
+        if comm.is_root() {
+            write_atomic(&run_dir.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+        }
+        trainer.run()
+    };
+    let s = match world {
+        1 => rank(&Single)?,
+        // The CPU backend holds no state of its own: the ranks share it, each with its buffers.
+        _ => run_ranks(world, std::time::Duration::from_secs(cfg.dist.timeout_s), |c| rank(c))?.swap_remove(0),
+    };
     println!(
         "{}: {} steps in {:.0}s; held-out solve rate {:.3} -> {:.3} (base -> final), mean reward {:.3} -> {:.3}; {} skipped steps. Outputs in {}",
         s.name, s.steps, s.wall_time_s, s.base_solve_rate, s.final_solve_rate, s.base_reward_mean, s.final_reward_mean, s.skipped_steps, run_dir.display()

@@ -64,13 +64,11 @@ pub fn all_gather_f32(comm: &dyn HostComm, mine: &[f32]) -> Result<Vec<Vec<f32>>
 }
 
 /// Every rank's value, in rank order (serialized as JSON: rollouts, evaluation results).
-pub fn all_gather_json<T: Serialize + serde::de::DeserializeOwned>(comm: &dyn HostComm, mine: &T) -> Result<Vec<T>> {
+pub fn all_gather_json<T: Serialize + serde::de::DeserializeOwned>(comm: &dyn HostComm, mine: T) -> Result<Vec<T>> {
     if comm.world() == 1 {
-        // No copy through JSON for the common case.
-        let v = serde_json::to_vec(mine)?;
-        return Ok(vec![serde_json::from_slice(&v)?]);
+        return Ok(vec![mine]);
     }
-    comm.all_gather_bytes(&serde_json::to_vec(mine)?)?
+    comm.all_gather_bytes(&serde_json::to_vec(&mine)?)?
         .iter()
         .enumerate()
         .map(|(r, b)| serde_json::from_slice(b).map_err(|e| anyhow::anyhow!("rank {r} sent a malformed message: {e}")))

@@ -20,7 +20,7 @@ pub struct GenConfig {
     pub stop_strings: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Finish {
     /// Stopped on an end-of-sequence token (kept as the last token).

@@ -13,7 +13,8 @@ use crate::task::{RewardKind, Score};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 
-/// One scored response.
+/// One scored response (serializable: data-parallel ranks exchange their rollouts).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
     /// Index into the prompt set.
     pub idx: usize,

@@ -24,7 +24,7 @@ impl std::str::FromStr for RewardKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     NoAnswer,
@@ -36,7 +36,7 @@ pub enum Reason {
     Correct,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Score {
     pub score: f32,
     pub reason: Reason,

@@ -28,6 +28,14 @@ pub struct TrainerState {
     pub base_solve_rate: Option<f32>,
     pub base_reward_mean: Option<f32>,
     pub elapsed_s: f64,
+    /// Ranks of the run that wrote the checkpoint. Its optimizer state is whole (gathered on
+    /// save), so it resumes at any world size; older checkpoints are single-rank.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub struct Checkpoint {

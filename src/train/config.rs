@@ -21,6 +21,21 @@ pub struct TrainConfig {
     pub algo: AlgoConfig,
     pub train: TrainSection,
     pub sft: SftSection,
+    pub dist: DistSection,
+}
+
+/// `[dist]`: data-parallel settings (the world size comes from the launch: `--world-size`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistSection {
+    /// Seconds a collective waits for the other ranks before the run stops naming it.
+    pub timeout_s: u64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        DistSection { timeout_s: crate::dist::DEFAULT_TIMEOUT.as_secs() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +146,7 @@ impl Default for TrainConfig {
             algo: AlgoConfig::default(),
             train: TrainSection::default(),
             sft: SftSection::default(),
+            dist: DistSection::default(),
         }
     }
 }
@@ -233,6 +249,9 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
+        if self.dist.timeout_s == 0 {
+            bail!("dist.timeout_s must be positive");
+        }
         if t.batch_prompts == 0 || t.mini_batch == 0 || t.micro_batch == 0 || t.rollout_batch == 0 {
             bail!("train.batch_prompts, mini_batch, micro_batch and rollout_batch must be positive");
         }

@@ -1,6 +1,7 @@
 //! Held-out evaluation: greedy mean reward, exact-solve rate, format rate and pass@k, overall
 //! and by difficulty.
 use crate::backend::{Backend, SamplingParams};
+use crate::dist::{all_gather_json, split_range, HostComm};
 use crate::rollout::{PromptSet, Rollout, RolloutCtx};
 use crate::util::progress::Progress;
 use anyhow::Result;
@@ -54,6 +55,9 @@ impl Acc {
 ///
 /// With `progress`, generated responses are counted there. Stops with
 /// `util::interrupt::Interrupted` at a generator-full boundary after Ctrl-C.
+///
+/// On a data-parallel run every rank of `comm` calls this: each generates its contiguous part
+/// of the problems, and the report, computed from every rank's results, is the same on all.
 pub fn evaluate<B: Backend>(
     ctx: &RolloutCtx<B>,
     set: &PromptSet,
@@ -61,17 +65,29 @@ pub fn evaluate<B: Backend>(
     pass_k: usize,
     seed: u64,
     mut progress: Option<&mut Progress>,
+    comm: &dyn HostComm,
 ) -> Result<EvalReport> {
     let n = if limit == 0 { set.len() } else { limit.min(set.len()) };
-    let idx: Vec<usize> = (0..n).collect();
+    let idx: Vec<usize> = split_range(n, comm.world(), comm.rank()).collect();
     let greedy = ctx.with_sampling(SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, None);
     // One generator-full at a time (the results are the same: each sequence's sample does not
     // depend on its batch), so progress is counted and Ctrl-C is honoured between them.
-    let mut run = |c: &RolloutCtx<B>, idx: &[usize], seeds: &[u64]| -> Result<Vec<Rollout>> {
+    //
+    // Ranks go through the same number of rounds (rank 0's part is the largest) and decide
+    // together whether to stop, so an interrupted evaluation stops every rank at one boundary.
+    let largest = split_range(n, comm.world(), 0).len();
+    let mut run = |c: &RolloutCtx<B>, idx: &[usize], seeds: &[u64], per_problem: usize| -> Result<Vec<Rollout>> {
         let mut out = Vec::with_capacity(idx.len());
         let chunk = c.gen.slots.max(1);
-        for (i, s) in idx.chunks(chunk).zip(seeds.chunks(chunk)) {
-            crate::util::interrupt::check("evaluation")?;
+        for round in 0..(largest * per_problem).div_ceil(chunk) {
+            if crate::dist::any(comm, crate::util::interrupt::requested())? {
+                return Err(anyhow::Error::new(crate::util::interrupt::Interrupted("evaluation".into())));
+            }
+            let r = (round * chunk).min(idx.len())..((round + 1) * chunk).min(idx.len());
+            let (i, s) = (&idx[r.clone()], &seeds[r]);
+            if i.is_empty() {
+                continue;
+            }
             out.extend(c.rollout(set, i, s)?);
             if let Some(p) = progress.as_deref_mut() {
                 for _ in 0..i.len() {
@@ -81,16 +97,22 @@ pub fn evaluate<B: Backend>(
         }
         Ok(out)
     };
-    let outs = run(&greedy, &idx, &vec![0; n])?;
+    let mine = run(&greedy, &idx, &vec![0; idx.len()], 1)?;
     let mut passed = vec![false; n];
     if pass_k > 0 {
         let sample = ctx.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
         let rep: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, pass_k)).collect();
         let seeds: Vec<u64> = rep.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed, i as u64, (j % pass_k) as u64)).collect();
-        for r in run(&sample, &rep, &seeds)? {
+        for r in run(&sample, &rep, &seeds, pass_k)? {
             passed[r.idx] |= r.score.solved();
         }
     }
+    let outs: Vec<Rollout> = all_gather_json(comm, mine)?.concat();
+    let passed: Vec<bool> = match comm.world() {
+        1 => passed,
+        // Each rank set the flags of its own problems only.
+        _ => all_gather_json(comm, passed)?.iter().fold(vec![false; n], |acc, p| acc.iter().zip(p).map(|(a, b)| *a | *b).collect()),
+    };
     let mut all = Acc::default();
     let mut by: BTreeMap<String, Acc> = BTreeMap::new();
     for r in &outs {

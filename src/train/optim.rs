@@ -69,7 +69,12 @@ impl<B: Backend> Optimizer<B> {
     /// The optimizer of one rank of a data-parallel run: state for `shard`'s part only, and
     /// the gradient buffer padded to the layout's even split.
     pub fn sharded(be: &B, model: &Qwen2<B>, cfg: AdamWConfig, grad_dtype: GradDtype, shard: ShardLayout) -> Result<Self> {
-        anyhow::ensure!(shard.total == model.layout.total, "shard layout of {} parameters for a model of {}", shard.total, model.layout.total);
+        anyhow::ensure!(
+            shard.total == model.layout.total,
+            "shard layout of {} parameters for a model of {}",
+            shard.total,
+            model.layout.total
+        );
         let grad_dtype = if shard.world > 1 && grad_dtype == GradDtype::Bf16 {
             if be.act_dtype() != DType::F32 {
                 anyhow::bail!("train.grad_dtype = \"bf16\" is not supported with more than one rank yet: use \"f32\"");
@@ -155,7 +160,14 @@ impl<B: Backend> Optimizer<B> {
     /// `step` on one rank of `comm`: every rank calls it with its part of the gradients.
     pub fn step_in(&mut self, be: &B, model: &Qwen2<B>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
         let s = self.shard;
-        anyhow::ensure!(comm.world() == s.world && comm.rank() == s.rank, "optimizer shard {}/{} on rank {}/{}", s.rank, s.world, comm.rank(), comm.world());
+        anyhow::ensure!(
+            comm.world() == s.world && comm.rank() == s.rank,
+            "optimizer shard {}/{} on rank {}/{}",
+            s.rank,
+            s.world,
+            comm.rank(),
+            comm.world()
+        );
         let sum_squares = if s.world == 1 {
             self.grads.sum_squares(be)?
         } else {
@@ -274,7 +286,8 @@ mod tests {
             for _ in 0..steps {
                 // One rank computes the whole batch's gradient (the sum over the ranks');
                 // with N ranks each holds its own part.
-                let g: Vec<f32> = (0..n).map(|i| if world == 1 { (0..3).map(|r| grad(r, i)).sum() } else { grad(comm.rank(), i) }).collect();
+                let g: Vec<f32> =
+                    (0..n).map(|i| if world == 1 { (0..3).map(|r| grad(r, i)).sum() } else { grad(comm.rank(), i) }).collect();
                 be.upload_f32(opt.grads.view(0, n)?, &g)?;
                 let o = opt.step_in(&be, &model, 1e-2, comm)?;
                 assert!(!o.skipped);

@@ -4,6 +4,15 @@
 //! per-token log-probs, turn rewards into the objective's targets, then update π_θ in
 //! mini-batches (gradient accumulation over micro-batches) with AdamW. Evaluation, samples,
 //! checkpoints and metrics on their schedules.
+//!
+//! Data parallel (`crate::dist`): every rank runs this loop over the same prompts. Each takes
+//! its contiguous part of every mini-batch, generates those responses (a response's sampling
+//! stream is keyed by its place in the global batch, so the split does not change it), and
+//! the rollouts are gathered, so rewards, targets and metrics are the global batch's on every
+//! rank. Each rank scores and trains on its own part, with losses normalized by the global
+//! mini-batch's sequence and token counts, and the sharded optimizer sums the gradients: N
+//! ranks compute the update one rank computes for the same global batch, up to the order of
+//! floating-point sums. Rank 0 writes metrics, samples, checkpoints and the summary.
 use super::checkpoint::{self, TrainerState};
 use super::config::TrainConfig;
 use super::data::load_problems;
@@ -13,6 +22,7 @@ use super::optim::{AdamWConfig, Optimizer};
 use super::plan::{gib, human, RunPlan};
 use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
+use crate::dist::{self, split_range, Comm, ShardLayout};
 use crate::model::arena::{Arena, ArenaPlan};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
@@ -50,6 +60,7 @@ struct LossBufs<B: Backend> {
 
 pub struct Trainer<'a, B: Backend> {
     be: &'a B,
+    comm: &'a dyn Comm<B>,
     cfg: TrainConfig,
     run_dir: PathBuf,
     tok: Tokenizer,
@@ -104,7 +115,9 @@ fn oom_hint(e: anyhow::Error, what: &str, bytes: usize, setting: &str) -> anyhow
 
 impl<'a, B: Backend> Trainer<'a, B> {
     /// Builds everything the loop needs; resumes from the run's latest checkpoint if `resume`.
-    pub fn new(be: &'a B, cfg: TrainConfig, base_dir: &Path, resume: bool) -> Result<Self> {
+    /// On a data-parallel run every rank of `comm` builds its own.
+    pub fn new(be: &'a B, cfg: TrainConfig, base_dir: &Path, resume: bool, comm: &'a dyn Comm<B>) -> Result<Self> {
+        let root = comm.is_root();
         let run_dir = cfg.run_dir();
         if checkpoint::has_checkpoints(&run_dir) && !resume {
             bail!("{} already has checkpoints: pass --resume to continue it, --restart to start it over, or choose another name (--set name=...)", run_dir.display());
@@ -117,13 +130,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let plan = RunPlan::new(&cfg, &model_cfg, be.act_dtype(), be.needs_master_weights(), &workspace)?;
         refuse_if_too_big(be, &cfg, &model_cfg, &plan)?;
         let free = be.mem_info().map(|(f, _)| format!(", {:.3} GiB free", gib(f))).unwrap_or_default();
-        eprintln!(
-            "memory plan: {:.3} GiB ({} bytes) on {}, recompute {}{free}",
-            gib(plan.total()),
-            plan.total(),
-            be.name(),
-            if plan.shape.recompute() { "layers" } else { "none" }
-        );
+        if root {
+            eprintln!(
+                "memory plan: {:.3} GiB ({} bytes) on {}, recompute {}{free}",
+                gib(plan.total()),
+                plan.total(),
+                be.name(),
+                if plan.shape.recompute() { "layers" } else { "none" }
+            );
+        }
         let (reference, tok) = load_model(be, base_dir)?;
         let ckpt = match resume {
             true => checkpoint::latest(&run_dir)?.map(|dir| checkpoint::load(&dir)).transpose()?,
@@ -158,7 +173,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
         be.reserve_scratch(&shape.scratch_needs(&policy.cfg))?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
-        let mut opt = Optimizer::with_grad_dtype(be, &policy, adam, t.grad_dtype)
+        let shard = ShardLayout::new(policy.layout.total, comm.world(), comm.rank());
+        let mut opt = Optimizer::sharded(be, &policy, adam, t.grad_dtype, shard)
             .map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
             let layout = crate::model::ParamLayout::new(&policy.cfg);
@@ -167,6 +183,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let state = match &ckpt {
             Some(c) => {
                 opt.load_state(be, &c.opt)?;
+                if root && c.state.world_size != comm.world() {
+                    eprintln!(
+                        "resuming a checkpoint of {} rank(s) on {} (checkpoints hold whole, gathered state)",
+                        c.state.world_size,
+                        comm.world()
+                    );
+                }
                 c.state.clone()
             }
             None => TrainerState {
@@ -179,6 +202,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 base_solve_rate: None,
                 base_reward_mean: None,
                 elapsed_s: 0.0,
+                world_size: comm.world(),
             },
         };
         let rollout_settings = GenConfig {
@@ -191,6 +215,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let n = train.len();
         Ok(Trainer {
             be,
+            comm,
             cfg,
             run_dir,
             tok,
@@ -214,24 +239,28 @@ impl<'a, B: Backend> Trainer<'a, B> {
     pub fn run(mut self) -> Result<Summary> {
         interrupt::install();
         let t = self.cfg.train.clone();
-        std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
+        let root = self.comm.is_root();
         let metrics_path = self.run_dir.join("metrics.jsonl");
-        metrics::truncate_after(&metrics_path, self.state.step)?;
-        // Samples of steps after the checkpoint are written again by the replayed steps.
-        metrics::truncate_after(&self.run_dir.join("samples.jsonl"), self.state.step)?;
-        if self.state.step == 0 {
-            let _ = std::fs::remove_file(&metrics_path);
+        if root {
+            std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create {}", self.run_dir.display()))?;
+            metrics::truncate_after(&metrics_path, self.state.step)?;
+            // Samples of steps after the checkpoint are written again by the replayed steps.
+            metrics::truncate_after(&self.run_dir.join("samples.jsonl"), self.state.step)?;
+            if self.state.step == 0 {
+                let _ = std::fs::remove_file(&metrics_path);
+            }
+            eprintln!(
+                "run {}: {} train / {} test prompts ({} + {} over the prompt limit dropped), algorithm {}, device {}{}",
+                self.run_dir.display(),
+                self.train.len(),
+                self.test.len(),
+                self.train.dropped_too_long,
+                self.test.dropped_too_long,
+                self.objective.name(),
+                self.be.name(),
+                if self.comm.world() > 1 { format!(" × {} ranks", self.comm.world()) } else { String::new() }
+            );
         }
-        eprintln!(
-            "run {}: {} train / {} test prompts ({} + {} over the prompt limit dropped), algorithm {}, device {}",
-            self.run_dir.display(),
-            self.train.len(),
-            self.test.len(),
-            self.train.dropped_too_long,
-            self.test.dropped_too_long,
-            self.objective.name(),
-            self.be.name()
-        );
         {
             let reference = RolloutCtx {
                 be: self.be,
@@ -241,19 +270,28 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 settings: self.rollout_settings.clone(),
                 reward: self.reward,
             };
-            let stage = Stage1 { reference, train: &self.train, pool: &mut self.pool, cache_dir: &self.cfg.out_dir, seed: self.cfg.seed };
+            let stage = Stage1 {
+                reference,
+                train: &self.train,
+                pool: &mut self.pool,
+                cache_dir: &self.cfg.out_dir,
+                seed: self.cfg.seed,
+                comm: self.comm,
+            };
             self.objective.prepare(stage)?;
         }
         if self.state.base_solve_rate.is_none() {
             let r = self.eval()?;
-            eprintln!("base model: held-out solve rate {:.3}, mean reward {:.3}", r.overall.solve_rate, r.overall.reward_mean);
             self.state.base_solve_rate = Some(r.overall.solve_rate);
             self.state.base_reward_mean = Some(r.overall.reward_mean);
-            // The base model's evaluation: eval fields only (no training step happened).
-            let line = serde_json::json!({"step": 0, "kind": "eval", "eval_solve_rate": r.overall.solve_rate, "eval_reward_mean": r.overall.reward_mean, "eval_format_rate": r.overall.format_rate});
-            metrics::append_json(&metrics_path, &line)?;
+            if root {
+                eprintln!("base model: held-out solve rate {:.3}, mean reward {:.3}", r.overall.solve_rate, r.overall.reward_mean);
+                // The base model's evaluation: eval fields only (no training step happened).
+                let line = serde_json::json!({"step": 0, "kind": "eval", "eval_solve_rate": r.overall.solve_rate, "eval_reward_mean": r.overall.reward_mean, "eval_format_rate": r.overall.format_rate});
+                metrics::append_json(&metrics_path, &line)?;
+            }
         }
-        let mut bar = crate::util::progress::Progress::new("steps", t.steps as u64, self.state.step as u64, 10);
+        let mut bar = root.then(|| crate::util::progress::Progress::new("steps", t.steps as u64, self.state.step as u64, 10));
         let started = Instant::now();
         let elapsed0 = self.state.elapsed_s;
         while self.state.step < t.steps {
@@ -282,31 +320,40 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         m.eval_solve_rate = Some(r.overall.solve_rate);
                         m.eval_reward_mean = Some(r.overall.reward_mean);
                         m.eval_format_rate = Some(r.overall.format_rate);
-                        bar.println(format!(
-                            "step {}: held-out solve rate {:.3}, mean reward {:.3}",
-                            self.state.step, r.overall.solve_rate, r.overall.reward_mean
-                        ));
+                        if let Some(bar) = &bar {
+                            bar.println(format!(
+                                "step {}: held-out solve rate {:.3}, mean reward {:.3}",
+                                self.state.step, r.overall.solve_rate, r.overall.reward_mean
+                            ));
+                        }
                     }
                     Err(e) if interrupt::is_interrupt(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
             self.state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
-            metrics::append(&metrics_path, &m)?;
-            bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
-            bar.inc();
-            let interrupted = interrupt::requested();
+            if let Some(bar) = &mut bar {
+                metrics::append(&metrics_path, &m)?;
+                bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
+                bar.inc();
+            }
+            // Every rank takes the same decision, whichever saw Ctrl-C first.
+            let interrupted = dist::any(self.comm, interrupt::requested())?;
             if (t.save_every > 0 && self.state.step.is_multiple_of(t.save_every)) || last || interrupted {
                 self.save()?;
             }
             if interrupted {
-                bar.finish();
+                if let Some(bar) = bar {
+                    bar.finish();
+                }
                 // No final evaluation (it can take hours): the run continues with --resume.
                 let phase = format!("training: checkpoint written at step {}; continue with --resume", self.state.step);
                 return Err(anyhow::Error::new(interrupt::Interrupted(phase)));
             }
         }
-        bar.finish();
+        if let Some(bar) = bar {
+            bar.finish();
+        }
         let step = self.state.step;
         let final_eval = self.final_eval().map_err(|e| {
             if interrupt::is_interrupt(&e) {
@@ -328,17 +375,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
             final_reward_mean: final_eval.overall.reward_mean,
             final_eval,
         };
-        crate::util::fs::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-        crate::model::weights::save_model(
-            &self.run_dir.join("final"),
-            &self.policy.cfg,
-            &self.policy.layout,
-            &self.opt.params_to_host(self.be, &self.policy)?,
-            crate::model::weights::SaveDtype::F32,
-            Some(&self.tokenizer_json),
-        )?;
-        if let Err(e) = super::plot::plot_run(&self.run_dir) {
-            eprintln!("warning: could not draw learning curves: {e:#}");
+        let params = self.opt.params_to_host_in(self.be, &self.policy, self.comm)?;
+        if root {
+            crate::util::fs::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+            crate::model::weights::save_model(
+                &self.run_dir.join("final"),
+                &self.policy.cfg,
+                &self.policy.layout,
+                &params,
+                crate::model::weights::SaveDtype::F32,
+                Some(&self.tokenizer_json),
+            )?;
+            if let Err(e) = super::plot::plot_run(&self.run_dir) {
+                eprintln!("warning: could not draw learning curves: {e:#}");
+            }
         }
         Ok(summary)
     }
@@ -381,24 +431,46 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let prompts = self.next_prompts(t.batch_prompts);
         let idx: Vec<usize> = prompts.iter().flat_map(|&i| std::iter::repeat_n(i, per_prompt)).collect();
         let seeds: Vec<u64> = (0..idx.len()).map(|j| derive_seed(cfg.seed, self.state.step as u64 + 1, j as u64)).collect();
+        // Which sequences of the global batch each rank generates, scores and trains on.
+        let (world, rank) = (self.comm.world(), self.comm.rank());
+        let owned = |r: usize| -> Vec<usize> {
+            let all: Vec<usize> = (0..idx.len()).collect();
+            all.chunks(t.mini_batch).flat_map(|mini| mini[split_range(mini.len(), world, r)].to_vec()).collect()
+        };
+        let mine = owned(rank);
         let outs = {
             let _r = nvtx::range("rollout");
-            self.policy_ctx().rollout(&self.train, &idx, &seeds)?
+            let my_idx: Vec<usize> = mine.iter().map(|&j| idx[j]).collect();
+            let my_seeds: Vec<u64> = mine.iter().map(|&j| seeds[j]).collect();
+            let my_outs = self.policy_ctx().rollout(&self.train, &my_idx, &my_seeds)?;
+            if world == 1 {
+                my_outs
+            } else {
+                let mut all: Vec<Option<Rollout>> = vec![None; idx.len()];
+                for (r, part) in dist::all_gather_json(self.comm, my_outs)?.into_iter().enumerate() {
+                    let at = owned(r);
+                    anyhow::ensure!(part.len() == at.len(), "rank {r} sent {} rollouts for {} sequences", part.len(), at.len());
+                    for (j, o) in at.into_iter().zip(part) {
+                        all[j] = Some(o);
+                    }
+                }
+                all.into_iter().map(|o| o.expect("every sequence has an owner")).collect::<Vec<_>>()
+            }
         };
         let t_rollout = t0.elapsed().as_secs_f32();
 
         let rewards: Vec<f32> = outs.iter().map(|o| o.score.score).collect();
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = outs.iter().map(|o| (self.train.tokens[o.idx].clone(), o.tokens.clone())).collect();
-        // Reference (and, where the objective needs them, behaviour-policy) log-probs of every
-        // response.
+        // Reference (and, where the objective needs them, behaviour-policy) log-probs of this
+        // rank's responses (the others' stay empty).
         let t1 = Instant::now();
         let ref_lp = {
             let _r = nvtx::range("ref_logprobs");
-            self.logprobs_of(&pairs, false)?
+            self.logprobs_of(&pairs, &mine, false)?
         };
         let old_lp = if self.objective.needs_old_logprobs() {
             let _r = nvtx::range("old_logprobs");
-            Some(self.logprobs_of(&pairs, true)?)
+            Some(self.logprobs_of(&pairs, &mine, true)?)
         } else {
             None
         };
@@ -411,8 +483,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let order: Vec<usize> = (0..outs.len()).collect();
         for mini in order.chunks(t.mini_batch) {
             self.opt.zero_grad(self.be)?;
+            // Losses are means over the whole (global) mini-batch; this rank adds its part.
             let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
-            for micro in mini.chunks(t.micro_batch) {
+            for micro in mini[split_range(mini.len(), world, rank)].chunks(t.micro_batch) {
                 let (l, e) = self.accumulate(micro, &pairs, &ref_lp, old_lp.as_deref(), &targets, mini.len(), ntok_mini)?;
                 loss_sum += l;
                 ent_sum += e;
@@ -420,11 +493,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             ntok_total += ntok_mini;
             let o = {
                 let _r = nvtx::range("optimizer");
-                self.opt.step(self.be, &self.policy, t.lr)?
+                self.opt.step_in(self.be, &self.policy, t.lr, self.comm)?
             };
             grad_norm = o.grad_norm;
             skipped |= o.skipped;
         }
+        let mut sums = [loss_sum, ent_sum];
+        self.comm.all_reduce_f64(&mut sums)?;
+        let [loss_sum, ent_sum] = sums;
         let t_update = t2.elapsed().as_secs_f32();
         let n = outs.len() as f32;
         let lens: Vec<usize> = outs.iter().map(|o| o.tokens.len()).collect();
@@ -451,28 +527,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
             skipped,
             ..Default::default()
         };
-        if t.sample_every > 0 && (self.state.step + 1).is_multiple_of(t.sample_every) {
+        if self.comm.is_root() && t.sample_every > 0 && (self.state.step + 1).is_multiple_of(t.sample_every) {
             self.write_samples(self.state.step + 1, &outs)?;
         }
         Ok(m)
     }
 
-    /// Per-sequence log-probs of (prompt, response) pairs under the reference model, or under
-    /// the current policy when `policy`.
-    fn logprobs_of(&mut self, pairs: &[(Vec<u32>, Vec<u32>)], policy: bool) -> Result<Vec<Vec<f32>>> {
+    /// Per-sequence log-probs of the (prompt, response) pairs `which` under the reference
+    /// model, or under the current policy when `policy`; the other pairs' stay empty.
+    fn logprobs_of(&mut self, pairs: &[(Vec<u32>, Vec<u32>)], which: &[usize], policy: bool) -> Result<Vec<Vec<f32>>> {
         let mb = self.cfg.train.micro_batch;
-        let mut out = Vec::with_capacity(pairs.len());
+        let mut mine = Vec::with_capacity(which.len());
         let mut host = vec![0f32; self.ws.plan.max_targets];
-        for chunk in pairs.chunks(mb) {
-            let batch = PackedBatch::from_pairs(chunk)?;
+        for chunk in which.chunks(mb) {
+            let sub: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
+            let batch = PackedBatch::from_pairs(&sub)?;
             self.ws.load(self.be, &self.policy.cfg, &batch)?;
             let model = if policy { &self.policy } else { &self.reference };
             model.forward_logprobs(self.be, &self.ws, false)?;
             let nt = batch.n_targets();
             self.be.download_f32(self.ws.logp(), &mut host[..nt])?;
             for w in batch.target_cu.windows(2) {
-                out.push(host[w[0] as usize..w[1] as usize].to_vec());
+                mine.push(host[w[0] as usize..w[1] as usize].to_vec());
             }
+        }
+        let mut out = vec![Vec::new(); pairs.len()];
+        for (&i, lp) in which.iter().zip(mine) {
+            out[i] = lp;
         }
         Ok(out)
     }
@@ -536,16 +617,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     fn eval(&mut self) -> Result<EvalReport> {
         let _r = nvtx::range("eval");
-        evaluate(&self.policy_ctx(), &self.test, self.cfg.train.eval_limit, 0, self.cfg.seed, None)
+        evaluate(&self.policy_ctx(), &self.test, self.cfg.train.eval_limit, 0, self.cfg.seed, None, self.comm)
     }
 
     fn final_eval(&mut self) -> Result<EvalReport> {
-        evaluate(&self.policy_ctx(), &self.test, 0, self.cfg.train.eval_pass_k, self.cfg.seed, None)
+        evaluate(&self.policy_ctx(), &self.test, 0, self.cfg.train.eval_pass_k, self.cfg.seed, None, self.comm)
     }
 
     fn save(&mut self) -> Result<()> {
-        let params = self.opt.params_to_host(self.be, &self.policy)?;
-        let opt = self.opt.state_to_host(self.be)?;
+        // Collectives first (every rank), then rank 0 writes the whole state.
+        let params = self.opt.params_to_host_in(self.be, &self.policy, self.comm)?;
+        let opt = self.opt.state_to_host_in(self.be, self.comm)?;
+        if !self.comm.is_root() {
+            return Ok(());
+        }
+        self.state.world_size = self.comm.world();
         checkpoint::save(&self.run_dir, &self.policy.cfg, &self.policy.layout, &params, &self.tokenizer_json, &opt, &self.state)?;
         checkpoint::prune(&self.run_dir, self.cfg.train.keep_checkpoints)?;
         Ok(())
