@@ -430,6 +430,25 @@ fn shipped_configs_fit_their_memory_targets() {
         assert_eq!(sum, v["total_bytes"].as_u64().unwrap());
         assert_eq!(v["recompute"], true, "{cfg}");
     }
+    // Data parallel, per GPU: 3B at world size 2 with bf16 layer gradients (which share the
+    // rollout's memory) within 40 GiB, so two 48 GB cards run what TinyZero needs two 80 GB
+    // cards for; a 7B-shaped model at world size 8 within 72 GiB.
+    let per_gpu = |args: &[&str]| -> (f64, serde_json::Value) {
+        let mut a = vec!["plan", "--json"];
+        a.extend_from_slice(args);
+        let o = tz(&a, None);
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+        (v["total_bytes"].as_u64().unwrap() as f64 / (1u64 << 30) as f64, v)
+    };
+    let (one, _) = per_gpu(&["--config", "configs/qwen2.5-3b.toml"]);
+    let (two, v) = per_gpu(&["--config", "configs/qwen2.5-3b.toml", "--world-size", "2", "--set", "train.grad_dtype=\"bf16\""]);
+    assert!(two <= 40.0 && two < one, "3B at world size 2 plans {two:.2} GiB per GPU");
+    assert_eq!(v["world_size"], 2);
+    assert!(v["traffic_per_step"]["sent_per_rank_bytes"].as_u64().unwrap() > 0);
+    let (seven, v) = per_gpu(&["--config", "configs/qwen2.5-3b.toml", "--preset", "qwen2.5-7b", "--world-size", "8"]);
+    assert!(seven <= 72.0, "7B at world size 8 plans {seven:.2} GiB per GPU");
+    assert!(v["parameters"].as_u64().unwrap() > 7_000_000_000);
 }
 
 /// Starts `tz-engine args…`, waits until its stderr shows `trigger`, sends it SIGINT `presses`
@@ -633,6 +652,9 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     assert_eq!(run("w3", 3, &apo("train.steps=4"), false), v1, "V* from 3 ranks");
     same_run("w1", "w2");
     same_run("w1", "w3");
+    // Two gradient buffers (the layer matrices' apart), each sharded on its own.
+    run("b3", 3, &["algo.beta2=0.05", "algo.n_vstar=2", "train.steps=4", "train.grad_dtype=bf16"], false);
+    same_run("w1", "b3");
     // Two steps on 2 ranks, then the rest on 3 from the checkpoint.
     run("split", 2, &apo("train.steps=2"), false);
     run("split", 3, &["train.steps=4"], true);

@@ -26,6 +26,9 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Data-parallel ranks (GPUs): the plan is per GPU, with the optimizer state sharded.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub world_size: u32,
 }
 
 /// GPUs a plan is checked against: (label, bytes).
@@ -72,12 +75,15 @@ pub fn run(args: PlanArgs) -> Result<i32> {
     let act = if cuda { DType::BF16 } else { DType::F32 };
     // The CUDA backend's own workspace as on a Hopper GPU (the larger cuBLASLt workspace).
     let workspace = |n: &crate::backend::ScratchNeeds| if cuda { crate::backend::workspace::cuda_workspace(n, true) } else { vec![] };
-    let plan = RunPlan::new(&cfg, &model, act, cuda, &workspace)?;
+    let world = args.world_size as usize;
+    let plan = RunPlan::new(&cfg, &model, act, cuda, &workspace, world)?;
     let total = plan.total();
     if args.json {
         let v = serde_json::json!({
             "model": source,
             "device": cfg.device,
+            "world_size": world,
+            "traffic_per_step": plan.traffic,
             "parameters": ParamLayout::new(&model).total,
             "recompute": plan.shape.recompute(),
             "lines": plan.lines,
@@ -90,8 +96,9 @@ pub fn run(args: PlanArgs) -> Result<i32> {
     }
     let s = &plan.shape;
     let t = &cfg.train;
+    let per = if world > 1 { format!(" per rank, {world} ranks") } else { String::new() };
     println!(
-        "memory plan on {} ({}): {source}, {:.2} B parameters",
+        "memory plan{per} on {} ({}): {source}, {:.2} B parameters",
         cfg.device,
         if cuda { "bf16 weights and activations, f32 master weights" } else { "f32" },
         ParamLayout::new(&model).total as f64 / 1e9
@@ -123,6 +130,16 @@ pub fn run(args: PlanArgs) -> Result<i32> {
         100.0 * (f.with_recompute / f.without_recompute - 1.0),
         100.0 * f.one_forward / f.without_recompute
     );
+    if world > 1 {
+        let x = &plan.traffic;
+        println!(
+            "  collectives per step: {} updates, each reduce-scatters {:.3} GiB of gradients and all-gathers {:.3} GiB of parameters; each rank sends {:.2} GiB per step (ring)",
+            x.updates,
+            gib(x.reduce_scatter_bytes),
+            gib(x.all_gather_bytes),
+            gib(x.sent_per_rank_bytes)
+        );
+    }
     if cuda {
         for (label, bytes) in GPUS {
             if total <= bytes {

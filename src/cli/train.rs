@@ -107,7 +107,7 @@ fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::
     let base_dir = if cfg.model.path.as_os_str().is_empty() {
         // Checked before minutes of SFT, with the preset's shape (its vocabulary bounds the
         // tokenizer's); the trainer checks the built model's exact plan again.
-        crate::train::run::check_fits(be, &cfg, &crate::model::presets::preset(&cfg.model.preset)?.cfg)?;
+        crate::train::run::check_fits(be, &cfg, &crate::model::presets::preset(&cfg.model.preset)?.cfg, world, world)?;
         sft::ensure_preset_base(be, &cfg)?
     } else {
         cfg.model.path.clone()

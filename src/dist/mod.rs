@@ -35,6 +35,11 @@ pub trait HostComm: Send + Sync {
     fn is_root(&self) -> bool {
         self.rank() == 0
     }
+
+    /// Ranks of this communicator that share one device's memory (and so its memory plan).
+    fn ranks_sharing_memory(&self) -> usize {
+        1
+    }
 }
 
 /// Collectives over device buffers, in place. A buffer of `len` elements is split into

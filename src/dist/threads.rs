@@ -198,6 +198,10 @@ impl HostComm for ThreadComm {
     fn world(&self) -> usize {
         self.hub.world
     }
+    /// Threads of one process share its memory.
+    fn ranks_sharing_memory(&self) -> usize {
+        self.hub.world
+    }
     fn all_reduce_f64(&self, x: &mut [f64]) -> Result<()> {
         let all = self.exchange("all_reduce", Payload::F64(x.to_vec()))?;
         x.fill(0.0);

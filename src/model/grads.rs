@@ -8,8 +8,13 @@
 //! micro-batch; the embedding (and a tied lm_head), norms and biases, whose gradients are
 //! accumulated by atomics and reductions, stay F32. On the CPU the act dtype is F32, so the
 //! option changes nothing there.
+//!
+//! The buffers are allocations of their own (`Grads::new`) or slots of the activation arena's
+//! training phase (`Grads::in_arena`): gradients exist only between a mini-batch's first
+//! backward and its optimizer update, never while the rollout phase uses the same memory.
+use super::arena::{Arena, ArenaPlan, Slot};
 use super::layout::ParamLayout;
-use crate::backend::{Backend, Buffer, DType, View};
+use crate::backend::{Backend, DType, View};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +41,36 @@ struct Place {
     decay: bool,
 }
 
+/// A range of one buffer (a whole allocation or an arena slot).
+struct Region<B: Backend> {
+    buf: B::Buf,
+    off: usize,
+    len: usize,
+}
+
+impl<B: Backend> Region<B> {
+    fn view(&self) -> View<'_, B> {
+        View::all(&self.buf).slice(self.off, self.len)
+    }
+}
+
+/// Where `Grads::in_arena` places its buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradSlots {
+    full: Slot,
+    low: Option<Slot>,
+    dtype: GradDtype,
+}
+
 pub struct Grads<B: Backend> {
     /// F32 gradients of every parameter not in `low`, packed in layout order.
-    pub full: B::Buf,
+    full: Region<B>,
     /// Act-dtype gradients of the layers' weight matrices (`GradDtype::Bf16`), packed.
-    pub low: Option<B::Buf>,
+    low: Option<Region<B>>,
     places: Vec<Place>,
     total: usize,
+    /// Gradient elements in (`full`, `low`), without padding.
+    lens: (usize, usize),
 }
 
 /// A run of parameters whose gradients are contiguous in one buffer, with one decay flag.
@@ -51,6 +79,9 @@ pub struct Segment {
     pub off: usize,
     pub len: usize,
     pub decays: bool,
+    /// In the act-dtype buffer (`Grads::low`), at element `at` of its buffer.
+    pub low: bool,
+    pub at: usize,
 }
 
 fn places(layout: &ParamLayout, dtype: GradDtype) -> Vec<Place> {
@@ -67,6 +98,18 @@ fn places(layout: &ParamLayout, dtype: GradDtype) -> Vec<Place> {
     out
 }
 
+/// Plans the buffers `Grads::in_arena` places as slots of phase plan `p`, padded for `world`.
+pub fn plan_slots(p: &mut ArenaPlan, layout: &ParamLayout, dtype: GradDtype, world: usize) -> GradSlots {
+    let (f, l) = grad_elements(layout, dtype);
+    let full = p.f32("gradients", padded_len(f, world));
+    let low = (l > 0).then(|| p.act("gradients", padded_len(l, world)));
+    GradSlots { full, low, dtype }
+}
+
+fn padded_len(n: usize, world: usize) -> usize {
+    n.div_ceil(world.max(1)) * world.max(1)
+}
+
 /// Elements of (the F32 buffer, the act-dtype buffer) for this layout and option.
 pub fn grad_elements(layout: &ParamLayout, dtype: GradDtype) -> (usize, usize) {
     places(layout, dtype).iter().fold((0, 0), |(f, l), p| if p.low { (f, l + p.len) } else { (f + p.len, l) })
@@ -74,18 +117,49 @@ pub fn grad_elements(layout: &ParamLayout, dtype: GradDtype) -> (usize, usize) {
 
 impl<B: Backend> Grads<B> {
     pub fn new(be: &B, layout: &ParamLayout, dtype: GradDtype) -> Result<Self> {
-        Self::padded(be, layout, dtype, 0)
+        Self::padded(be, layout, dtype, 1)
     }
 
-    /// With the F32 buffer at least `len` elements long when it holds every gradient (the
-    /// tail past the layout stays zero): a data-parallel run pads it to an even split over
-    /// its ranks for the reduce-scatter (`crate::dist::ShardLayout::padded`).
-    pub fn padded(be: &B, layout: &ParamLayout, dtype: GradDtype, len: usize) -> Result<Self> {
+    /// With each buffer padded to a multiple of `world` elements (the tail stays zero): a
+    /// data-parallel run splits each evenly over its ranks for the reduce-scatter
+    /// (`crate::dist::ShardLayout::padded`).
+    pub fn padded(be: &B, layout: &ParamLayout, dtype: GradDtype, world: usize) -> Result<Self> {
         let places = places(layout, dtype);
         let (f, l) = grad_elements(layout, dtype);
-        let low = if l > 0 { Some(be.alloc(be.act_dtype(), l)?) } else { None };
-        let full = if l == 0 { f.max(len) } else { f };
-        Ok(Grads { full: be.alloc(DType::F32, full)?, low, places, total: layout.total })
+        let own = |dtype: DType, len: usize| -> Result<Region<B>> { Ok(Region { buf: be.alloc(dtype, len)?, off: 0, len }) };
+        let low = if l > 0 { Some(own(be.act_dtype(), padded_len(l, world))?) } else { None };
+        Ok(Grads { full: own(DType::F32, padded_len(f, world))?, low, places, total: layout.total, lens: (f, l) })
+    }
+
+    /// The buffers in `arena`'s slots (planned by `plan` for this layout).
+    pub fn in_arena(arena: &Arena<B>, layout: &ParamLayout, slots: GradSlots) -> Result<Self> {
+        let (f, l) = grad_elements(layout, slots.dtype);
+        let region = |s: Slot| {
+            let v = arena.view(s);
+            Region { buf: v.buf().clone(), off: v.off(), len: v.len() }
+        };
+        anyhow::ensure!(slots.full.len >= f && slots.low.map_or(0, |s| s.len) >= l, "gradient slots planned for another model");
+        Ok(Grads {
+            full: region(slots.full),
+            low: slots.low.map(region),
+            places: places(layout, slots.dtype),
+            total: layout.total,
+            lens: (f, l),
+        })
+    }
+
+    /// Gradient elements of the F32 buffer and of the act-dtype one (0 if none), unpadded.
+    pub fn lens(&self) -> (usize, usize) {
+        self.lens
+    }
+
+    /// The act-dtype buffer when `low`, else the F32 one, with its padding.
+    pub fn buffer(&self, low: bool) -> Option<View<'_, B>> {
+        if low {
+            self.low.as_ref().map(Region::view)
+        } else {
+            Some(self.full.view())
+        }
     }
 
     /// The gradient of parameters `[off, off + len)`: a range inside one buffer (one tensor,
@@ -108,7 +182,7 @@ impl<B: Backend> Grads<B> {
             bail!("parameters {off}..{} run past the layout", off + len);
         }
         let buf = if first.low { self.low.as_ref().expect("low places have a buffer") } else { &self.full };
-        Ok(View::all(buf).slice(first.at + (off - first.off), len))
+        Ok(buf.view().slice(first.at + (off - first.off), len))
     }
 
     /// Maximal runs of parameters contiguous in one gradient buffer; with `split_decay`, runs
@@ -123,36 +197,36 @@ impl<B: Backend> Grads<B> {
                     s.len += p.len;
                     *next_at += p.len;
                 }
-                _ => out.push((Segment { off: p.off, len: p.len, decays: p.decay }, p.low, p.at + p.len)),
+                _ => out.push((Segment { off: p.off, len: p.len, decays: p.decay, low: p.low, at: p.at }, p.low, p.at + p.len)),
             }
         }
         out.into_iter().map(|(s, _, _)| s).collect()
     }
 
     pub fn zero(&self, be: &B) -> Result<()> {
-        be.fill(View::all(&self.full), 0.0)?;
+        be.fill(self.full.view(), 0.0)?;
         if let Some(l) = &self.low {
-            be.fill(View::all(l), 0.0)?;
+            be.fill(l.view(), 0.0)?;
         }
         Ok(())
     }
 
     /// Σ g² over every parameter (NaN/Inf propagate).
     pub fn sum_squares(&self, be: &B) -> Result<f32> {
-        let mut s = be.sum_squares(View::all(&self.full))?;
+        let mut s = be.sum_squares(self.full.view())?;
         if let Some(l) = &self.low {
-            s += be.sum_squares(View::all(l))?;
+            s += be.sum_squares(l.view())?;
         }
         Ok(s)
     }
 
     /// Every gradient on the host as f32, in layout order.
     pub fn to_host(&self, be: &B) -> Result<Vec<f32>> {
-        let mut full = vec![0f32; self.full.len()];
-        be.download_f32(View::all(&self.full), &mut full)?;
-        let mut low = vec![0f32; self.low.as_ref().map_or(0, |l| l.len())];
+        let mut full = vec![0f32; self.full.len];
+        be.download_f32(self.full.view(), &mut full)?;
+        let mut low = vec![0f32; self.low.as_ref().map_or(0, |l| l.len)];
         if let Some(l) = &self.low {
-            be.download_f32(View::all(l), &mut low)?;
+            be.download_f32(l.view(), &mut low)?;
         }
         let mut out = vec![0f32; self.total];
         for p in &self.places {
@@ -180,9 +254,9 @@ mod tests {
         let (c, qkvw) = (cfg.hidden_size, cfg.attn_shape().qkv_width());
         // The fused q|k|v block is one range of the low buffer; its bias and the norms are f32.
         assert_eq!(g.view(lo.qkv_w, qkvw * c).unwrap().dtype(), be.act_dtype());
-        assert!(std::ptr::eq(g.view(lo.qkv_w, qkvw * c).unwrap().buf(), g.low.as_ref().unwrap()));
-        assert!(std::ptr::eq(g.view(lo.qkv_b, qkvw).unwrap().buf(), &g.full));
-        assert!(std::ptr::eq(g.view(layout.embed, cfg.vocab_size * c).unwrap().buf(), &g.full));
+        assert!(std::ptr::eq(g.view(lo.qkv_w, qkvw * c).unwrap().buf(), g.buffer(true).unwrap().buf()));
+        assert!(std::ptr::eq(g.view(lo.qkv_b, qkvw).unwrap().buf(), g.buffer(false).unwrap().buf()));
+        assert!(std::ptr::eq(g.view(layout.embed, cfg.vocab_size * c).unwrap().buf(), g.buffer(false).unwrap().buf()));
         // A range across the two buffers is refused, not silently misaddressed.
         assert!(g.view(lo.qkv_w, qkvw * c + 1).is_err());
         // Values written through views come back in layout order.
@@ -201,6 +275,6 @@ mod tests {
         }
         // All-f32 gradients without decay splitting are one segment.
         let f = Grads::new(&be, &layout, GradDtype::F32).unwrap();
-        assert_eq!(f.segments(false), vec![Segment { off: 0, len: layout.total, decays: true }]);
+        assert_eq!(f.segments(false), vec![Segment { off: 0, len: layout.total, decays: true, low: false, at: 0 }]);
     }
 }

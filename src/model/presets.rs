@@ -27,7 +27,7 @@ pub struct Preset {
 }
 
 pub fn preset_names() -> &'static [&'static str] {
-    &["tiny", "tiny-2l", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"]
+    &["tiny", "tiny-2l", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"]
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -57,6 +57,8 @@ pub fn preset(name: &str) -> Result<Preset> {
         "qwen2.5-0.5b" => ("qwen2.5-0.5b", shape(151936, 896, 4864, 24, 14, 2, 32768, 1e6), 0),
         "qwen2.5-1.5b" => ("qwen2.5-1.5b", shape(151936, 1536, 8960, 28, 12, 2, 32768, 1e6), 0),
         "qwen2.5-3b" => ("qwen2.5-3b", shape(151936, 2048, 11008, 36, 16, 2, 32768, 1e6), 0),
+        // The published shape; unlike the smaller ones, its embeddings are not tied.
+        "qwen2.5-7b" => ("qwen2.5-7b", Qwen2Config { tie_word_embeddings: false, ..shape(152064, 3584, 18944, 28, 28, 4, 131072, 1e6) }, 0),
         other => bail!("unknown preset '{other}' (known: {})", preset_names().join(", ")),
     };
     let mut cfg = cfg;

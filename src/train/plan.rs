@@ -46,14 +46,17 @@ impl Recompute {
 /// The backend's own allocations for a run of these shapes (`Backend::workspace_plan`).
 pub type Workspace<'a> = &'a dyn Fn(&ScratchNeeds) -> Vec<(&'static str, usize)>;
 
-/// The sizes every buffer of the run is planned for.
+/// The sizes every buffer of one rank of the run is planned for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunShape {
+    /// Data-parallel ranks (each plans the same).
+    pub world: usize,
     /// Longest prompt (`train.max_prompt_tokens`: longer prompts are dropped at load).
     pub max_prompt: usize,
     /// Longest prompt + response.
     pub t_max: usize,
-    /// Sequences generated at once (`train.rollout_batch`).
+    /// Sequences generated at once (`train.rollout_batch`; on more than one rank, at most a
+    /// rank's share of a step's sequences).
     pub slots: usize,
     pub micro_batch: usize,
     /// Response tokens of a micro-batch.
@@ -62,8 +65,11 @@ pub struct RunShape {
 }
 
 impl RunShape {
-    pub fn new(cfg: &TrainConfig, model: &Qwen2Config, cuda: bool) -> Result<Self> {
+    pub fn new(cfg: &TrainConfig, model: &Qwen2Config, cuda: bool, world: usize) -> Result<Self> {
         let t = &cfg.train;
+        if world == 0 {
+            bail!("a run needs at least one rank");
+        }
         let ctx = model.max_position_embeddings;
         let max_prompt = t.max_prompt_tokens;
         let t_max = (max_prompt + t.max_response_tokens).min(ctx);
@@ -71,10 +77,14 @@ impl RunShape {
             bail!("train.max_prompt_tokens ({max_prompt}) leaves no room for a response in the model's context ({ctx})");
         }
         let recompute = t.recompute.enabled(cuda, ParamLayout::new(model).total);
+        // A rank generates its part of each mini-batch (`train::run`): at most this many.
+        let seqs = t.batch_prompts * cfg.algo.samples_per_prompt();
+        let share = seqs.div_ceil(t.mini_batch) * t.mini_batch.div_ceil(world);
         Ok(RunShape {
+            world,
             max_prompt,
             t_max,
-            slots: t.rollout_batch,
+            slots: if world > 1 { t.rollout_batch.min(share.max(1)) } else { t.rollout_batch },
             micro_batch: t.micro_batch,
             max_targets: t.micro_batch * t.max_response_tokens,
             keep: Keep::for_training(recompute),
@@ -122,43 +132,83 @@ pub struct StepFlops {
     pub one_forward: f64,
 }
 
+/// What the collectives of one step move, per rank (data parallel; zero on one rank).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StepTraffic {
+    /// Optimizer updates per step (each reduce-scatters the gradients and all-gathers the
+    /// parameters).
+    pub updates: usize,
+    /// Bytes of the gradient buffers reduce-scattered per update (each rank sends
+    /// (N − 1)/N of them in a ring).
+    pub reduce_scatter_bytes: usize,
+    /// Bytes all-gathered per update (the parameters, or the gradient buffers they travel in).
+    pub all_gather_bytes: usize,
+    /// What one rank sends per step in ring collectives: (N − 1)/N of both, per update.
+    pub sent_per_rank_bytes: usize,
+}
+
 pub struct RunPlan {
     pub shape: RunShape,
     pub lines: Vec<PlanLine>,
+    pub traffic: StepTraffic,
     pub phases: Vec<PhaseUse>,
     pub flops: StepFlops,
     /// The shared region's per-phase plans, for the trainer to place its phases in.
     pub rollout: (ArenaPlan, GenLayout),
     pub training: (ArenaPlan, LogprobPlan),
+    /// The gradient buffers' slots in the training phase.
+    pub grads: crate::model::grads::GradSlots,
 }
 
 impl RunPlan {
     /// `act`: the backend's weight/activation dtype; `master`: whether it keeps f32 master
     /// weights; `workspace`: the backend's own allocations for these shapes.
-    pub fn new(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace) -> Result<Self> {
-        let shape = RunShape::new(cfg, model, act == DType::BF16)?;
+    ///
+    /// `world`: data-parallel ranks; the plan is one rank's (each holds its part of the
+    /// optimizer state, `train::optim`, and generates its share of a step).
+    pub fn new(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace, world: usize) -> Result<Self> {
+        let shape = RunShape::new(cfg, model, act == DType::BF16, world)?;
         let layout = ParamLayout::new(model);
         let n = layout.total;
         let a = act.size_bytes();
         let (grads_full, grads_low) = crate::model::grads::grad_elements(&layout, cfg.train.grad_dtype);
+        // Gradient buffers are padded to an even split; a rank's state is its share of each
+        // (rank 0's, the largest).
+        let pad = |x: usize| x.div_ceil(world) * world;
+        let local = grads_full.div_ceil(world) + grads_low.div_ceil(world);
+        let part = if world > 1 { format!(", 1/{world}") } else { String::new() };
         let mut lines = vec![
             line("policy parameters", n * a),
             line("reference parameters", n * a),
-            line("gradients (f32)", 4 * grads_full.max(1)),
-            line("Adam moments (f32, two)", 2 * n * 4),
+            line(&format!("Adam moments (f32, two{part})"), 2 * local.max(1) * 4),
         ];
-        if grads_low > 0 {
-            let what = if act == DType::BF16 { "gradients of layer matrices (bf16)" } else { "gradients of layer matrices" };
-            lines.push(line(what, grads_low * a));
-        }
         if master {
-            lines.push(line("master weights (f32)", n * 4));
+            lines.push(line(&format!("master weights (f32{part})"), local.max(1) * 4));
         }
+        let grad_bytes = 4 * pad(grads_full) + a * pad(grads_low);
+        let traffic = if world > 1 {
+            let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
+            // The parameters travel in place when the gradients are one buffer, else inside
+            // the gradient buffers.
+            let gather = if grads_low > 0 { grad_bytes } else { n * a };
+            let ring = |b: usize| b / world * (world - 1);
+            StepTraffic {
+                updates,
+                reduce_scatter_bytes: grad_bytes,
+                all_gather_bytes: gather,
+                sent_per_rank_bytes: updates * (ring(grad_bytes) + ring(gather)),
+            }
+        } else {
+            StepTraffic::default()
+        };
         let mut rp = ArenaPlan::new(act);
         let gen = GenLayout::plan(&mut rp, model, shape.slots, shape.max_prompt, shape.t_max)?;
         let mut tp = ArenaPlan::new(act);
         let ws = LogprobPlan::new(&mut tp, model, shape.micro_batch * shape.t_max, shape.micro_batch, shape.max_targets, shape.keep);
-        lines.push(line("activations (shared by rollout and training)", ArenaPlan::shared_bytes(&[&rp, &tp])));
+        // Gradients live only from a mini-batch's first backward to its update: in the
+        // training phase of the shared region, where the rollout's KV cache is at other times.
+        let grads = crate::model::grads::plan_slots(&mut tp, &layout, cfg.train.grad_dtype, world);
+        lines.push(line("activations and gradients (shared by rollout and training)", ArenaPlan::shared_bytes(&[&rp, &tp])));
         let phases = vec![
             PhaseUse { phase: "rollout", categories: rp.categories.clone(), bytes: rp.bytes() },
             PhaseUse { phase: "training", categories: tp.categories.clone(), bytes: tp.bytes() },
@@ -171,7 +221,7 @@ impl RunPlan {
             lines.push(line(what, bytes));
         }
         let flops = step_flops(cfg, model, &shape);
-        Ok(RunPlan { shape, lines, phases, flops, rollout: (rp, gen), training: (tp, ws) })
+        Ok(RunPlan { shape, lines, traffic, phases, flops, rollout: (rp, gen), training: (tp, ws), grads })
     }
 
     pub fn total(&self) -> usize {
@@ -207,8 +257,8 @@ fn step_flops(cfg: &TrainConfig, m: &Qwen2Config, s: &RunShape) -> StepFlops {
 
 /// The plan's two most effective cuts, as "setting (saves X GiB)" phrases, for an error that
 /// says what to lower.
-pub fn best_cuts(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace) -> Vec<String> {
-    let Ok(base) = RunPlan::new(cfg, model, act, master, workspace).map(|p| p.total()) else { return vec![] };
+pub fn best_cuts(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace, world: usize) -> Vec<String> {
+    let Ok(base) = RunPlan::new(cfg, model, act, master, workspace, world).map(|p| p.total()) else { return vec![] };
     let t = &cfg.train;
     let mut options: Vec<(String, TrainConfig)> = vec![];
     let mut with = |label: String, f: &dyn Fn(&mut TrainConfig)| {
@@ -230,7 +280,9 @@ pub fn best_cuts(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: boo
     }
     let mut saved: Vec<(usize, String)> = options
         .into_iter()
-        .filter_map(|(label, c)| RunPlan::new(&c, model, act, master, workspace).ok().map(|p| (base.saturating_sub(p.total()), label)))
+        .filter_map(|(label, c)| {
+            RunPlan::new(&c, model, act, master, workspace, world).ok().map(|p| (base.saturating_sub(p.total()), label))
+        })
         .filter(|(s, _)| *s > 0)
         .collect();
     saved.sort_by_key(|s| std::cmp::Reverse(s.0));

@@ -22,7 +22,7 @@ use super::optim::{AdamWConfig, Optimizer};
 use super::plan::{gib, human, RunPlan};
 use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
-use crate::dist::{self, split_range, Comm, ShardLayout};
+use crate::dist::{self, split_range, Comm};
 use crate::model::arena::{Arena, ArenaPlan};
 use crate::model::load::load_model;
 use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
@@ -84,25 +84,34 @@ pub struct Trainer<'a, B: Backend> {
 
 /// Stops a run whose plan for `model`'s shape exceeds the device's free memory (for a preset
 /// run, before its SFT warm start: the preset's shape bounds the base model it builds).
-pub fn check_fits<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::Qwen2Config) -> Result<()> {
+/// `ranks` data-parallel ranks, `sharing` of which share this device's memory (CPU thread
+/// ranks share the host's).
+pub fn check_fits<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::Qwen2Config, ranks: usize, sharing: usize) -> Result<()> {
     let workspace = |n: &crate::backend::ScratchNeeds| be.workspace_plan(n);
-    let plan = RunPlan::new(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace)?;
-    refuse_if_too_big(be, cfg, model, &plan)
+    let plan = RunPlan::new(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace, ranks)?;
+    refuse_if_too_big(be, cfg, model, &plan, sharing)
 }
 
-/// Stops a run whose plan exceeds the device's free memory, naming the two settings that
-/// would cut the most.
-fn refuse_if_too_big<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::Qwen2Config, plan: &RunPlan) -> Result<()> {
+/// Stops a run whose plan (times the ranks sharing the device) exceeds the device's free
+/// memory, naming the two settings that would cut the most.
+fn refuse_if_too_big<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    model: &crate::model::Qwen2Config,
+    plan: &RunPlan,
+    sharing: usize,
+) -> Result<()> {
     let Some((free, _)) = be.mem_info() else { return Ok(()) };
-    let total = plan.total();
+    let total = plan.total() * sharing;
     if total <= free {
         return Ok(());
     }
     let workspace = |n: &crate::backend::ScratchNeeds| be.workspace_plan(n);
-    let cuts = super::plan::best_cuts(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace);
+    let cuts = super::plan::best_cuts(cfg, model, be.act_dtype(), be.needs_master_weights(), &workspace, plan.shape.world);
     let hint = if cuts.is_empty() { "a smaller model".to_string() } else { cuts.join(" or ") };
+    let ranks = if sharing > 1 { format!(" ({sharing} ranks on it)") } else { String::new() };
     bail!(
-        "the run needs {} of device memory ({total} bytes; `tz-engine plan` shows the lines) but the {} device has {} free: set {hint}",
+        "the run needs {} of device memory{ranks} ({total} bytes; `tz-engine plan` shows the lines) but the {} device has {} free: set {hint}",
         human(total),
         be.name(),
         human(free)
@@ -127,8 +136,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // before minutes of loading weights.
         let model_cfg = crate::model::load::load_config(base_dir)?;
         let workspace = |n: &crate::backend::ScratchNeeds| be.workspace_plan(n);
-        let plan = RunPlan::new(&cfg, &model_cfg, be.act_dtype(), be.needs_master_weights(), &workspace)?;
-        refuse_if_too_big(be, &cfg, &model_cfg, &plan)?;
+        let plan = RunPlan::new(&cfg, &model_cfg, be.act_dtype(), be.needs_master_weights(), &workspace, comm.world())?;
+        // Ranks sharing a device: one checks for all of them, before any of them allocates.
+        let sharing = comm.ranks_sharing_memory();
+        if sharing == 1 || root {
+            refuse_if_too_big(be, &cfg, &model_cfg, &plan, sharing)?;
+        }
+        if sharing > 1 {
+            comm.barrier()?;
+        }
         let free = be.mem_info().map(|(f, _)| format!(", {:.3} GiB free", gib(f))).unwrap_or_default();
         if root {
             eprintln!(
@@ -158,7 +174,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if train.is_empty() || test.is_empty() {
             bail!("every prompt is longer than train.max_prompt_tokens ({})", t.max_prompt_tokens);
         }
-        let RunPlan { shape, rollout: (rollout_plan, gen_layout), training: (train_plan, ws_plan), .. } = plan;
+        let RunPlan { shape, rollout: (rollout_plan, gen_layout), training: (train_plan, ws_plan), grads: grad_slots, .. } = plan;
         // One activation region for every phase: generation, scoring and the update never
         // run at once, so each is placed at the start of the same allocations.
         let region = Arena::for_phases(be, &[&rollout_plan, &train_plan]).map_err(|e| {
@@ -173,8 +189,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
         be.reserve_scratch(&shape.scratch_needs(&policy.cfg))?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
-        let shard = ShardLayout::new(policy.layout.total, comm.world(), comm.rank());
-        let mut opt = Optimizer::sharded(be, &policy, adam, t.grad_dtype, shard)
+        let grads = crate::model::Grads::in_arena(&region, &policy.layout, grad_slots)?;
+        let mut opt = Optimizer::with_grads(be, &policy, adam, grads, comm.world(), comm.rank())
             .map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
             let layout = crate::model::ParamLayout::new(&policy.cfg);
