@@ -451,57 +451,79 @@ fn shipped_configs_fit_their_memory_targets() {
     assert!(v["parameters"].as_u64().unwrap() > 7_000_000_000);
 }
 
+/// A tz-engine process whose stderr is collected while it runs.
+struct Running {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(args: &[String], env: &[(&str, String)]) -> Running {
+        use std::io::Read;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tz-engine"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(k) = err.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..k]));
+            }
+        });
+        Running { child, log, reader }
+    }
+
+    fn wait_for(&mut self, trigger: &str) {
+        let t0 = std::time::Instant::now();
+        while !self.log.lock().unwrap().contains(trigger) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(300), "never saw {trigger:?}: {}", self.log.lock().unwrap());
+            assert!(self.child.try_wait().unwrap().is_none(), "exited before {trigger:?}: {}", self.log.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success());
+    }
+
+    /// (exit code, stderr) once it exits, which must be within `secs`.
+    fn finish(mut self, secs: u64) -> (Option<i32>, String) {
+        let t1 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t1.elapsed() < std::time::Duration::from_secs(secs), "still running after {secs} s: {}", self.log.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        self.reader.join().unwrap();
+        let text = self.log.lock().unwrap().clone();
+        (status.code(), text)
+    }
+}
+
 /// Starts `tz-engine args…`, waits until its stderr shows `trigger`, sends it SIGINT `presses`
 /// times, and returns (exit code, stderr).
 fn interrupt_when(args: &[String], trigger: &str, presses: usize) -> (Option<i32>, String) {
-    use std::io::Read;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tz-engine"))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut err = child.stderr.take().unwrap();
-    let sink = log.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(k) = err.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..k]));
-        }
-    });
-    let t0 = Instant::now();
-    while !log.lock().unwrap().contains(trigger) {
-        assert!(t0.elapsed() < Duration::from_secs(300), "never saw {trigger:?}: {}", log.lock().unwrap());
-        assert!(child.try_wait().unwrap().is_none(), "exited before {trigger:?}: {}", log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut p = Running::start(args, &[]);
+    p.wait_for(trigger);
     for _ in 0..presses {
-        let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success();
-        assert!(ok);
-        std::thread::sleep(Duration::from_millis(20));
+        p.signal("-INT");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let t1 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t1.elapsed() < Duration::from_secs(120), "still running 120 s after Ctrl-C: {}", log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    reader.join().unwrap();
-    let text = log.lock().unwrap().clone();
-    (status.code(), text)
+    p.finish(120)
 }
 
-/// Ctrl-C outside the training loop: V* estimation stops at its next chunk and the command
-/// exits 130 naming the phase; a second Ctrl-C exits at once. Restarting over a run with
-/// `--restart` works, and a run that fails before writing leaves no directory behind.
 #[test]
 fn interrupts_reach_every_phase() {
     let d = tempfile::tempdir().unwrap();
@@ -610,7 +632,11 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
         sets.extend(extra.iter().map(|s| s.to_string()));
         // Every run estimates V* itself, split over its own ranks.
         let _ = std::fs::remove_dir_all(format!("{out}/vstar-cache"));
-        let mut a: Vec<String> = vec!["train".into(), "--world-size".into(), world.to_string()];
+        // World 0: two processes through `tz-engine launch`.
+        let mut a: Vec<String> = match world {
+            0 => ["launch", "--nproc-per-node", "2", "--master-port", &free_port(), "--", "train"].map(String::from).to_vec(),
+            n => vec!["train".into(), "--world-size".into(), n.to_string()],
+        };
         if resume {
             a.extend(["--resume".into(), format!("{out}/{name}")]);
         }
@@ -659,9 +685,97 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     run("split", 2, &apo("train.steps=2"), false);
     run("split", 3, &["train.steps=4"], true);
     same_run("w1", "split");
+    // One process per rank, through `tz-engine launch` and the TCP rendezvous.
+    run("l2", 0, &apo("train.steps=4"), false);
+    same_run("w1", "l2");
     // GRPO: group-normalized advantages over groups that ranks share, behaviour log-probs.
     let grpo = ["algo.name=grpo", "algo.group_size=4", "train.steps=2"];
     run("g1", 1, &grpo, false);
     run("g3", 3, &grpo, false);
     same_run("g1", "g3");
+}
+
+/// A port nothing listens on now (bound, read back, released).
+fn free_port() -> String {
+    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port().to_string()
+}
+
+/// Ranks as processes: a rank killed mid-run stops the other within seconds, naming it and the
+/// collective; a rank started with another config is refused at the rendezvous, naming the
+/// key; Ctrl-C on `tz-engine launch` stops every rank at one step boundary with one checkpoint.
+#[test]
+fn process_ranks_fail_refuse_and_stop_together() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    let train = |name: &str, extra: &[&str]| -> Vec<String> {
+        let mut sets: Vec<String> = [
+            "model.preset=tiny-2l",
+            "sft.steps=10",
+            "sft.examples=300",
+            "data.generate_train=48",
+            "data.generate_test=16",
+            "train.batch_prompts=16",
+            "train.mini_batch=8",
+            "train.micro_batch=4",
+            "train.rollout_batch=16",
+            "train.max_response_tokens=16",
+            "algo.beta2=0.05",
+            "algo.n_vstar=2",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "train.eval_pass_k=0",
+            "train.steps=100000",
+            "dist.timeout_s=60",
+        ]
+        .map(String::from)
+        .to_vec();
+        sets.push(format!("out_dir={out}"));
+        sets.push(format!("name={name}"));
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        std::iter::once("train".to_string()).chain(sets.into_iter().flat_map(|s| ["--set".to_string(), s])).collect()
+    };
+    let env = |rank: usize, port: &str| -> Vec<(&str, String)> {
+        vec![("RANK", rank.to_string()), ("WORLD_SIZE", "2".into()), ("MASTER_ADDR", "127.0.0.1".into()), ("TZ_RDZV_PORT", port.into())]
+    };
+    // The base model first, so the ranks below start training at once.
+    let o = tz(&train("base", &["train.steps=1"]).iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // A rank killed mid-run.
+    let port = free_port();
+    let mut r0 = Running::start(&train("killed", &[]), &env(0, &port));
+    let r1 = Running::start(&train("killed", &[]), &env(1, &port));
+    r0.wait_for("base model:");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    r1.signal("-KILL");
+    let started = std::time::Instant::now();
+    let (code, log) = r0.finish(30);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(code.is_some_and(|c| c != 0) && !log.contains("panicked"), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: rank 0: rank 1 exited during ") && last.contains(" #"), "{log}");
+    r1.finish(10);
+
+    // A rank with another config.
+    let port = free_port();
+    let r0 = Running::start(&train("mixed", &[]), &env(0, &port));
+    let r1 = Running::start(&train("mixed", &["train.lr=0.5"]), &env(1, &port));
+    let ((c0, l0), (c1, l1)) = (r0.finish(60), r1.finish(60));
+    assert!(c0.is_some_and(|c| c != 0) && c1.is_some_and(|c| c != 0), "{l0}\n{l1}");
+    assert!(l0.contains("error: rank 0: refused the rendezvous: rank 1") && l0.contains("train.lr = 0.5 there"), "{l0}");
+    assert!(l1.contains("error: rank 1: refused at the rendezvous: rank 1"), "{l1}");
+    assert!(!Path::new(&format!("{out}/mixed/checkpoints")).exists());
+
+    // Ctrl-C on the launcher.
+    let mut args: Vec<String> = ["launch", "--nproc-per-node", "2", "--master-port", &free_port(), "--"].map(String::from).to_vec();
+    args.extend(train("stopped", &[]));
+    let mut l = Running::start(&args, &[]);
+    l.wait_for("base model:");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    l.signal("-INT");
+    let (code, log) = l.finish(120);
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("checkpoint written at step"), "{log}");
+    let ckpts: Vec<_> = std::fs::read_dir(format!("{out}/stopped/checkpoints")).unwrap().collect();
+    assert_eq!(ckpts.len(), 1, "one checkpoint: {ckpts:?}");
 }

@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod init;
+pub mod launch;
 pub mod plan;
 pub mod plot;
 pub mod reward;
@@ -38,6 +39,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// RL training (A*PO or GRPO). With no arguments: the tiny CPU preset end to end.
     Train(train::TrainArgs),
+    /// Start one `train` process per GPU of this node (torchrun-style), and watch them.
+    Launch(launch::LaunchArgs),
     /// Supervised fine-tuning on prompt/response JSON lines.
     Sft(sft::SftArgs),
     /// Evaluate a model on a task dataset: mean reward, solve rate, pass@k.
@@ -68,6 +71,7 @@ pub fn main() -> i32 {
         Some(Command::Score(a)) => score::run(a),
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Train(a)) => train::run(a),
+        Some(Command::Launch(a)) => launch::run(a),
         Some(Command::Sft(a)) => sft::run(a),
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Plot(a)) => plot::run(a),

@@ -1,7 +1,8 @@
 //! `tz-engine train`: RL training. With no arguments it runs the tiny CPU preset end to end
 //! (tokenizer + base model built by SFT, A*PO, evaluation), the README's main command.
 use crate::backend::Backend;
-use crate::dist::{threads::run_ranks, Comm, Single};
+use crate::dist::tcp::{Hello, TcpComm};
+use crate::dist::{threads::run_ranks, Comm, HostComm, Single};
 use crate::train::run::{Summary, Trainer};
 use crate::train::{sft, TrainConfig};
 use crate::util::fs::write_atomic;
@@ -62,26 +63,115 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             _ => bail!("{} holds run '{}' (its config's name): resume from a directory of that name", dir.display(), cfg.name),
         }
     }
-    let world = args.world_size as usize;
-    if world > 1 && cfg.device != crate::backend::Device::Cpu {
-        bail!("--world-size {world} runs ranks as CPU threads; multi-GPU training (one process per GPU over NCCL) is not available yet");
+    let threads = args.world_size as usize;
+    let env = crate::dist::env::RankEnv::from_env()?;
+    if env.world > 1 {
+        if threads > 1 {
+            bail!(
+                "--world-size starts thread ranks in one process, but this process is rank {} of {} started by {}: drop --world-size",
+                env.rank,
+                env.world,
+                env.launcher
+            );
+        }
+        return process_rank(cfg, &env, args.resume.is_some(), args.restart);
     }
-    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some(), args.restart, world))
+    if threads > 1 && cfg.device != crate::backend::Device::Cpu {
+        bail!("--world-size {threads} runs ranks as CPU threads; on GPUs start one process per GPU (`tz-engine launch --nproc-per-node {threads} -- train ...`)");
+    }
+    let ranks = if threads > 1 { Ranks::Threads(threads) } else { Ranks::One };
+    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some(), args.restart, ranks))
+}
+
+/// How this process's ranks run.
+#[derive(Clone, Copy)]
+enum Ranks<'a> {
+    One,
+    /// N ranks as threads of this process.
+    Threads(usize),
+    /// This process is one rank of a multi-process run.
+    Process(&'a TcpComm),
+}
+
+impl Ranks<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Ranks::One => 1,
+            Ranks::Threads(n) => *n,
+            Ranks::Process(c) => c.world(),
+        }
+    }
+    /// Whether this process writes the run's files (lock, restart, SFT base, config).
+    fn writes(&self) -> bool {
+        !matches!(self, Ranks::Process(c) if !c.is_root())
+    }
+    /// Ranks sharing this process's device memory (CPU thread ranks share the host's).
+    fn sharing(&self) -> usize {
+        match self {
+            Ranks::Threads(n) => *n,
+            Ranks::Process(c) => c.ranks_sharing_memory(),
+            Ranks::One => 1,
+        }
+    }
+    /// Waits for every process (after rank 0 prepared the run directory).
+    fn barrier(&self) -> Result<()> {
+        match self {
+            Ranks::Process(c) => c.barrier(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One rank of a run started by `tz-engine launch`, torchrun, srun or mpirun: the rendezvous
+/// (every rank runs the same binary, config and checkpoint), then training; an error here is
+/// sent to the other ranks, which stop.
+fn process_rank(cfg: TrainConfig, env: &crate::dist::env::RankEnv, resume: bool, restart: bool) -> Result<i32> {
+    let hello = Hello {
+        rank: env.rank,
+        world: env.world,
+        host: crate::dist::env::hostname(),
+        binary: crate::dist::env::binary_fingerprint(),
+        config: toml::to_string(&cfg)?,
+        checkpoint: if resume { crate::train::checkpoint::identity(&cfg.run_dir()) } else { "none (a fresh run)".into() },
+    };
+    let timeout = std::time::Duration::from_secs(cfg.dist.timeout_s);
+    match cfg.device {
+        crate::backend::Device::Cpu => {
+            let (comm, _) = TcpComm::rendezvous(&env.master_addr, env.rdzv_port, &hello, timeout, None)?;
+            // CPU ranks on one node share its memory.
+            let comm = comm.sharing_memory(env.local_world);
+            let be = crate::backend::cpu::CpuBackend::new();
+            let result = train(&be, cfg, resume, restart, Ranks::Process(&comm));
+            match &result {
+                // Every rank decided to stop together.
+                Err(e) if crate::util::interrupt::is_interrupt(e) => {}
+                Err(e) => comm.abort(&format!("{e:#}")),
+                Ok(_) => {}
+            }
+            result.map_err(|e| if env.rank == 0 { e } else { e.context(format!("rank {}", env.rank)) })
+        }
+        crate::backend::Device::Cuda => bail!(
+            "rank {} of {} ({}): multi-GPU training needs NCCL device collectives, which are not built yet; CPU ranks (device = \"cpu\") run",
+            env.rank,
+            env.world,
+            env.launcher
+        ),
+    }
 }
 
 /// What a run directory holds that `--restart` removes (the lock and the run's config stay).
 const RUN_OUTPUTS: [&str; 8] =
     ["checkpoints", "latest", "metrics.jsonl", "samples.jsonl", "summary.json", "final", "curves.png", "curves.svg"];
 
-fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, world: usize) -> Result<i32> {
+fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, ranks: Ranks) -> Result<i32> {
     // Ctrl-C stops SFT, V*, evaluations and training steps at their next batch boundary.
     crate::util::interrupt::install();
-    // Held until training ends: a second process on the same run would interleave its steps
-    // and checkpoints with this one's.
     let run_dir = cfg.run_dir();
     let existed = run_dir.exists();
-    let _lock = crate::util::fs::lock_dir(&run_dir)?;
-    if restart {
+    // Held until training ends: a second process on the same run would interleave its steps
+    // and checkpoints with this one's. Of a multi-process run, rank 0 holds it for all.
+    let _lock = if ranks.writes() { Some(crate::util::fs::lock_dir(&run_dir)?) } else { None };
+    if restart && ranks.writes() {
         for name in RUN_OUTPUTS {
             let p = run_dir.join(name);
             let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
@@ -91,24 +181,41 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, worl
         }
         eprintln!("--restart: {} starts over", run_dir.display());
     }
-    // Temp files a crashed write of ours left behind (named .NAME.tmp or NAME.tmp.PID).
-    crate::util::fs::remove_stale_temps(&run_dir);
-    crate::util::fs::remove_stale_temps(&run_dir.join("checkpoints"));
-    let result = train_in(be, &cfg, resume, &run_dir, world);
+    if ranks.writes() {
+        // Temp files a crashed write of ours left behind (named .NAME.tmp or NAME.tmp.PID).
+        crate::util::fs::remove_stale_temps(&run_dir);
+        crate::util::fs::remove_stale_temps(&run_dir.join("checkpoints"));
+    }
+    ranks.barrier()?;
+    let result = train_in(be, &cfg, resume, &run_dir, ranks);
     // A run that failed before writing anything leaves no empty directory behind.
-    if result.is_err() && !existed {
+    if result.is_err() && !existed && ranks.writes() {
         crate::util::fs::remove_if_only_lock(&run_dir);
     }
     result
 }
 
-fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path, world: usize) -> Result<i32> {
+fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path, ranks: Ranks) -> Result<i32> {
     let cfg = cfg.clone();
     let base_dir = if cfg.model.path.as_os_str().is_empty() {
-        // Checked before minutes of SFT, with the preset's shape (its vocabulary bounds the
-        // tokenizer's); the trainer checks the built model's exact plan again.
-        crate::train::run::check_fits(be, &cfg, &crate::model::presets::preset(&cfg.model.preset)?.cfg, world, world)?;
-        sft::ensure_preset_base(be, &cfg)?
+        if ranks.writes() {
+            // Checked before minutes of SFT, with the preset's shape (its vocabulary bounds the
+            // tokenizer's); the trainer checks the built model's exact plan again.
+            crate::train::run::check_fits(
+                be,
+                &cfg,
+                &crate::model::presets::preset(&cfg.model.preset)?.cfg,
+                ranks.count(),
+                ranks.sharing(),
+            )?;
+            let dir = sft::ensure_preset_base(be, &cfg)?;
+            ranks.barrier()?;
+            dir
+        } else {
+            // Rank 0 builds the base model; the others use it once it is there.
+            ranks.barrier()?;
+            crate::train::sft::preset_base_dir(&cfg)
+        }
     } else {
         cfg.model.path.clone()
     };
@@ -119,11 +226,15 @@ fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::
         }
         trainer.run()
     };
-    let s = match world {
-        1 => rank(&Single)?,
+    let s = match ranks {
+        Ranks::One => rank(&Single)?,
         // The CPU backend holds no state of its own: the ranks share it, each with its buffers.
-        _ => run_ranks(world, std::time::Duration::from_secs(cfg.dist.timeout_s), |c| rank(c))?.swap_remove(0),
+        Ranks::Threads(n) => run_ranks(n, std::time::Duration::from_secs(cfg.dist.timeout_s), |c| rank(c))?.swap_remove(0),
+        Ranks::Process(c) => rank(c)?,
     };
+    if !ranks.writes() {
+        return Ok(0);
+    }
     println!(
         "{}: {} steps in {:.0}s; held-out solve rate {:.3} -> {:.3} (base -> final), mean reward {:.3} -> {:.3}; {} skipped steps. Outputs in {}",
         s.name, s.steps, s.wall_time_s, s.base_solve_rate, s.final_solve_rate, s.base_reward_mean, s.final_reward_mean, s.skipped_steps, run_dir.display()

@@ -8,9 +8,15 @@
 //! after 600 s`) instead of waiting forever. Sums are taken in rank order, so every rank ends
 //! with the same bits.
 //!
-//! Implementations: [`Single`] (one rank, every collective a no-op: the default) and
-//! [`threads::ThreadComm`] (N ranks as threads of one process, any backend: exchanges go
-//! through the host; `train --device cpu --world-size N` and the tests).
+//! Implementations: [`Single`] (one rank, every collective a no-op: the default),
+//! [`threads::ThreadComm`] (N ranks as threads of one process: `train --device cpu
+//! --world-size N` and the tests) and [`tcp::TcpComm`] (one process per rank, started by
+//! `tz-engine launch`, torchrun, Slurm or mpirun: rank 0's TCP rendezvous checks that every
+//! rank runs the same binary, config and checkpoint, then carries the host collectives). The
+//! last two move device buffers through the host (`staged`); NCCL does it on the GPU.
+pub mod env;
+pub mod staged;
+pub mod tcp;
 pub mod threads;
 
 use crate::backend::{Backend, View};
@@ -21,16 +27,42 @@ use std::time::Duration;
 /// How long a collective waits for the other ranks by default (`dist.timeout_s`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Collectives over host values.
+/// Collectives over host values. An implementation provides one primitive, `exchange`
+/// (every rank's bytes to every rank); the others are built on it.
 pub trait HostComm: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
+    /// Every rank's bytes, in rank order: the collective named `op` (errors name it, with
+    /// its sequence number).
+    fn exchange(&self, op: &'static str, mine: &[u8]) -> Result<Vec<Vec<u8>>>;
+
     /// `x ← Σ_r x_r` elementwise, summed in rank order (the same bits on every rank).
-    fn all_reduce_f64(&self, x: &mut [f64]) -> Result<()>;
+    fn all_reduce_f64(&self, x: &mut [f64]) -> Result<()> {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let all = self.exchange("all_reduce", &bytes)?;
+        x.fill(0.0);
+        for (r, b) in all.iter().enumerate() {
+            anyhow::ensure!(
+                b.len() == bytes.len(),
+                "rank {}: all_reduce of {} values, rank {r} sent {}",
+                self.rank(),
+                x.len(),
+                b.len() / 8
+            );
+            for (a, c) in x.iter_mut().zip(b.chunks_exact(8)) {
+                *a += f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+        }
+        Ok(())
+    }
     /// Every rank's bytes, in rank order.
-    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>>;
+    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.exchange("all_gather", mine)
+    }
     /// Returns once every rank has called it.
-    fn barrier(&self) -> Result<()>;
+    fn barrier(&self) -> Result<()> {
+        self.exchange("barrier", &[]).map(|_| ())
+    }
 
     fn is_root(&self) -> bool {
         self.rank() == 0
@@ -60,9 +92,14 @@ pub trait Comm<B: Backend>: HostComm {
 
 /// Typed helpers over the byte collectives.
 pub fn all_gather_f32(comm: &dyn HostComm, mine: &[f32]) -> Result<Vec<Vec<f32>>> {
+    exchange_f32(comm, "all_gather", mine)
+}
+
+/// `exchange` of f32 values.
+pub fn exchange_f32(comm: &dyn HostComm, op: &'static str, mine: &[f32]) -> Result<Vec<Vec<f32>>> {
     let bytes: Vec<u8> = mine.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok(comm
-        .all_gather_bytes(&bytes)?
+        .exchange(op, &bytes)?
         .iter()
         .map(|b| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         .collect())
@@ -97,6 +134,9 @@ impl HostComm for Single {
     }
     fn world(&self) -> usize {
         1
+    }
+    fn exchange(&self, _op: &'static str, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![mine.to_vec()])
     }
     fn all_reduce_f64(&self, _x: &mut [f64]) -> Result<()> {
         Ok(())

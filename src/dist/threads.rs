@@ -7,24 +7,17 @@
 //! A rank that fails calls [`Hub::abort`] (the runner does so for errors and panics): ranks
 //! waiting in a collective stop at once, naming the failed rank, instead of waiting out the
 //! deadline.
-use super::{Comm, HostComm};
-use crate::backend::{Backend, View};
+use super::HostComm;
 use anyhow::{anyhow, bail, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-enum Payload {
-    Bytes(Vec<u8>),
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
 struct Round {
     /// Collectives completed so far: the number of the round now open.
     seq: u64,
     op: Option<&'static str>,
-    deposits: Vec<Option<Arc<Payload>>>,
+    deposits: Vec<Option<Arc<Vec<u8>>>>,
     /// Ranks that have read this round's deposits.
     taken: usize,
     /// The first rank that failed, and why.
@@ -67,7 +60,7 @@ impl Hub {
     }
 
     /// One collective: rank `rank`'s `seq`-th, of kind `op`. Returns every rank's deposit.
-    fn exchange(&self, rank: usize, seq: u64, op: &'static str, mine: Payload) -> Result<Vec<Arc<Payload>>> {
+    fn exchange(&self, rank: usize, seq: u64, op: &'static str, mine: Vec<u8>) -> Result<Vec<Arc<Vec<u8>>>> {
         let deadline = Instant::now() + self.timeout;
         let stop = |r: &Round, waiting_for: &str| -> Result<()> {
             if let Some((who, _)) = &r.failed {
@@ -101,7 +94,7 @@ impl Hub {
         if let Some((who, _)) = &r.failed {
             bail!("rank {rank}: {op} #{seq} stopped: rank {who} failed");
         }
-        let all: Vec<Arc<Payload>> = r.deposits.iter().map(|d| d.clone().expect("every rank deposited")).collect();
+        let all: Vec<Arc<Vec<u8>>> = r.deposits.iter().map(|d| d.clone().expect("every rank deposited")).collect();
         r.taken += 1;
         if r.taken == self.world {
             r.deposits.iter_mut().for_each(|d| *d = None);
@@ -126,21 +119,6 @@ impl ThreadComm {
     pub fn new(hub: Arc<Hub>, rank: usize) -> Self {
         assert!(rank < hub.world);
         ThreadComm { hub, rank, calls: AtomicU64::new(0) }
-    }
-
-    fn exchange(&self, op: &'static str, mine: Payload) -> Result<Vec<Arc<Payload>>> {
-        let seq = self.calls.fetch_add(1, Ordering::SeqCst);
-        self.hub.exchange(self.rank, seq, op, mine)
-    }
-
-    fn exchange_f32(&self, op: &'static str, mine: Vec<f32>) -> Result<Vec<Vec<f32>>> {
-        self.exchange(op, Payload::F32(mine))?
-            .iter()
-            .map(|p| match &**p {
-                Payload::F32(v) => Ok(v.clone()),
-                _ => Err(anyhow!("rank {}: {op}: a rank sent another kind of data", self.rank)),
-            })
-            .collect()
     }
 }
 
@@ -202,93 +180,20 @@ impl HostComm for ThreadComm {
     fn ranks_sharing_memory(&self) -> usize {
         self.hub.world
     }
-    fn all_reduce_f64(&self, x: &mut [f64]) -> Result<()> {
-        let all = self.exchange("all_reduce", Payload::F64(x.to_vec()))?;
-        x.fill(0.0);
-        for p in &all {
-            let Payload::F64(v) = &**p else { bail!("rank {}: all_reduce: a rank sent another kind of data", self.rank) };
-            if v.len() != x.len() {
-                bail!("rank {}: all_reduce of {} values, another rank sent {}", self.rank, x.len(), v.len());
-            }
-            x.iter_mut().zip(v).for_each(|(a, b)| *a += b);
-        }
-        Ok(())
-    }
-    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.exchange("all_gather", Payload::Bytes(mine.to_vec()))?
-            .iter()
-            .map(|p| match &**p {
-                Payload::Bytes(b) => Ok(b.clone()),
-                _ => Err(anyhow!("rank {}: all_gather: a rank sent another kind of data", self.rank)),
-            })
-            .collect()
-    }
-    fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", Payload::Bytes(vec![])).map(|_| ())
+    fn exchange(&self, op: &'static str, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let seq = self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.hub.exchange(self.rank, seq, op, mine.to_vec())?.iter().map(|b| b.to_vec()).collect())
     }
 }
 
-fn download<B: Backend>(be: &B, v: View<B>) -> Result<Vec<f32>> {
-    let mut h = vec![0f32; v.len()];
-    be.download_f32(v, &mut h)?;
-    Ok(h)
-}
-
-impl<B: Backend> Comm<B> for ThreadComm {
-    fn reduce_scatter(&self, be: &B, buf: View<B>, chunk: usize) -> Result<()> {
-        let n = buf.len();
-        let all = self.exchange_f32("reduce_scatter", download(be, buf)?)?;
-        let (a, b) = ((self.rank * chunk).min(n), ((self.rank + 1) * chunk).min(n));
-        let mut sum = vec![0f32; b - a];
-        for v in &all {
-            if v.len() != n {
-                bail!("rank {}: reduce_scatter of {n} values, another rank sent {}", self.rank, v.len());
-            }
-            sum.iter_mut().zip(&v[a..b]).for_each(|(s, x)| *s += x);
-        }
-        be.upload_f32(buf.slice(a, b - a), &sum)
-    }
-    fn all_gather(&self, be: &B, buf: View<B>, chunk: usize) -> Result<()> {
-        let n = buf.len();
-        let (a, b) = ((self.rank * chunk).min(n), ((self.rank + 1) * chunk).min(n));
-        let all = self.exchange_f32("all_gather", download(be, buf.slice(a, b - a))?)?;
-        let mut full = Vec::with_capacity(n);
-        for v in &all {
-            full.extend_from_slice(v);
-        }
-        if full.len() != n {
-            bail!("rank {}: all_gather of {n} values, the ranks sent {}", self.rank, full.len());
-        }
-        be.upload_f32(buf, &full)
-    }
-    fn all_reduce(&self, be: &B, buf: View<B>) -> Result<()> {
-        let n = buf.len();
-        let all = self.exchange_f32("all_reduce", download(be, buf)?)?;
-        let mut sum = vec![0f32; n];
-        for v in &all {
-            if v.len() != n {
-                bail!("rank {}: all_reduce of {n} values, another rank sent {}", self.rank, v.len());
-            }
-            sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
-        }
-        be.upload_f32(buf, &sum)
-    }
-    fn broadcast(&self, be: &B, buf: View<B>, root: usize) -> Result<()> {
-        let mine = if self.rank == root { download(be, buf)? } else { vec![] };
-        let all = self.exchange_f32("broadcast", mine)?;
-        if all[root].len() != buf.len() {
-            bail!("rank {}: broadcast of {} values, the root sent {}", self.rank, buf.len(), all[root].len());
-        }
-        be.upload_f32(buf, &all[root])
-    }
-}
+super::staged::staged_comm!(ThreadComm);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::DType;
-    use crate::dist::ShardLayout;
+    use crate::backend::{Backend, DType, View};
+    use crate::dist::{Comm, ShardLayout};
 
     #[test]
     fn collectives_match_their_definitions() {

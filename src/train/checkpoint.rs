@@ -181,6 +181,16 @@ fn complete_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
 /// missing — deleted, or lost with a crash before it was written — the newest complete one),
 /// validated; if it is corrupt, the newest older one that validates, with a warning naming
 /// what was wrong. `None` when the run has no checkpoint.
+/// What a resume of `run_dir` would start from, as ranks compare it at the rendezvous: the
+/// checkpoint `latest` names and a fingerprint of its checksums (ranks on nodes with their
+/// own disks must see the same files).
+pub fn identity(run_dir: &Path) -> String {
+    let Ok(name) = std::fs::read_to_string(run_dir.join("latest")) else { return "no checkpoint".into() };
+    let name = name.trim();
+    let sums = std::fs::read(run_dir.join("checkpoints").join(name).join("checksums.json")).unwrap_or_default();
+    format!("{name} (checksums {:016x})", crate::util::fnv1a(crate::util::FNV_OFFSET, &sums))
+}
+
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let p = run_dir.join("latest");
     let mut all = complete_checkpoints(run_dir);
