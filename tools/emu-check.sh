@@ -84,4 +84,55 @@ if TZ_EMU_MEM_BYTES=50000000 "$bin" train --set device=cuda --set out_dir="$run_
   exit 1
 fi
 grep -q "^error: the run needs .* free: set train\." "$run_dir/small.log" || { cat "$run_dir/small.log" >&2; echo "emu-check: FAILED: no refusal line" >&2; exit 1; }
+
+# Data parallel on the emulated GPU: `tz-engine launch` starts two processes, each with its
+# own emulated device; rank 0 hands out the stand-in libnccl's unique id over the rendezvous
+# (tools/cuda-emu/nccl.cpp), and the sharded optimizer's reduce-scatter and all-gather run
+# through it. Against one process with the same global batch: the same sampled responses,
+# and final weights equal up to the order of sums (f32 gradients) or within bf16 rounding of
+# the reduced gradients (bf16 layer gradients: at most a few Adam steps of lr = 1e-4).
+echo "emu-check: two processes over the stand-in NCCL against one"
+dp=(--set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 --set sft.batch=8
+  --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 --set train.steps=2
+  --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=2 --set train.rollout_batch=8
+  --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1 --set train.recompute=layers
+  --set train.max_response_tokens=16 --set train.lr=1e-4)
+port=$((29600 + RANDOM % 1000))
+for g in f32 bf16; do
+  "$bin" train "${dp[@]}" --set train.grad_dtype=$g --set name=one-$g 2> "$run_dir/one-$g.log"
+  rm -rf "$run_dir/s3/vstar-cache"  # the two ranks estimate V* between them
+  "$bin" launch --nproc-per-node 2 --master-port $port -- train "${dp[@]}" --set train.grad_dtype=$g --set name=two-$g \
+    2> "$run_dir/two-$g.log" || { cat "$run_dir/two-$g.log" >&2; echo "emu-check: FAILED: the two-process run" >&2; exit 1; }
+  grep -q "NCCL .*(libnccl.so.2), 2 ranks" "$run_dir/two-$g.log"
+  cmp -s "$run_dir/s3/one-$g/samples.jsonl" "$run_dir/s3/two-$g/samples.jsonl" ||
+    { echo "emu-check: FAILED: two processes sampled other responses than one ($g gradients)" >&2; exit 1; }
+  bound=$([ $g = f32 ] && echo 1e-6 || echo 1e-3)
+  python3 - "$run_dir/s3/one-$g/final/model.safetensors" "$run_dir/s3/two-$g/final/model.safetensors" "$bound" <<'PY'
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in head.items():
+        if k != "__metadata__":
+            s, e = v["data_offsets"]
+            out[k] = struct.unpack("<%df" % ((e - s) // 4), b[8 + n + s:8 + n + e])
+    return out
+a, b, bound = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
+worst = max(abs(x - y) for k in a for x, y in zip(a[k], b[k]))
+print(f"emu-check: final weights of two processes vs one differ by at most {worst:.3g} (bound {bound:g})")
+sys.exit(0 if worst <= bound and a.keys() == b.keys() else 1)
+PY
+  port=$((port + 1))
+done
+# A missing libnccl: every rank stops at once with one line naming it.
+if TZ_NCCL_LIB=/nonexistent/libnccl.so.2 "$bin" launch --nproc-per-node 2 --master-port $port -- train "${dp[@]}" \
+    --set name=nonccl 2> "$run_dir/nonccl.log"; then
+  echo "emu-check: FAILED: a run without NCCL started" >&2
+  exit 1
+fi
+grep -q "^error: rank 0: TZ_NCCL_LIB=/nonexistent/libnccl.so.2: cannot load it" "$run_dir/nonccl.log" &&
+  grep -q "^error: rank 1: TZ_NCCL_LIB=" "$run_dir/nonccl.log" && ! grep -q panicked "$run_dir/nonccl.log" ||
+  { cat "$run_dir/nonccl.log" >&2; echo "emu-check: FAILED: no one-line NCCL error" >&2; exit 1; }
 echo "emu-check: ok"

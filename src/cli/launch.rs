@@ -59,6 +59,16 @@ pub fn run(a: LaunchArgs) -> Result<i32> {
         PRESSES.fetch_add(1, Ordering::SeqCst);
     })
     .context("cannot install the Ctrl-C handler")?;
+    // The GPUs the launcher was given (all, if CUDA_VISIBLE_DEVICES is unset): rank i gets
+    // the i-th, and sees only it.
+    let gpus: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    if !gpus.is_empty() && gpus.len() < local {
+        bail!("--nproc-per-node {local} but CUDA_VISIBLE_DEVICES names {} GPU(s)", gpus.len());
+    }
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(local);
     for i in 0..local {
         let rank = a.node_rank as usize * local + i;
@@ -72,6 +82,8 @@ pub fn run(a: LaunchArgs) -> Result<i32> {
             .env("MASTER_ADDR", &a.master_addr)
             .env("MASTER_PORT", a.master_port.to_string())
             .env("TZ_RDZV_PORT", a.master_port.to_string())
+            // One GPU per rank: the i-th of the GPUs this launcher may use.
+            .env("CUDA_VISIBLE_DEVICES", gpus.get(i).cloned().unwrap_or_else(|| i.to_string()))
             // Their own process group: a terminal's Ctrl-C reaches only the launcher, which
             // forwards it once (a second SIGINT would make a rank exit without a checkpoint).
             .process_group(0);

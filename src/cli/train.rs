@@ -79,21 +79,29 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     if threads > 1 && cfg.device != crate::backend::Device::Cpu {
         bail!("--world-size {threads} runs ranks as CPU threads; on GPUs start one process per GPU (`tz-engine launch --nproc-per-node {threads} -- train ...`)");
     }
-    let ranks = if threads > 1 { Ranks::Threads(threads) } else { Ranks::One };
-    crate::with_backend!(cfg.device, be => train(&be, cfg, args.resume.is_some(), args.restart, ranks))
+    crate::with_backend!(cfg.device, be => {
+        let ranks = if threads > 1 { Ranks::Threads(threads) } else { Ranks::One };
+        train(&be, cfg, args.resume.is_some(), args.restart, ranks)
+    })
 }
 
 /// How this process's ranks run.
-#[derive(Clone, Copy)]
-enum Ranks<'a> {
+enum Ranks<'a, B: Backend> {
     One,
     /// N ranks as threads of this process.
     Threads(usize),
     /// This process is one rank of a multi-process run.
-    Process(&'a TcpComm),
+    Process(&'a dyn Comm<B>),
 }
 
-impl Ranks<'_> {
+impl<B: Backend> Clone for Ranks<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Ranks<'_, B> {}
+
+impl<B: Backend> Ranks<'_, B> {
     fn count(&self) -> usize {
         match self {
             Ranks::One => 1,
@@ -137,7 +145,7 @@ fn process_rank(cfg: TrainConfig, env: &crate::dist::env::RankEnv, resume: bool,
     let timeout = std::time::Duration::from_secs(cfg.dist.timeout_s);
     match cfg.device {
         crate::backend::Device::Cpu => {
-            let (comm, _) = TcpComm::rendezvous(&env.master_addr, env.rdzv_port, &hello, timeout, None)?;
+            let comm = TcpComm::rendezvous(&env.master_addr, env.rdzv_port, &hello, timeout)?;
             // CPU ranks on one node share its memory.
             let comm = comm.sharing_memory(env.local_world);
             let be = crate::backend::cpu::CpuBackend::new();
@@ -150,20 +158,75 @@ fn process_rank(cfg: TrainConfig, env: &crate::dist::env::RankEnv, resume: bool,
             }
             result.map_err(|e| if env.rank == 0 { e } else { e.context(format!("rank {}", env.rank)) })
         }
-        crate::backend::Device::Cuda => bail!(
-            "rank {} of {} ({}): multi-GPU training needs NCCL device collectives, which are not built yet; CPU ranks (device = \"cpu\") run",
-            env.rank,
-            env.world,
-            env.launcher
-        ),
+        crate::backend::Device::Cuda => cuda_rank(cfg, env, resume, restart, &hello, timeout),
     }
+}
+
+/// A GPU rank: the rendezvous, then every rank loads NCCL and opens its GPU and they compare
+/// notes (one rank's missing library or GPU stops all of them at once, naming it), then
+/// rank 0's NCCL unique id goes to every rank and they join the NCCL communicator.
+#[cfg(feature = "cuda")]
+fn cuda_rank(
+    cfg: TrainConfig,
+    env: &crate::dist::env::RankEnv,
+    resume: bool,
+    restart: bool,
+    hello: &Hello,
+    timeout: std::time::Duration,
+) -> Result<i32> {
+    use crate::backend::cuda::CudaBackend;
+    use crate::dist::nccl::{Nccl, NcclComm};
+    let rank = env.rank;
+    let host = TcpComm::rendezvous(&env.master_addr, env.rdzv_port, hello, timeout)?;
+    let ready = (|| -> Result<(Nccl, CudaBackend)> {
+        let nccl = Nccl::load()?;
+        let ordinal = crate::dist::env::gpu_ordinal(env, CudaBackend::device_count()?)?;
+        Ok((nccl, CudaBackend::new(ordinal)?))
+    })();
+    let notes = crate::dist::all_gather_json(&host, ready.as_ref().err().map(|e| format!("{e:#}")))?;
+    // This rank's own problem first, else the first rank's that has one.
+    let own = notes[rank].as_ref().map(|w| (rank, w));
+    if let Some((r, why)) = own.or_else(|| notes.iter().enumerate().find_map(|(r, n)| n.as_ref().map(|w| (r, w)))) {
+        bail!("rank {rank}: {}", if r == rank { why.clone() } else { format!("stopping: rank {r} cannot start: {why}") });
+    }
+    let (nccl, be) = ready.expect("every rank is ready");
+    let failing = |e: anyhow::Error, host: &dyn Fn(&str)| {
+        host(&format!("{e:#}"));
+        if rank == 0 {
+            e
+        } else {
+            e.context(format!("rank {rank}"))
+        }
+    };
+    let id = match rank {
+        0 => match nccl.unique_id() {
+            Ok(id) => id,
+            Err(e) => return Err(failing(e, &|m| host.abort(m))),
+        },
+        _ => vec![],
+    };
+    let id = host.all_gather_bytes(&id)?.swap_remove(0);
+    if rank == 0 {
+        eprintln!("NCCL {} ({}), {} ranks", crate::dist::nccl::version_string(nccl.version), nccl.path, env.world);
+    }
+    let comm = NcclComm::init(nccl, &be, host, &id, timeout)?;
+    match train(&be, cfg, resume, restart, Ranks::Process(&comm)) {
+        Err(e) if crate::util::interrupt::is_interrupt(&e) => Err(e),
+        Err(e) => Err(failing(e, &|m| comm.host().abort(m))),
+        Ok(c) => Ok(c),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_rank(_: TrainConfig, env: &crate::dist::env::RankEnv, _: bool, _: bool, _: &Hello, _: std::time::Duration) -> Result<i32> {
+    bail!("rank {}: this tz-engine was built without the CUDA backend (cargo feature `cuda`)", env.rank)
 }
 
 /// What a run directory holds that `--restart` removes (the lock and the run's config stay).
 const RUN_OUTPUTS: [&str; 8] =
     ["checkpoints", "latest", "metrics.jsonl", "samples.jsonl", "summary.json", "final", "curves.png", "curves.svg"];
 
-fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, ranks: Ranks) -> Result<i32> {
+fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, ranks: Ranks<B>) -> Result<i32> {
     // Ctrl-C stops SFT, V*, evaluations and training steps at their next batch boundary.
     crate::util::interrupt::install();
     let run_dir = cfg.run_dir();
@@ -195,7 +258,7 @@ fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, rank
     result
 }
 
-fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path, ranks: Ranks) -> Result<i32> {
+fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, resume: bool, run_dir: &std::path::Path, ranks: Ranks<B>) -> Result<i32> {
     let cfg = cfg.clone();
     let base_dir = if cfg.model.path.as_os_str().is_empty() {
         if ranks.writes() {

@@ -97,6 +97,24 @@ impl RankEnv {
     }
 }
 
+/// The GPU a rank uses, of the `count` this process sees: the only one, when
+/// `CUDA_VISIBLE_DEVICES` leaves one per process (as `tz-engine launch` and Slurm's
+/// `--gpus-per-task` do), else the one numbered by its local rank (torchrun's contract).
+pub fn gpu_ordinal(env: &RankEnv, count: usize) -> Result<usize> {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let one_visible = visible.as_deref().is_some_and(|v| !v.trim().is_empty() && !v.contains(','));
+    match (one_visible, env.local_rank < count) {
+        (true, _) if count >= 1 => Ok(0),
+        (_, true) => Ok(env.local_rank),
+        _ => bail!(
+            "local rank {} needs GPU {} but this process sees {count} GPU(s){}",
+            env.local_rank,
+            env.local_rank,
+            visible.map(|v| format!(" (CUDA_VISIBLE_DEVICES={v})")).unwrap_or_default()
+        ),
+    }
+}
+
 /// This machine's name (for messages).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

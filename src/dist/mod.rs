@@ -15,6 +15,7 @@
 //! rank runs the same binary, config and checkpoint, then carries the host collectives). The
 //! last two move device buffers through the host (`staged`); NCCL does it on the GPU.
 pub mod env;
+pub mod nccl;
 pub mod staged;
 pub mod tcp;
 pub mod threads;

@@ -5,8 +5,8 @@
 //! connects (retrying until the deadline: rank 0 may start last) and sends a hello — its
 //! rank, the world size, a fingerprint of its binary, its config and the checkpoint it
 //! resumes. Rank 0 compares each with its own and either refuses every rank with one message
-//! naming the rank and the difference, or welcomes them (handing out the NCCL unique id when
-//! the run uses NCCL). The connections then carry the collectives.
+//! naming the rank and the difference, or welcomes them. The connections then carry the
+//! collectives (among them, on GPUs, NCCL's unique id from rank 0).
 //!
 //! **Collectives.** Each is one round: every rank sends its bytes to rank 0, which, having
 //! all of them in rank order, sends every rank the whole set. A frame carries the collective's
@@ -50,13 +50,6 @@ pub struct Hello {
     pub config: String,
     /// The checkpoint it resumes ("none" for a fresh run).
     pub checkpoint: String,
-}
-
-/// What rank 0 hands every rank.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Welcome {
-    /// NCCL's unique id (128 bytes), when the run's device collectives use NCCL.
-    pub nccl_id: Option<Vec<u8>>,
 }
 
 struct Frame {
@@ -161,18 +154,12 @@ impl TcpComm {
     }
 
     /// Joins the rendezvous of rank 0 at `addr:port` as `hello.rank` of `hello.world`, waiting
-    /// up to `timeout` for every rank; rank 0 makes the NCCL id with `nccl_id` if given.
-    pub fn rendezvous(
-        addr: &str,
-        port: u16,
-        hello: &Hello,
-        timeout: Duration,
-        nccl_id: Option<&dyn Fn() -> Result<Vec<u8>>>,
-    ) -> Result<(TcpComm, Welcome)> {
+    /// up to `timeout` for every rank.
+    pub fn rendezvous(addr: &str, port: u16, hello: &Hello, timeout: Duration) -> Result<TcpComm> {
         let (rank, world) = (hello.rank, hello.world);
         let deadline = Instant::now() + timeout;
         let mut links: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
-        let welcome = if rank == 0 {
+        if rank == 0 {
             let listener = TcpListener::bind(("0.0.0.0", port))
                 .with_context(|| format!("rank 0: cannot listen on port {port} for the rendezvous (set TZ_RDZV_PORT to a free port)"))?;
             listener.set_nonblocking(true)?;
@@ -223,12 +210,9 @@ impl TcpComm {
                     bail!("rank 0: refused the rendezvous: {why}");
                 }
             }
-            let welcome = Welcome { nccl_id: nccl_id.map(|f| f()).transpose()? };
-            let body = serde_json::to_vec(&welcome)?;
             for s in links.iter_mut().flatten() {
-                write_frame(s, WELCOME, 0, "rendezvous", &body).context("rank 0: sending the welcome")?;
+                write_frame(s, WELCOME, 0, "rendezvous", &[]).context("rank 0: sending the welcome")?;
             }
-            welcome
         } else {
             let mut s = loop {
                 match TcpStream::connect((addr, port)) {
@@ -254,9 +238,8 @@ impl TcpComm {
                 k => bail!("rank {rank}: rendezvous: unexpected message kind {k}"),
             }
             links[0] = Some(s);
-            serde_json::from_slice(&f.body).map_err(|e| anyhow!("rank {rank}: a malformed welcome: {e}"))?
-        };
-        Ok((TcpComm { rank, world, timeout, links: Mutex::new(links), calls: AtomicU64::new(0), sharing: 1 }, welcome))
+        }
+        Ok(TcpComm { rank, world, timeout, links: Mutex::new(links), calls: AtomicU64::new(0), sharing: 1 })
     }
 
     /// Tells the other ranks this one failed, and why (best effort: it is failing anyway).
@@ -426,9 +409,7 @@ mod tests {
     #[test]
     fn collectives_over_the_star() {
         let out = ranks(3, |r, port| {
-            let (c, w) =
-                TcpComm::rendezvous("127.0.0.1", port, &hello(r, 3, "a = 1"), Duration::from_secs(20), Some(&|| Ok(vec![7; 4]))).unwrap();
-            assert_eq!(w.nccl_id, Some(vec![7; 4]));
+            let c = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 3, "a = 1"), Duration::from_secs(20)).unwrap();
             let mut x = [r as f64, 0.5];
             c.all_reduce_f64(&mut x).unwrap();
             let g = c.all_gather_bytes(&vec![r as u8; r]).unwrap();
@@ -445,7 +426,7 @@ mod tests {
     fn a_different_config_is_refused_naming_rank_and_key() {
         let out = ranks(2, |r, port| {
             let cfg = if r == 1 { "[train]\nlr = 1e-5" } else { "[train]\nlr = 1e-6" };
-            TcpComm::rendezvous("127.0.0.1", port, &hello(r, 2, cfg), Duration::from_secs(20), None).map(|_| ()).unwrap_err().to_string()
+            TcpComm::rendezvous("127.0.0.1", port, &hello(r, 2, cfg), Duration::from_secs(20)).map(|_| ()).unwrap_err().to_string()
         });
         assert!(out[0].contains("rank 1") && out[0].contains("train.lr = 0.00001 there, 0.000001 on rank 0"), "{}", out[0]);
         assert!(out[1].starts_with("rank 1: refused at the rendezvous: rank 1"), "{}", out[1]);
@@ -455,7 +436,7 @@ mod tests {
     fn a_rank_that_exits_is_named_and_the_others_stop() {
         let started = Instant::now();
         let out = ranks(3, |r, port| {
-            let (c, _) = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 3, ""), Duration::from_secs(30), None).unwrap();
+            let c = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 3, ""), Duration::from_secs(30)).unwrap();
             c.barrier().unwrap();
             if r == 2 {
                 // Gone without a word: its sockets close.
@@ -472,7 +453,7 @@ mod tests {
     #[test]
     fn a_hung_rank_is_named_at_the_deadline_and_an_error_is_forwarded() {
         let out = ranks(2, |r, port| {
-            let (c, _) = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 2, ""), Duration::from_secs(1), None).unwrap();
+            let c = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 2, ""), Duration::from_secs(1)).unwrap();
             if r == 1 {
                 std::thread::sleep(Duration::from_millis(2500));
                 return String::new();
@@ -481,7 +462,7 @@ mod tests {
         });
         assert_eq!(out[0], "rank 0: all_gather #0 timed out after 1 s waiting for rank 1");
         let out = ranks(2, |r, port| {
-            let (c, _) = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 2, ""), Duration::from_secs(20), None).unwrap();
+            let c = TcpComm::rendezvous("127.0.0.1", port, &hello(r, 2, ""), Duration::from_secs(20)).unwrap();
             if r == 1 {
                 c.abort("the data file is truncated");
                 return String::new();

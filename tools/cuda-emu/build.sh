@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the emulated GPU (docs/cuda.md, "Emulated GPU") into DIR (default
 # target/cuda-emu): libcuda.so(.1) = the driver API + every kernel in kernels/*.cu compiled
-# as host C++, libcublasLt.so(.13) = a reference cuBLASLt matmul. Prints DIR.
+# as host C++, libcublasLt.so(.13) = a reference cuBLASLt matmul, libnccl.so(.2) = NCCL's
+# collectives between processes (tools/cuda-emu/nccl.cpp). Prints DIR.
 # Put DIR on LD_LIBRARY_PATH and the CUDA backend runs on the CPU (slowly).
 # TZ_EMU_ASAN=1 builds both with AddressSanitizer (the memcheck of the emulator; the test
 # process then needs LD_PRELOAD of libasan).
@@ -36,6 +37,10 @@ ln -sf libcuda.so "$out/libcuda.so.1"
 "$cxx" "${flags[@]}" "${inc[@]}" -shared "$root/tools/cuda-emu/cublaslt.cpp" -o "$out/libcublasLt.so.tmp"
 mv -f "$out/libcublasLt.so.tmp" "$out/libcublasLt.so"
 ln -sf libcublasLt.so "$out/libcublasLt.so.13"
+# libnccl.so(.2) = NCCL's collectives between processes through shared memory.
+"$cxx" "${flags[@]}" -shared "$root/tools/cuda-emu/nccl.cpp" -o "$out/libnccl.so.tmp" -lpthread -lrt
+mv -f "$out/libnccl.so.tmp" "$out/libnccl.so"
+ln -sf libnccl.so "$out/libnccl.so.2"
 # The emulator's own checks (tools/emu-check.sh runs it).
 "$cxx" "${flags[@]}" "${inc[@]}" -include emu.h "$root/tools/cuda-emu/selftest.cpp" "$root/tools/cuda-emu/runtime.cpp" -o "$out/selftest"
 echo "$out"

@@ -104,6 +104,18 @@ impl CudaBackend {
         }
     }
 
+    /// GPUs this process sees (an error, never a panic, without a driver).
+    pub fn device_count() -> Result<usize> {
+        if !driver_present() {
+            return Err(anyhow!(NO_DRIVER));
+        }
+        std::panic::catch_unwind(|| -> Result<usize> {
+            cudarc::driver::result::init().map_err(drv("cuInit"))?;
+            Ok(CudaContext::device_count().map_err(drv("counting devices"))?.max(0) as usize)
+        })
+        .unwrap_or_else(|_| Err(anyhow!("cuda: initialization failed")))
+    }
+
     fn init(ordinal: usize) -> Result<Self> {
         cudarc::driver::result::init().map_err(drv("cuInit"))?;
         let count = CudaContext::device_count().map_err(drv("counting devices"))?;
@@ -153,6 +165,29 @@ impl CudaBackend {
 
     fn bind(&self) -> Result<()> {
         self.ctx.bind_to_thread().map_err(drv("binding the context"))
+    }
+
+    /// For a communicator that enqueues on this backend's stream (NCCL): the stream handle
+    /// (a `CUstream`), with the context bound to the calling thread.
+    pub fn stream_handle(&self) -> Result<*mut c_void> {
+        self.bind()?;
+        Ok(self.stream.cu_stream() as *mut c_void)
+    }
+
+    /// Whether everything enqueued on the stream has finished (`cuStreamQuery`); an error if
+    /// something on it failed.
+    pub fn stream_done(&self) -> Result<bool> {
+        // SAFETY: a query of our own live stream.
+        match unsafe { dsys::cuStreamQuery(self.stream.cu_stream()) } {
+            dsys::CUresult::CUDA_SUCCESS => Ok(true),
+            dsys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            e => bail!("cuda: the stream failed: {e:?}"),
+        }
+    }
+
+    /// The device address of a view's first element.
+    pub fn device_ptr(&self, v: View<'_, CudaBackend>) -> u64 {
+        vptr(&v)
     }
 
     pub(crate) fn func(&self, file: &'static str, name: &'static str) -> Result<CudaFunction> {
