@@ -208,7 +208,7 @@ impl RunPlan {
         // Gradients live only from a mini-batch's first backward to its update: in the
         // training phase of the shared region, where the rollout's KV cache is at other times.
         let grads = crate::model::grads::plan_slots(&mut tp, &layout, cfg.train.grad_dtype, world);
-        lines.push(line("activations and gradients (shared by rollout and training)", ArenaPlan::shared_bytes(&[&rp, &tp])));
+        lines.push(line("activations, gradients (shared by phases)", ArenaPlan::shared_bytes(&[&rp, &tp])));
         let phases = vec![
             PhaseUse { phase: "rollout", categories: rp.categories.clone(), bytes: rp.bytes() },
             PhaseUse { phase: "training", categories: tp.categories.clone(), bytes: tp.bytes() },
