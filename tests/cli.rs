@@ -693,6 +693,11 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     run("g1", 1, &grpo, false);
     run("g3", 3, &grpo, false);
     same_run("g1", "g3");
+    // REINFORCE (several samples per prompt, KL to the reference).
+    let rf = ["algo.name=reinforce", "train.steps=2"];
+    run("r1", 1, &rf, false);
+    run("r2", 2, &rf, false);
+    same_run("r1", "r2");
 }
 
 /// A port nothing listens on now (bound, read back, released).

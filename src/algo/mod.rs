@@ -9,6 +9,7 @@
 //! transfers per micro-batch.
 pub mod astarpo;
 pub mod grpo;
+pub mod reinforce;
 pub mod vstar;
 
 use crate::backend::{Backend, Seqs, View};
@@ -24,6 +25,7 @@ pub enum AlgoConfig {
     #[serde(alias = "a*po", alias = "apo")]
     Astarpo(astarpo::AstarpoConfig),
     Grpo(grpo::GrpoConfig),
+    Reinforce(reinforce::ReinforceConfig),
 }
 
 impl Default for AlgoConfig {
@@ -37,6 +39,7 @@ impl AlgoConfig {
         match self {
             AlgoConfig::Astarpo(_) => "astarpo",
             AlgoConfig::Grpo(_) => "grpo",
+            AlgoConfig::Reinforce(_) => "reinforce",
         }
     }
 
@@ -44,6 +47,7 @@ impl AlgoConfig {
         match self {
             AlgoConfig::Astarpo(c) => c.validate(),
             AlgoConfig::Grpo(c) => c.validate(),
+            AlgoConfig::Reinforce(c) => c.validate(),
         }
     }
 
@@ -53,6 +57,7 @@ impl AlgoConfig {
         match self {
             AlgoConfig::Astarpo(_) => 1,
             AlgoConfig::Grpo(c) => c.group_size,
+            AlgoConfig::Reinforce(c) => c.samples_per_prompt,
         }
     }
 
@@ -65,6 +70,7 @@ impl AlgoConfig {
         match self {
             AlgoConfig::Astarpo(_) => astarpo::buffer_lens(micro_batch).to_vec(),
             AlgoConfig::Grpo(_) => grpo::buffer_lens(max_targets).to_vec(),
+            AlgoConfig::Reinforce(_) => reinforce::buffer_lens(max_targets).to_vec(),
         }
     }
 
@@ -74,6 +80,7 @@ impl AlgoConfig {
         Ok(match self {
             AlgoConfig::Astarpo(c) => Box::new(astarpo::Astarpo::new(be, c.clone(), micro_batch)?),
             AlgoConfig::Grpo(c) => Box::new(grpo::Grpo::new(be, c.clone(), max_targets)?),
+            AlgoConfig::Reinforce(c) => Box::new(reinforce::Reinforce::new(be, c.clone(), max_targets)?),
         })
     }
 }

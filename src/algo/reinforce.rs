@@ -1,0 +1,204 @@
+//! REINFORCE with a KL penalty, as the "TinyZero with A*PO" Modal project trains: several
+//! samples per prompt, advantage A = r − mean of the prompt's rewards (optionally divided by
+//! their standard deviation), loss −E[A · log π(y|x)] + β · KL(π‖π_ref) against the fixed
+//! reference, β = 0.1.
+//!
+//! On the device this is GRPO's kernel with the behaviour policy equal to the current one: at
+//! ratio exp(logp − logp) = 1 the clipped surrogate's gradient is −A·∂log π, the REINFORCE
+//! gradient, and its KL term is the same k3 estimate of KL(π‖π_ref). What differs is the
+//! weighting: REINFORCE sums a sequence's token terms (log π(y|x) is the sum of its token
+//! log-probs) and averages over sequences (`loss_agg = "seq-sum"`, the default), or averages
+//! over the mini-batch's tokens (`"token-mean"`).
+use super::grpo::group_advantages;
+use super::{LossInputs, Objective};
+use crate::backend::{Backend, DType, View};
+use crate::rollout::Rollout;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// How token terms are combined into the loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossAgg {
+    /// Σ over a sequence's tokens, mean over sequences: −E[A · log π(y|x)].
+    #[default]
+    #[serde(rename = "seq-sum")]
+    SeqSum,
+    /// Mean over the mini-batch's tokens.
+    #[serde(rename = "token-mean")]
+    TokenMean,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReinforceConfig {
+    /// Samples per prompt (the baseline is their mean reward).
+    pub samples_per_prompt: usize,
+    /// β of the KL(π‖π_ref) penalty.
+    pub kl_coef: f32,
+    /// Divide advantages by the group's standard deviation (GRPO-style) as well.
+    pub normalize_advantages: bool,
+    pub loss_agg: LossAgg,
+    pub entropy_coeff: f32,
+}
+
+impl Default for ReinforceConfig {
+    fn default() -> Self {
+        ReinforceConfig { samples_per_prompt: 4, kl_coef: 0.1, normalize_advantages: false, loss_agg: LossAgg::SeqSum, entropy_coeff: 0.0 }
+    }
+}
+
+impl ReinforceConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.samples_per_prompt == 0 {
+            bail!("algo.samples_per_prompt must be positive");
+        }
+        if !(self.kl_coef >= 0.0 && self.kl_coef.is_finite()) {
+            bail!("algo.kl_coef must be a finite number >= 0");
+        }
+        Ok(())
+    }
+}
+
+/// r − mean of each consecutive group of `g` rewards (a group of one: 0).
+pub fn mean_baseline(rewards: &[f32], g: usize) -> Vec<f32> {
+    assert!(g > 0 && rewards.len().is_multiple_of(g), "rewards must come in whole groups");
+    let mut out = Vec::with_capacity(rewards.len());
+    for grp in rewards.chunks(g) {
+        let mean = grp.iter().map(|&r| r as f64).sum::<f64>() / grp.len() as f64;
+        out.extend(grp.iter().map(|&r| if grp.len() > 1 { (r as f64 - mean) as f32 } else { 0.0 }));
+    }
+    out
+}
+
+pub struct Reinforce<B: Backend> {
+    cfg: ReinforceConfig,
+    /// Per response token of one micro-batch: the sequence's advantage, the token's weight,
+    /// the loss.
+    adv: B::Buf,
+    weight: B::Buf,
+    loss: B::Buf,
+}
+
+/// F32 lengths of the per-token loss buffers (advantage, weight, loss).
+pub fn buffer_lens(max_targets: usize) -> [usize; 3] {
+    [max_targets.max(1); 3]
+}
+
+impl<B: Backend> Reinforce<B> {
+    pub fn new(be: &B, cfg: ReinforceConfig, max_targets: usize) -> Result<Self> {
+        let [a, w, l] = buffer_lens(max_targets);
+        Ok(Reinforce { cfg, adv: be.alloc(DType::F32, a)?, weight: be.alloc(DType::F32, w)?, loss: be.alloc(DType::F32, l)? })
+    }
+}
+
+impl<B: Backend> Objective<B> for Reinforce<B> {
+    fn name(&self) -> &'static str {
+        "reinforce"
+    }
+
+    fn samples_per_prompt(&self) -> usize {
+        self.cfg.samples_per_prompt
+    }
+
+    fn entropy_coeff(&self) -> f32 {
+        self.cfg.entropy_coeff
+    }
+
+    fn targets(&self, rollouts: &[Rollout]) -> Vec<f32> {
+        let rewards: Vec<f32> = rollouts.iter().map(|o| o.score.score).collect();
+        match self.cfg.normalize_advantages {
+            true => group_advantages(&rewards, self.cfg.samples_per_prompt),
+            false => mean_baseline(&rewards, self.cfg.samples_per_prompt),
+        }
+    }
+
+    fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
+        let nt = x.seqs.tokens();
+        let lens = x.seqs.cu_host.windows(2).map(|w| (w[1] - w[0]) as usize);
+        let adv: Vec<f32> = x.targets.iter().zip(lens.clone()).flat_map(|(&a, n)| std::iter::repeat_n(a, n)).collect();
+        let adv_view = View::all(&self.adv).slice(0, nt);
+        be.upload_f32(adv_view, &adv)?;
+        let weight = View::all(&self.weight).slice(0, nt);
+        match self.cfg.loss_agg {
+            LossAgg::SeqSum => be.fill(weight, 1.0 / x.mini_seqs as f32)?,
+            LossAgg::TokenMean => be.fill(weight, 1.0 / x.mini_tokens as f32)?,
+        }
+        // The behaviour policy is the current one: ratio 1, the clip never binds.
+        be.grpo_loss(
+            View::all(&self.loss).slice(0, nt),
+            x.dlogp,
+            x.logp,
+            x.logp,
+            x.ref_logp,
+            adv_view,
+            weight,
+            nt,
+            f32::INFINITY,
+            self.cfg.kl_coef,
+        )
+    }
+
+    /// Σ_t weight·(−A + β·kl): the surrogate's value at ratio 1 (its gradient is REINFORCE's;
+    /// its value is −A per token, not −A·log π).
+    fn read_loss(&self, be: &B, x: &LossInputs<B>) -> Result<f64> {
+        let mut l = vec![0f32; x.seqs.tokens()];
+        be.download_f32(View::all(&self.loss).slice(0, l.len()), &mut l)?;
+        Ok(l.iter().map(|&v| v as f64).sum::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Seqs;
+
+    #[test]
+    fn baselines_are_group_means() {
+        assert_eq!(mean_baseline(&[1.0, 0.0, 0.5, 0.5], 2), vec![0.5, -0.5, 0.0, 0.0]);
+        assert_eq!(mean_baseline(&[3.0], 1), vec![0.0]);
+    }
+
+    /// ∂loss/∂logp is the REINFORCE gradient plus β times the k3 KL's, per token, with each
+    /// aggregation's weights (finite differences are not needed: the closed form is known).
+    #[test]
+    fn the_gradient_is_reinforces() {
+        let be = CpuBackend::new();
+        let (logp_h, ref_h) = (vec![-1.0f32, -0.5, -2.0, -0.1, -0.3], vec![-1.2f32, -0.5, -1.0, -0.2, -0.9]);
+        let cu = vec![0u32, 2, 5];
+        let f = |h: &[f32]| {
+            let b = be.alloc(DType::F32, h.len()).unwrap();
+            be.upload_f32(View::all(&b), h).unwrap();
+            b
+        };
+        let (logp, refp, dlogp) = (f(&logp_h), f(&ref_h), f(&[f32::NAN; 5]));
+        let cu_dev = be.alloc(DType::U32, 3).unwrap();
+        be.upload_u32(View::all(&cu_dev), &cu).unwrap();
+        for (agg, w) in [(LossAgg::SeqSum, 1.0 / 2.0), (LossAgg::TokenMean, 1.0 / 5.0)] {
+            let cfg = ReinforceConfig { kl_coef: 0.1, loss_agg: agg, ..Default::default() };
+            let r = Reinforce::new(&be, cfg, 5).unwrap();
+            let seqs = Seqs { cu_dev: View::all(&cu_dev), cu_host: &cu };
+            let targets = [1.0f32, -0.5];
+            let x = LossInputs {
+                logp: View::all(&logp),
+                dlogp: View::all(&dlogp),
+                ref_logp: View::all(&refp),
+                old_logp: None,
+                seqs,
+                targets: &targets,
+                mini_seqs: 2,
+                mini_tokens: 5,
+            };
+            r.loss(&be, &x).unwrap();
+            let mut d = vec![0f32; 5];
+            be.download_f32(View::all(&dlogp), &mut d).unwrap();
+            for t in 0..5 {
+                let a = if t < 2 { 1.0 } else { -0.5 };
+                // k3 = e^(ref−logp) − (ref−logp) − 1: ∂/∂logp = 1 − e^(ref−logp).
+                let dkl = 1.0 - ((ref_h[t] - logp_h[t]) as f64).exp();
+                let want = w * (-a + 0.1 * dkl);
+                assert!((d[t] as f64 - want).abs() < 1e-6, "{agg:?} token {t}: {} vs {want}", d[t]);
+            }
+        }
+    }
+}
