@@ -1,8 +1,8 @@
 //! GRPO (Shao et al., DeepSeekMath): G samples per prompt, advantages normalized within each
 //! group, PPO-clipped ratio against the behaviour policy and a k3 KL estimate to the
 //! reference, averaged over the mini-batch's tokens.
-use super::{LossInputs, Objective};
-use crate::backend::{Backend, DType, View};
+use super::{LossInputs, Objective, TokenLoss};
+use crate::backend::Backend;
 use crate::rollout::Rollout;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -51,22 +51,12 @@ pub fn group_advantages(rewards: &[f32], g: usize) -> Vec<f32> {
 
 pub struct Grpo<B: Backend> {
     cfg: GrpoConfig,
-    /// Per response token of one micro-batch: the sequence's advantage, the token's weight in
-    /// the mini-batch mean, and the loss.
-    adv: B::Buf,
-    weight: B::Buf,
-    loss: B::Buf,
-}
-
-/// F32 lengths of the per-token loss buffers (advantage, weight, loss).
-pub fn buffer_lens(max_targets: usize) -> [usize; 3] {
-    [max_targets.max(1); 3]
+    bufs: TokenLoss<B>,
 }
 
 impl<B: Backend> Grpo<B> {
     pub fn new(be: &B, cfg: GrpoConfig, max_targets: usize) -> Result<Self> {
-        let [a, w, l] = buffer_lens(max_targets);
-        Ok(Grpo { cfg, adv: be.alloc(DType::F32, a)?, weight: be.alloc(DType::F32, w)?, loss: be.alloc(DType::F32, l)? })
+        Ok(Grpo { cfg, bufs: TokenLoss::new(be, max_targets)? })
     }
 }
 
@@ -94,32 +84,14 @@ impl<B: Backend> Objective<B> for Grpo<B> {
 
     fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
         let Some(old) = x.old_logp else { bail!("grpo: the behaviour policy's log-probs are missing") };
-        let nt = x.seqs.tokens();
-        let adv: Vec<f32> =
-            x.targets.iter().zip(x.seqs.cu_host.windows(2)).flat_map(|(&a, w)| std::iter::repeat_n(a, (w[1] - w[0]) as usize)).collect();
-        let adv_view = View::all(&self.adv).slice(0, nt);
-        be.upload_f32(adv_view, &adv)?;
-        let weight = View::all(&self.weight).slice(0, nt);
-        be.fill(weight, 1.0 / x.mini_tokens as f32)?;
-        be.grpo_loss(
-            View::all(&self.loss).slice(0, nt),
-            x.dlogp,
-            x.logp,
-            old,
-            x.ref_logp,
-            adv_view,
-            weight,
-            nt,
-            self.cfg.clip_eps,
-            self.cfg.kl_coef,
-        )
+        // A mean over the mini-batch's tokens.
+        let [loss, adv, weight] = self.bufs.stage(be, x, 1.0 / x.mini_tokens as f32)?;
+        be.grpo_loss(loss, x.dlogp, x.logp, old, x.ref_logp, adv, weight, x.seqs.tokens(), self.cfg.clip_eps, self.cfg.kl_coef)
     }
 
     /// Σ_t weight·(pg + kl_coef·kl): already a mean over the mini-batch's tokens.
     fn read_loss(&self, be: &B, x: &LossInputs<B>) -> Result<f64> {
-        let mut l = vec![0f32; x.seqs.tokens()];
-        be.download_f32(View::all(&self.loss).slice(0, l.len()), &mut l)?;
-        Ok(l.iter().map(|&v| v as f64).sum::<f64>())
+        self.bufs.total(be, x)
     }
 }
 

@@ -69,8 +69,7 @@ impl AlgoConfig {
     pub fn buffer_lens(&self, micro_batch: usize, max_targets: usize) -> Vec<usize> {
         match self {
             AlgoConfig::Astarpo(_) => astarpo::buffer_lens(micro_batch).to_vec(),
-            AlgoConfig::Grpo(_) => grpo::buffer_lens(max_targets).to_vec(),
-            AlgoConfig::Reinforce(_) => reinforce::buffer_lens(max_targets).to_vec(),
+            AlgoConfig::Grpo(_) | AlgoConfig::Reinforce(_) => token_loss_lens(max_targets).to_vec(),
         }
     }
 
@@ -82,6 +81,47 @@ impl AlgoConfig {
             AlgoConfig::Grpo(c) => Box::new(grpo::Grpo::new(be, c.clone(), max_targets)?),
             AlgoConfig::Reinforce(c) => Box::new(reinforce::Reinforce::new(be, c.clone(), max_targets)?),
         })
+    }
+}
+
+/// Per-response-token device buffers of a token-level loss (GRPO, REINFORCE): each token's
+/// advantage (its sequence's), its weight in the loss, and its loss term.
+pub struct TokenLoss<B: Backend> {
+    adv: B::Buf,
+    weight: B::Buf,
+    loss: B::Buf,
+}
+
+/// F32 lengths of `TokenLoss`'s buffers (advantage, weight, loss).
+pub fn token_loss_lens(max_targets: usize) -> [usize; 3] {
+    [max_targets.max(1); 3]
+}
+
+impl<B: Backend> TokenLoss<B> {
+    pub fn new(be: &B, max_targets: usize) -> Result<Self> {
+        let [a, w, l] = token_loss_lens(max_targets);
+        let f = |n| be.alloc(crate::backend::DType::F32, n);
+        Ok(TokenLoss { adv: f(a)?, weight: f(w)?, loss: f(l)? })
+    }
+
+    /// Uploads each sequence's target as its tokens' advantage and sets every token's
+    /// weight; returns the (loss, advantage, weight) views of this micro-batch.
+    pub fn stage(&self, be: &B, x: &LossInputs<B>, weight: f32) -> Result<[View<'_, B>; 3]> {
+        let nt = x.seqs.tokens();
+        let adv: Vec<f32> =
+            x.targets.iter().zip(x.seqs.cu_host.windows(2)).flat_map(|(&a, w)| std::iter::repeat_n(a, (w[1] - w[0]) as usize)).collect();
+        let (loss, adv_v, weight_v) =
+            (View::all(&self.loss).slice(0, nt), View::all(&self.adv).slice(0, nt), View::all(&self.weight).slice(0, nt));
+        be.upload_f32(adv_v, &adv)?;
+        be.fill(weight_v, weight)?;
+        Ok([loss, adv_v, weight_v])
+    }
+
+    /// Σ_t loss[t] of the micro-batch `stage` prepared (weights already applied).
+    pub fn total(&self, be: &B, x: &LossInputs<B>) -> Result<f64> {
+        let mut l = vec![0f32; x.seqs.tokens()];
+        be.download_f32(View::all(&self.loss).slice(0, l.len()), &mut l)?;
+        Ok(l.iter().map(|&v| v as f64).sum::<f64>())
     }
 }
 

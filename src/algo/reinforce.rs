@@ -10,8 +10,8 @@
 //! log-probs) and averages over sequences (`loss_agg = "seq-sum"`, the default), or averages
 //! over the mini-batch's tokens (`"token-mean"`).
 use super::grpo::group_advantages;
-use super::{LossInputs, Objective};
-use crate::backend::{Backend, DType, View};
+use super::{LossInputs, Objective, TokenLoss};
+use crate::backend::Backend;
 use crate::rollout::Rollout;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -72,22 +72,12 @@ pub fn mean_baseline(rewards: &[f32], g: usize) -> Vec<f32> {
 
 pub struct Reinforce<B: Backend> {
     cfg: ReinforceConfig,
-    /// Per response token of one micro-batch: the sequence's advantage, the token's weight,
-    /// the loss.
-    adv: B::Buf,
-    weight: B::Buf,
-    loss: B::Buf,
-}
-
-/// F32 lengths of the per-token loss buffers (advantage, weight, loss).
-pub fn buffer_lens(max_targets: usize) -> [usize; 3] {
-    [max_targets.max(1); 3]
+    bufs: TokenLoss<B>,
 }
 
 impl<B: Backend> Reinforce<B> {
     pub fn new(be: &B, cfg: ReinforceConfig, max_targets: usize) -> Result<Self> {
-        let [a, w, l] = buffer_lens(max_targets);
-        Ok(Reinforce { cfg, adv: be.alloc(DType::F32, a)?, weight: be.alloc(DType::F32, w)?, loss: be.alloc(DType::F32, l)? })
+        Ok(Reinforce { cfg, bufs: TokenLoss::new(be, max_targets)? })
     }
 }
 
@@ -113,37 +103,19 @@ impl<B: Backend> Objective<B> for Reinforce<B> {
     }
 
     fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
-        let nt = x.seqs.tokens();
-        let lens = x.seqs.cu_host.windows(2).map(|w| (w[1] - w[0]) as usize);
-        let adv: Vec<f32> = x.targets.iter().zip(lens.clone()).flat_map(|(&a, n)| std::iter::repeat_n(a, n)).collect();
-        let adv_view = View::all(&self.adv).slice(0, nt);
-        be.upload_f32(adv_view, &adv)?;
-        let weight = View::all(&self.weight).slice(0, nt);
-        match self.cfg.loss_agg {
-            LossAgg::SeqSum => be.fill(weight, 1.0 / x.mini_seqs as f32)?,
-            LossAgg::TokenMean => be.fill(weight, 1.0 / x.mini_tokens as f32)?,
-        }
+        let weight = match self.cfg.loss_agg {
+            LossAgg::SeqSum => 1.0 / x.mini_seqs as f32,
+            LossAgg::TokenMean => 1.0 / x.mini_tokens as f32,
+        };
+        let [loss, adv, weight] = self.bufs.stage(be, x, weight)?;
         // The behaviour policy is the current one: ratio 1, the clip never binds.
-        be.grpo_loss(
-            View::all(&self.loss).slice(0, nt),
-            x.dlogp,
-            x.logp,
-            x.logp,
-            x.ref_logp,
-            adv_view,
-            weight,
-            nt,
-            f32::INFINITY,
-            self.cfg.kl_coef,
-        )
+        be.grpo_loss(loss, x.dlogp, x.logp, x.logp, x.ref_logp, adv, weight, x.seqs.tokens(), f32::INFINITY, self.cfg.kl_coef)
     }
 
     /// Σ_t weight·(−A + β·kl): the surrogate's value at ratio 1 (its gradient is REINFORCE's;
     /// its value is −A per token, not −A·log π).
     fn read_loss(&self, be: &B, x: &LossInputs<B>) -> Result<f64> {
-        let mut l = vec![0f32; x.seqs.tokens()];
-        be.download_f32(View::all(&self.loss).slice(0, l.len()), &mut l)?;
-        Ok(l.iter().map(|&v| v as f64).sum::<f64>())
+        self.bufs.total(be, x)
     }
 }
 
@@ -151,7 +123,7 @@ impl<B: Backend> Objective<B> for Reinforce<B> {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::Seqs;
+    use crate::backend::{DType, Seqs, View};
 
     #[test]
     fn baselines_are_group_means() {

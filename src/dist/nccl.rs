@@ -228,10 +228,28 @@ mod device {
             }
         }
 
-        /// Rank r's range of a buffer of `n` elements in chunks of `chunk`.
-        fn range(r: usize, chunk: usize, n: usize) -> (usize, usize) {
-            let a = (r * chunk).min(n);
-            (a, ((r + 1) * chunk).min(n) - a)
+        /// `call(r, pointer, len)` for each rank's non-empty range of a buffer of `n` elements
+        /// (at device address `base`, `size`-byte elements) in chunks of `chunk`, as one group.
+        fn per_owner(
+            &self,
+            chunk: usize,
+            n: usize,
+            base: u64,
+            size: usize,
+            mut call: impl FnMut(usize, *mut c_void, usize) -> Result<()>,
+        ) -> Result<()> {
+            let g = &self.nccl;
+            // SAFETY: group calls take no arguments; every rank issues the same calls inside.
+            g.check("ncclGroupStart", unsafe { (g.group_start)() })?;
+            for r in 0..self.world() {
+                let a = (r * chunk).min(n);
+                let len = ((r + 1) * chunk).min(n) - a;
+                if len > 0 {
+                    call(r, (base + (a * size) as u64) as *mut c_void, len)?;
+                }
+            }
+            // SAFETY: as above.
+            g.check("ncclGroupEnd", unsafe { (g.group_end)() })
         }
     }
 
@@ -267,16 +285,10 @@ mod device {
                     n_.check("ncclReduceScatter", unsafe { (n_.reduce_scatter)(base as *const c_void, recv, chunk, dt, SUM, self.comm, s) })
                 } else {
                     // Uneven chunks: one in-place reduce to each chunk's owner, in a group.
-                    n_.check("ncclGroupStart", unsafe { (n_.group_start)() })?;
-                    for r in 0..world {
-                        let (a, len) = Self::range(r, chunk, n);
-                        if len > 0 {
-                            let p = (base + (a * size) as u64) as *mut c_void;
-                            // SAFETY: a range inside `buf`, reduced in place at rank r.
-                            n_.check("ncclReduce", unsafe { (n_.reduce)(p, p, len, dt, SUM, r as c_int, self.comm, s) })?;
-                        }
-                    }
-                    n_.check("ncclGroupEnd", unsafe { (n_.group_end)() })
+                    self.per_owner(chunk, n, base, size, |r, p, len| {
+                        // SAFETY: a range inside `buf`, reduced in place at rank r.
+                        n_.check("ncclReduce", unsafe { (n_.reduce)(p, p, len, dt, SUM, r as c_int, self.comm, s) })
+                    })
                 }
             })
         }
@@ -291,16 +303,10 @@ mod device {
                     n_.check("ncclAllGather", unsafe { (n_.all_gather)(send, base as *mut c_void, chunk, dt, self.comm, s) })
                 } else {
                     // Uneven chunks: each owner broadcasts its range, in a group.
-                    n_.check("ncclGroupStart", unsafe { (n_.group_start)() })?;
-                    for r in 0..world {
-                        let (a, len) = Self::range(r, chunk, n);
-                        if len > 0 {
-                            let p = (base + (a * size) as u64) as *mut c_void;
-                            // SAFETY: a range inside `buf`, broadcast in place from rank r.
-                            n_.check("ncclBroadcast", unsafe { (n_.broadcast)(p, p, len, dt, r as c_int, self.comm, s) })?;
-                        }
-                    }
-                    n_.check("ncclGroupEnd", unsafe { (n_.group_end)() })
+                    self.per_owner(chunk, n, base, size, |r, p, len| {
+                        // SAFETY: a range inside `buf`, broadcast in place from rank r.
+                        n_.check("ncclBroadcast", unsafe { (n_.broadcast)(p, p, len, dt, r as c_int, self.comm, s) })
+                    })
                 }
             })
         }
