@@ -7,9 +7,10 @@
 //       dlogp[t] = 2·beta2·d_s·grad_scale.
 //       Launch: grid.x = S (one block per sequence), 256 threads; block reduction in fp32
 //       (sequences are ≤ a few thousand tokens). Tokens outside every sequence are untouched.
-//   grpo_loss(loss [n], dlogp [n], logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef)
+//   grpo_loss(loss [n], dlogp [n], logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef, k1)
 //       GRPO per token: ratio = exp(logp − old); pg = −min(ratio·A, clip(ratio, 1±ε)·A);
-//       k3 KL: kl = e^{ref−logp} − (ref − logp) − 1, ∂kl/∂logp = 1 − e^{ref−logp};
+//       k3 KL (k1 = 0): kl = e^{ref−logp} − (ref − logp) − 1, ∂kl/∂logp = 1 − e^{ref−logp};
+//       k1 KL (k1 = 1): kl = logp − ref, ∂kl/∂logp = 1;
 //       loss = w·(pg + kl_coef·kl), dlogp = w·(∂pg/∂logp + kl_coef·∂kl/∂logp).
 //       ∂pg/∂logp = −A·ratio where the unclipped term is the min (ties included), else 0
 //       (the clipped term is then the min, which only happens with the ratio outside
@@ -33,7 +34,7 @@ extern "C" __global__ void apo_loss(float* loss, float* dlogp, const float* logp
 
 extern "C" __global__ void grpo_loss(float* loss, float* dlogp, const float* logp, const float* old_logp,
                                      const float* ref_logp, const float* adv, const float* weight, u64 n,
-                                     float clip_eps, float kl_coef) {
+                                     float clip_eps, float kl_coef, u32 k1) {
     TZ_GRID_STRIDE(i, n) {
         const float lp = logp[i];
         const float a = adv[i];
@@ -51,9 +52,16 @@ extern "C" __global__ void grpo_loss(float* loss, float* dlogp, const float* log
             dpg = 0.f;
         }
         const float diff = ref_logp[i] - lp;
-        const float e = expf(diff);
-        const float kl = e - diff - 1.f;
+        float kl, dkl;
+        if (k1) {
+            kl = -diff;
+            dkl = 1.f;
+        } else {
+            const float e = expf(diff);
+            kl = e - diff - 1.f;
+            dkl = 1.f - e;
+        }
         loss[i] = w * (pg + kl_coef * kl);
-        dlogp[i] = w * (dpg + kl_coef * (1.f - e));
+        dlogp[i] = w * (dpg + kl_coef * dkl);
     }
 }

@@ -139,7 +139,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             be.apo_loss(v[0], v[1], v[2], v[3], v[4], seqs(v[5]), 0.5, 1.0)
         }),
         case::<B>("grpo_loss", vec![f32s(N), f32s(N), f32s(N), f32s(N), f32s(N), f32s(N), f32s(N)], |be, v| {
-            be.grpo_loss(v[0], v[1], v[2], v[3], v[4], v[5], v[6], N, 0.2, 0.01)
+            be.grpo_loss(v[0], v[1], v[2], v[3], v[4], v[5], v[6], N, 0.2, 0.01, tz_engine::backend::KlEstimator::K3)
         }),
         case::<B>("adamw", vec![f32s(10).free(), f32s(10), f32s(10), f32s(10)], move |be, v| be.adamw(v[0], None, v[1], v[2], v[3], &adam)),
         case::<B>("adamw", vec![act(10).free(), f32s(10), f32s(10), f32s(10), f32s(10)], move |be, v| {

@@ -857,11 +857,18 @@ fn apo_loss_values_and_gradient<B: Backend>(be: &B) {
 }
 
 /// GRPO per token: loss values and dlogp against the closed form (zero slope where the ratio
-/// is clipped) and, away from the clip boundaries, against central finite differences.
+/// is clipped) and, away from the clip boundaries, against central finite differences; with
+/// each KL estimator.
 fn grpo_loss_values_and_gradient<B: Backend>(be: &B) {
+    use tz_engine::backend::KlEstimator;
     let mut rng = Rng::new(3);
-    for (n, weighted, eps, kl) in [(40usize, false, 0.2f32, 0.05f32), (257, true, 0.2, 0.04)] {
-        let what = format!("grpo n={n}");
+    for (n, weighted, eps, kl, est) in [
+        (40usize, false, 0.2f32, 0.05f32, KlEstimator::K3),
+        (257, true, 0.2, 0.04, KlEstimator::K3),
+        (100, true, 0.2, 0.3, KlEstimator::K1),
+    ] {
+        let what = format!("grpo n={n} {est:?}");
+        let k1 = est == KlEstimator::K1;
         let (lp, old, rl) = if weighted {
             (randn_f32(&mut rng, n, 0.3), randn_f32(&mut rng, n, 0.3), randn_f32(&mut rng, n, 0.3))
         } else {
@@ -879,13 +886,13 @@ fn grpo_loss_values_and_gradient<B: Backend>(be: &B) {
             let a = adv[t] as f64;
             let pg = (-a * r).max(-a * r.clamp(1.0 - e, 1.0 + e));
             let d = (rl[t] - x) as f64;
-            w[t] as f64 * (pg + k * (d.exp() - d - 1.0))
+            w[t] as f64 * (pg + k * if k1 { -d } else { d.exp() - d - 1.0 })
         };
         let grad = |t: usize| -> f64 {
             let (r, a) = (((lp[t] - old[t]) as f64).exp(), adv[t] as f64);
             let c = r.clamp(1.0 - e, 1.0 + e);
             let dpg = if r * a <= c * a { -a * r } else { 0.0 };
-            w[t] as f64 * (dpg + k * (1.0 - ((rl[t] - lp[t]) as f64).exp()))
+            w[t] as f64 * (dpg + k * if k1 { 1.0 } else { 1.0 - ((rl[t] - lp[t]) as f64).exp() })
         };
         let (lb, dl) = (poisoned(be, DType::F32, n), poisoned(be, DType::F32, n));
         let bufs: Vec<B::Buf> = [&lp, &old, &rl, &adv, &w].iter().map(|x| up(be, DType::F32, x)).collect();
@@ -900,6 +907,7 @@ fn grpo_loss_values_and_gradient<B: Backend>(be: &B) {
             n,
             eps,
             kl,
+            est,
         )
         .unwrap();
         let (l, g) = (down(be, &lb), down(be, &dl));

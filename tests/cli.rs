@@ -688,8 +688,9 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     // One process per rank, through `tz-engine launch` and the TCP rendezvous.
     run("l2", 0, &apo("train.steps=4"), false);
     same_run("w1", "l2");
-    // GRPO: group-normalized advantages over groups that ranks share, behaviour log-probs.
-    let grpo = ["algo.name=grpo", "algo.group_size=4", "train.steps=2"];
+    // GRPO: group-normalized advantages over groups that ranks share, behaviour log-probs;
+    // here with the k1 KL and per-sequence weights (global counts on every rank).
+    let grpo = ["algo.name=grpo", "algo.group_size=4", "train.steps=2", "algo.kl_loss_type=kl", "algo.loss_agg_mode=seq-mean-token-mean"];
     run("g1", 1, &grpo, false);
     run("g3", 3, &grpo, false);
     same_run("g1", "g3");
@@ -707,7 +708,8 @@ fn free_port() -> String {
 
 /// Ranks as processes: a rank killed mid-run stops the other within seconds, naming it and the
 /// collective; a rank started with another config is refused at the rendezvous, naming the
-/// key; Ctrl-C on `tz-engine launch` stops every rank at one step boundary with one checkpoint.
+/// key; ranks started with mpirun's or srun's environment train; Ctrl-C on `tz-engine launch`
+/// stops every rank at one step boundary with one checkpoint.
 #[test]
 fn process_ranks_fail_refuse_and_stop_together() {
     let d = tempfile::tempdir().unwrap();
@@ -770,6 +772,36 @@ fn process_ranks_fail_refuse_and_stop_together() {
     assert!(l0.contains("error: rank 0: refused the rendezvous: rank 1") && l0.contains("train.lr = 0.5 there"), "{l0}");
     assert!(l1.contains("error: rank 1: refused at the rendezvous: rank 1"), "{l1}");
     assert!(!Path::new(&format!("{out}/mixed/checkpoints")).exists());
+
+    // The same binary under other launchers' environment contracts: mpirun's and srun's.
+    for (name, contract) in [("mpi", "OMPI_COMM_WORLD"), ("slurm", "SLURM")] {
+        let port = free_port();
+        let env = |rank: usize| -> Vec<(&str, String)> {
+            let mut e = vec![("TZ_RDZV_PORT", port.clone())];
+            match contract {
+                "OMPI_COMM_WORLD" => e.extend([
+                    ("OMPI_COMM_WORLD_RANK", rank.to_string()),
+                    ("OMPI_COMM_WORLD_SIZE", "2".into()),
+                    ("OMPI_COMM_WORLD_LOCAL_RANK", rank.to_string()),
+                    ("OMPI_COMM_WORLD_LOCAL_SIZE", "2".into()),
+                ]),
+                _ => e.extend([
+                    ("SLURM_PROCID", rank.to_string()),
+                    ("SLURM_STEP_NUM_TASKS", "2".into()),
+                    ("SLURM_LOCALID", rank.to_string()),
+                    ("SLURM_STEP_NODELIST", "localhost".into()),
+                    ("SLURM_STEP_TASKS_PER_NODE", "2".into()),
+                ]),
+            }
+            e
+        };
+        let ranks: Vec<Running> = (0..2).map(|r| Running::start(&train(name, &["train.steps=2"]), &env(r))).collect();
+        for (r, p) in ranks.into_iter().enumerate() {
+            let (code, log) = p.finish(120);
+            assert_eq!(code, Some(0), "{contract} rank {r}: {log}");
+        }
+        assert!(Path::new(&format!("{out}/{name}/final/model.safetensors")).is_file(), "{contract}");
+    }
 
     // Ctrl-C on the launcher.
     let mut args: Vec<String> = ["launch", "--nproc-per-node", "2", "--master-port", &free_port(), "--"].map(String::from).to_vec();

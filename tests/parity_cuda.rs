@@ -616,36 +616,40 @@ fn apo_and_grpo_losses() {
     let (oc, od) = both(&cpu, &dev, DType::F32, &old);
     let (ac, ad) = both(&cpu, &dev, DType::F32, &adv);
     let (wc, wd) = both(&cpu, &dev, DType::F32, &weight);
-    let (losc, gc) = (cpu.alloc(DType::F32, t).unwrap(), cpu.alloc(DType::F32, t).unwrap());
-    let (losd, gd) = (poisoned(&dev, DType::F32, t), poisoned(&dev, DType::F32, t));
-    cpu.grpo_loss(
-        View::all(&losc),
-        View::all(&gc),
-        View::all(&lc),
-        View::all(&oc),
-        View::all(&rc),
-        View::all(&ac),
-        View::all(&wc),
-        t,
-        0.2,
-        0.001,
-    )
-    .unwrap();
-    dev.grpo_loss(
-        View::all(&losd),
-        View::all(&gd),
-        View::all(&ld),
-        View::all(&od),
-        View::all(&rd),
-        View::all(&ad),
-        View::all(&wd),
-        t,
-        0.2,
-        0.001,
-    )
-    .unwrap();
-    assert_close(&down(&dev, &losd), &down(&cpu, &losc), 1e-5, "grpo_loss loss");
-    assert_close(&down(&dev, &gd), &down(&cpu, &gc), 1e-5, "grpo_loss dlogp");
+    for est in [tz_engine::backend::KlEstimator::K3, tz_engine::backend::KlEstimator::K1] {
+        let (losc, gc) = (cpu.alloc(DType::F32, t).unwrap(), cpu.alloc(DType::F32, t).unwrap());
+        let (losd, gd) = (poisoned(&dev, DType::F32, t), poisoned(&dev, DType::F32, t));
+        cpu.grpo_loss(
+            View::all(&losc),
+            View::all(&gc),
+            View::all(&lc),
+            View::all(&oc),
+            View::all(&rc),
+            View::all(&ac),
+            View::all(&wc),
+            t,
+            0.2,
+            0.001,
+            est,
+        )
+        .unwrap();
+        dev.grpo_loss(
+            View::all(&losd),
+            View::all(&gd),
+            View::all(&ld),
+            View::all(&od),
+            View::all(&rd),
+            View::all(&ad),
+            View::all(&wd),
+            t,
+            0.2,
+            0.001,
+            est,
+        )
+        .unwrap();
+        assert_close(&down(&dev, &losd), &down(&cpu, &losc), 1e-5, &format!("grpo_loss loss {est:?}"));
+        assert_close(&down(&dev, &gd), &down(&cpu, &gc), 1e-5, &format!("grpo_loss dlogp {est:?}"));
+    }
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! GRPO (Shao et al., DeepSeekMath): G samples per prompt, advantages normalized within each
-//! group, PPO-clipped ratio against the behaviour policy and a k3 KL estimate to the
-//! reference, averaged over the mini-batch's tokens.
-use super::{LossInputs, Objective, TokenLoss};
-use crate::backend::Backend;
+//! group, PPO-clipped ratio against the behaviour policy and a KL estimate to the reference
+//! (k3 by default, or k1), averaged over the mini-batch's tokens (or per sequence:
+//! `loss_agg_mode`).
+use super::{LossAgg, LossInputs, Objective, TokenLoss};
+use crate::backend::{Backend, KlEstimator};
 use crate::rollout::Rollout;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -14,12 +15,24 @@ pub struct GrpoConfig {
     pub group_size: usize,
     pub clip_eps: f32,
     pub kl_coef: f32,
+    /// veRL's `kl_loss_type`: "low_var_kl" (k3, the default) or "kl" (k1).
+    pub kl_loss_type: KlEstimator,
+    /// veRL's `loss_agg_mode`: "token-mean" (the default), "seq-mean-token-sum",
+    /// "seq-mean-token-mean".
+    pub loss_agg_mode: LossAgg,
     pub entropy_coeff: f32,
 }
 
 impl Default for GrpoConfig {
     fn default() -> Self {
-        GrpoConfig { group_size: 5, clip_eps: 0.2, kl_coef: 0.001, entropy_coeff: 0.001 }
+        GrpoConfig {
+            group_size: 5,
+            clip_eps: 0.2,
+            kl_coef: 0.001,
+            kl_loss_type: KlEstimator::K3,
+            loss_agg_mode: LossAgg::TokenMean,
+            entropy_coeff: 0.001,
+        }
     }
 }
 
@@ -84,12 +97,12 @@ impl<B: Backend> Objective<B> for Grpo<B> {
 
     fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
         let Some(old) = x.old_logp else { bail!("grpo: the behaviour policy's log-probs are missing") };
-        // A mean over the mini-batch's tokens.
-        let [loss, adv, weight] = self.bufs.stage(be, x, 1.0 / x.mini_tokens as f32)?;
-        be.grpo_loss(loss, x.dlogp, x.logp, old, x.ref_logp, adv, weight, x.seqs.tokens(), self.cfg.clip_eps, self.cfg.kl_coef)
+        let [loss, adv, weight] = self.bufs.stage(be, x, self.cfg.loss_agg_mode)?;
+        let c = &self.cfg;
+        be.grpo_loss(loss, x.dlogp, x.logp, old, x.ref_logp, adv, weight, x.seqs.tokens(), c.clip_eps, c.kl_coef, c.kl_loss_type)
     }
 
-    /// Σ_t weight·(pg + kl_coef·kl): already a mean over the mini-batch's tokens.
+    /// Σ_t weight·(pg + kl_coef·kl): already the mini-batch's aggregate.
     fn read_loss(&self, be: &B, x: &LossInputs<B>) -> Result<f64> {
         self.bufs.total(be, x)
     }

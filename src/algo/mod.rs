@@ -84,6 +84,31 @@ impl AlgoConfig {
     }
 }
 
+/// How a token-level loss combines its token terms (veRL's `loss_agg_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossAgg {
+    /// Mean over the mini-batch's tokens (every token counts the same).
+    #[serde(rename = "token-mean")]
+    TokenMean,
+    /// Σ over a sequence's tokens, mean over the mini-batch's sequences.
+    #[serde(rename = "seq-mean-token-sum")]
+    SeqMeanTokenSum,
+    /// Mean over a sequence's tokens, mean over the sequences (every sequence counts the same).
+    #[serde(rename = "seq-mean-token-mean")]
+    SeqMeanTokenMean,
+}
+
+impl LossAgg {
+    /// The weight of each token of a sequence of `len` tokens.
+    pub fn weight(self, len: usize, mini_seqs: usize, mini_tokens: usize) -> f32 {
+        match self {
+            LossAgg::TokenMean => 1.0 / mini_tokens.max(1) as f32,
+            LossAgg::SeqMeanTokenSum => 1.0 / mini_seqs.max(1) as f32,
+            LossAgg::SeqMeanTokenMean => 1.0 / (mini_seqs.max(1) * len.max(1)) as f32,
+        }
+    }
+}
+
 /// Per-response-token device buffers of a token-level loss (GRPO, REINFORCE): each token's
 /// advantage (its sequence's), its weight in the loss, and its loss term.
 pub struct TokenLoss<B: Backend> {
@@ -104,16 +129,17 @@ impl<B: Backend> TokenLoss<B> {
         Ok(TokenLoss { adv: f(a)?, weight: f(w)?, loss: f(l)? })
     }
 
-    /// Uploads each sequence's target as its tokens' advantage and sets every token's
-    /// weight; returns the (loss, advantage, weight) views of this micro-batch.
-    pub fn stage(&self, be: &B, x: &LossInputs<B>, weight: f32) -> Result<[View<'_, B>; 3]> {
+    /// Uploads each sequence's target as its tokens' advantage and each token's weight under
+    /// `agg`; returns the (loss, advantage, weight) views of this micro-batch.
+    pub fn stage(&self, be: &B, x: &LossInputs<B>, agg: LossAgg) -> Result<[View<'_, B>; 3]> {
         let nt = x.seqs.tokens();
-        let adv: Vec<f32> =
-            x.targets.iter().zip(x.seqs.cu_host.windows(2)).flat_map(|(&a, w)| std::iter::repeat_n(a, (w[1] - w[0]) as usize)).collect();
+        let lens = x.seqs.cu_host.windows(2).map(|w| (w[1] - w[0]) as usize);
+        let adv: Vec<f32> = x.targets.iter().zip(lens.clone()).flat_map(|(&a, n)| std::iter::repeat_n(a, n)).collect();
+        let weight: Vec<f32> = lens.flat_map(|n| std::iter::repeat_n(agg.weight(n, x.mini_seqs, x.mini_tokens), n)).collect();
         let (loss, adv_v, weight_v) =
             (View::all(&self.loss).slice(0, nt), View::all(&self.adv).slice(0, nt), View::all(&self.weight).slice(0, nt));
         be.upload_f32(adv_v, &adv)?;
-        be.fill(weight_v, weight)?;
+        be.upload_f32(weight_v, &weight)?;
         Ok([loss, adv_v, weight_v])
     }
 

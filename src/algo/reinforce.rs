@@ -7,26 +7,14 @@
 //! ratio exp(logp − logp) = 1 the clipped surrogate's gradient is −A·∂log π, the REINFORCE
 //! gradient, and its KL term is the same k3 estimate of KL(π‖π_ref). What differs is the
 //! weighting: REINFORCE sums a sequence's token terms (log π(y|x) is the sum of its token
-//! log-probs) and averages over sequences (`loss_agg = "seq-sum"`, the default), or averages
-//! over the mini-batch's tokens (`"token-mean"`).
+//! log-probs) and averages over sequences (`loss_agg_mode = "seq-mean-token-sum"`, the
+//! default); "token-mean" and "seq-mean-token-mean" are there as for GRPO.
 use super::grpo::group_advantages;
-use super::{LossInputs, Objective, TokenLoss};
-use crate::backend::Backend;
+use super::{LossAgg, LossInputs, Objective, TokenLoss};
+use crate::backend::{Backend, KlEstimator};
 use crate::rollout::Rollout;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-
-/// How token terms are combined into the loss.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LossAgg {
-    /// Σ over a sequence's tokens, mean over sequences: −E[A · log π(y|x)].
-    #[default]
-    #[serde(rename = "seq-sum")]
-    SeqSum,
-    /// Mean over the mini-batch's tokens.
-    #[serde(rename = "token-mean")]
-    TokenMean,
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,13 +25,24 @@ pub struct ReinforceConfig {
     pub kl_coef: f32,
     /// Divide advantages by the group's standard deviation (GRPO-style) as well.
     pub normalize_advantages: bool,
-    pub loss_agg: LossAgg,
+    /// "seq-mean-token-sum" (the default: −E[A · log π(y|x)]), "token-mean" or
+    /// "seq-mean-token-mean".
+    pub loss_agg_mode: LossAgg,
+    /// "low_var_kl" (k3, the default) or "kl" (k1).
+    pub kl_loss_type: KlEstimator,
     pub entropy_coeff: f32,
 }
 
 impl Default for ReinforceConfig {
     fn default() -> Self {
-        ReinforceConfig { samples_per_prompt: 4, kl_coef: 0.1, normalize_advantages: false, loss_agg: LossAgg::SeqSum, entropy_coeff: 0.0 }
+        ReinforceConfig {
+            samples_per_prompt: 4,
+            kl_coef: 0.1,
+            normalize_advantages: false,
+            loss_agg_mode: LossAgg::SeqMeanTokenSum,
+            kl_loss_type: KlEstimator::K3,
+            entropy_coeff: 0.0,
+        }
     }
 }
 
@@ -103,13 +102,10 @@ impl<B: Backend> Objective<B> for Reinforce<B> {
     }
 
     fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
-        let weight = match self.cfg.loss_agg {
-            LossAgg::SeqSum => 1.0 / x.mini_seqs as f32,
-            LossAgg::TokenMean => 1.0 / x.mini_tokens as f32,
-        };
-        let [loss, adv, weight] = self.bufs.stage(be, x, weight)?;
+        let [loss, adv, weight] = self.bufs.stage(be, x, self.cfg.loss_agg_mode)?;
         // The behaviour policy is the current one: ratio 1, the clip never binds.
-        be.grpo_loss(loss, x.dlogp, x.logp, x.logp, x.ref_logp, adv, weight, x.seqs.tokens(), f32::INFINITY, self.cfg.kl_coef)
+        let c = &self.cfg;
+        be.grpo_loss(loss, x.dlogp, x.logp, x.logp, x.ref_logp, adv, weight, x.seqs.tokens(), f32::INFINITY, c.kl_coef, c.kl_loss_type)
     }
 
     /// Σ_t weight·(−A + β·kl): the surrogate's value at ratio 1 (its gradient is REINFORCE's;
@@ -146,8 +142,14 @@ mod tests {
         let (logp, refp, dlogp) = (f(&logp_h), f(&ref_h), f(&[f32::NAN; 5]));
         let cu_dev = be.alloc(DType::U32, 3).unwrap();
         be.upload_u32(View::all(&cu_dev), &cu).unwrap();
-        for (agg, w) in [(LossAgg::SeqSum, 1.0 / 2.0), (LossAgg::TokenMean, 1.0 / 5.0)] {
-            let cfg = ReinforceConfig { kl_coef: 0.1, loss_agg: agg, ..Default::default() };
+        // Sequences of 2 and 3 tokens; the weight of token t under each aggregation.
+        let weights = |agg: LossAgg, t: usize| match agg {
+            LossAgg::SeqMeanTokenSum => 1.0 / 2.0,
+            LossAgg::TokenMean => 1.0 / 5.0,
+            LossAgg::SeqMeanTokenMean => 1.0 / (2.0 * if t < 2 { 2.0 } else { 3.0 }),
+        };
+        for agg in [LossAgg::SeqMeanTokenSum, LossAgg::TokenMean, LossAgg::SeqMeanTokenMean] {
+            let cfg = ReinforceConfig { kl_coef: 0.1, loss_agg_mode: agg, ..Default::default() };
             let r = Reinforce::new(&be, cfg, 5).unwrap();
             let seqs = Seqs { cu_dev: View::all(&cu_dev), cu_host: &cu };
             let targets = [1.0f32, -0.5];
@@ -168,7 +170,7 @@ mod tests {
                 let a = if t < 2 { 1.0 } else { -0.5 };
                 // k3 = e^(ref−logp) − (ref−logp) − 1: ∂/∂logp = 1 − e^(ref−logp).
                 let dkl = 1.0 - ((ref_h[t] - logp_h[t]) as f64).exp();
-                let want = w * (-a + 0.1 * dkl);
+                let want = weights(agg, t) * (-a + 0.1 * dkl);
                 assert!((d[t] as f64 - want).abs() < 1e-6, "{agg:?} token {t}: {} vs {want}", d[t]);
             }
         }

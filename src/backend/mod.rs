@@ -130,6 +130,18 @@ pub struct AdamWParams {
 /// Device memory as (free, total) bytes, where the backend can tell.
 pub type MemInfo = Option<(usize, usize)>;
 
+/// Per-token estimators of KL(π‖π_ref) from log-probs (Schulman's k1 and k3; veRL's `kl` and
+/// `low_var_kl`). k1 = log π − log π_ref is unbiased but can be negative per token; k3 =
+/// r − log r − 1 with r = π_ref/π is non-negative with lower variance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum KlEstimator {
+    #[serde(rename = "kl")]
+    K1,
+    #[default]
+    #[serde(rename = "low_var_kl")]
+    K3,
+}
+
 pub trait Backend: Send + Sync + 'static {
     type Buf: Buffer;
 
@@ -387,7 +399,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// GRPO, per token t (F32): ratio = exp(logp − old_logp);
     /// `pg = −min(ratio·adv, clip(ratio, 1−clip_eps, 1+clip_eps)·adv)`;
-    /// k3 KL: `kl = exp(ref − logp) − (ref − logp) − 1`;
+    /// KL to the reference by `kl`'s estimator: k3 `exp(ref − logp) − (ref − logp) − 1` or
+    /// k1 `logp − ref`;
     /// `loss[t] = weight[t]·(pg + kl_coef·kl)` and `dlogp[t] = weight[t]·∂(pg + kl_coef·kl)/∂logp`.
     #[allow(clippy::too_many_arguments)]
     fn grpo_loss(
@@ -402,6 +415,7 @@ pub trait Backend: Send + Sync + 'static {
         n: usize,
         clip_eps: f32,
         kl_coef: f32,
+        kl: KlEstimator,
     ) -> Result<()>;
 
     // ---- optimizer -------------------------------------------------------------------------

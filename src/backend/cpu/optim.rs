@@ -37,6 +37,7 @@ pub fn grpo_loss(
     n: usize,
     clip_eps: f32,
     kl_coef: f32,
+    kl: crate::backend::KlEstimator,
 ) -> Result<()> {
     let (lp, old, rl, ad, wt) = (
         f(logp, n, "grpo logp")?,
@@ -54,10 +55,12 @@ pub fn grpo_loss(
         // max of the two losses; the clipped branch has zero gradient where it binds.
         let (pg, dpg) = if unclipped >= clipped { (unclipped, -a * ratio) } else { (clipped, 0.0) };
         let x = rl[t] - lp[t];
-        let kl = x.exp() - x - 1.0;
-        let dkl = 1.0 - x.exp();
-        l[t] = wt[t] * (pg + kl_coef * kl);
-        dl[t] = wt[t] * (dpg + kl_coef * dkl);
+        let (k, dk) = match kl {
+            crate::backend::KlEstimator::K3 => (x.exp() - x - 1.0, 1.0 - x.exp()),
+            crate::backend::KlEstimator::K1 => (-x, 1.0),
+        };
+        l[t] = wt[t] * (pg + kl_coef * k);
+        dl[t] = wt[t] * (dpg + kl_coef * dk);
     }
     Ok(())
 }

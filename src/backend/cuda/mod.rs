@@ -512,9 +512,10 @@ impl Backend for CudaBackend {
         n: usize,
         clip_eps: f32,
         kl_coef: f32,
+        kl: super::KlEstimator,
     ) -> Result<()> {
         check::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n)?;
-        optim::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef)
+        optim::grpo_loss(self, loss, dlogp, logp, old_logp, ref_logp, adv, weight, n, clip_eps, kl_coef, kl)
     }
     fn adamw(&self, params: V, master: Option<V>, grads: V, m: V, v: V, p: &AdamWParams) -> Result<()> {
         check::adamw(self, params, master, grads, m, v, p.step)?;

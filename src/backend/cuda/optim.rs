@@ -50,7 +50,9 @@ pub(super) fn grpo_loss(
     n: usize,
     clip_eps: f32,
     kl_coef: f32,
+    kl: crate::backend::KlEstimator,
 ) -> Result<()> {
+    let k1 = u32::from(kl == crate::backend::KlEstimator::K1);
     be.flat(
         "loss",
         "grpo_loss",
@@ -65,7 +67,8 @@ pub(super) fn grpo_loss(
             vptr(&weight),
             n as u64,
             clip_eps,
-            kl_coef
+            kl_coef,
+            k1
         ],
     )
 }
