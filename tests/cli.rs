@@ -694,6 +694,11 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     run("g1", 1, &grpo, false);
     run("g3", 3, &grpo, false);
     same_run("g1", "g3");
+    // A*PO with online V* (each step's own samples; no stage 1).
+    let online = ["algo.vstar=online", "algo.online_samples=2", "algo.beta2=0.05", "train.steps=2"];
+    run("o1", 1, &online, false);
+    run("o2", 2, &online, false);
+    same_run("o1", "o2");
     // REINFORCE (several samples per prompt, KL to the reference).
     let rf = ["algo.name=reinforce", "train.steps=2"];
     run("r1", 1, &rf, false);

@@ -1,6 +1,10 @@
 //! A*PO (Brantley et al., "Accelerating RL for LLM Reasoning with Optimal Advantage
 //! Regression"): V*(x) is estimated once from N reference samples per prompt (stage 1); each
 //! policy step then regresses β2·log(π_θ/π_ref)(y|x) onto r(x, y) − V*(x) for one sample y.
+//!
+//! With `vstar = "online"` (RAGEN-style) there is no stage 1: each step samples
+//! `online_samples` responses per prompt from the current policy and V*(x) is the same soft
+//! maximum (log-mean-exp at β1) of their rewards; every sample is regressed onto r − V*(x).
 use super::{vstar, LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, View};
 use crate::nvtx;
@@ -21,12 +25,34 @@ pub struct AstarpoConfig {
     /// Drop prompts whose reference samples all scored 0.
     pub drop_zero_prompts: bool,
     pub entropy_coeff: f32,
+    /// Where V* comes from: "offline" (stage 1, reference samples; the default) or "online"
+    /// (each step's samples of the current policy).
+    pub vstar: VstarSource,
+    /// Samples per prompt at each step with online V*.
+    pub online_samples: usize,
+}
+
+/// `algo.vstar`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VstarSource {
+    #[default]
+    Offline,
+    Online,
 }
 
 impl Default for AstarpoConfig {
     fn default() -> Self {
         // The A*PO authors' defaults.
-        AstarpoConfig { beta1: 0.5, beta2: 1e-3, n_vstar: 8, drop_zero_prompts: false, entropy_coeff: 0.001 }
+        AstarpoConfig {
+            beta1: 0.5,
+            beta2: 1e-3,
+            n_vstar: 8,
+            drop_zero_prompts: false,
+            entropy_coeff: 0.001,
+            vstar: VstarSource::Offline,
+            online_samples: 4,
+        }
     }
 }
 
@@ -38,7 +64,21 @@ impl AstarpoConfig {
         if self.n_vstar == 0 {
             bail!("algo.n_vstar must be positive");
         }
+        if self.vstar == VstarSource::Online && self.online_samples < 2 {
+            bail!("algo.online_samples must be at least 2 with algo.vstar = \"online\" (V* of one sample is its own reward)");
+        }
+        if self.vstar == VstarSource::Online && self.drop_zero_prompts {
+            bail!("algo.drop_zero_prompts needs the offline V* stage (algo.vstar = \"offline\")");
+        }
         Ok(())
+    }
+
+    /// Responses per prompt at each step.
+    pub fn samples_per_prompt(&self) -> usize {
+        match self.vstar {
+            VstarSource::Offline => 1,
+            VstarSource::Online => self.online_samples,
+        }
     }
 }
 
@@ -56,6 +96,18 @@ pub fn vstar(rewards: &[f32], beta1: f32) -> f32 {
     let m = rewards.iter().fold(f64::NEG_INFINITY, |a, &r| a.max(r as f64));
     let s: f64 = rewards.iter().map(|&r| ((r as f64 - m) / b).exp()).sum();
     (m + b * (s / n).ln()) as f32
+}
+
+/// r − V*(x) per sample, V*(x) from the consecutive `k` samples of each prompt.
+pub fn online_targets(rollouts: &[Rollout], k: usize, beta1: f32) -> Vec<f32> {
+    rollouts
+        .chunks(k)
+        .flat_map(|g| {
+            let r: Vec<f32> = g.iter().map(|o| o.score.score).collect();
+            let v = vstar(&r, beta1);
+            r.into_iter().map(move |x| x - v)
+        })
+        .collect()
 }
 
 pub struct Astarpo<B: Backend> {
@@ -84,9 +136,10 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
         "astarpo"
     }
 
-    /// One response per prompt: V* stands in for the group baseline.
+    /// One response per prompt (V* stands in for the group baseline), or with online V* the
+    /// samples it is estimated from.
     fn samples_per_prompt(&self) -> usize {
-        1
+        self.cfg.samples_per_prompt()
     }
 
     fn entropy_coeff(&self) -> f32 {
@@ -95,6 +148,12 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
 
     /// Stage 1 (cached): V* per training prompt from the reference policy.
     fn prepare(&mut self, s: Stage1<B>) -> Result<()> {
+        if self.cfg.vstar == VstarSource::Online {
+            if s.comm.is_root() {
+                eprintln!("V*: online, from {} samples of the current policy per prompt at each step", self.cfg.online_samples);
+            }
+            return Ok(());
+        }
         let _r = nvtx::range("vstar");
         let started = Instant::now();
         let cache_dir = s.cache_dir.join("vstar-cache");
@@ -128,7 +187,10 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
     }
 
     fn targets(&self, rollouts: &[Rollout]) -> Vec<f32> {
-        rollouts.iter().map(|o| o.score.score - self.vstar[o.idx]).collect()
+        match self.cfg.vstar {
+            VstarSource::Offline => rollouts.iter().map(|o| o.score.score - self.vstar[o.idx]).collect(),
+            VstarSource::Online => online_targets(rollouts, self.cfg.online_samples, self.cfg.beta1),
+        }
     }
 
     fn loss(&self, be: &B, x: &LossInputs<B>) -> Result<()> {
@@ -170,5 +232,27 @@ mod tests {
         assert!((vstar(&r, 0.5) - direct).abs() < 1e-6);
         assert_eq!(vstar(&[], 0.5), 0.0);
         assert!((vstar(&[0.7; 8], 0.5) - 0.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn online_targets_use_each_prompts_samples() {
+        use crate::rollout::{Finish, Rollout};
+        use crate::task::{Reason, Score};
+        let ro = |idx: usize, score: f32| Rollout {
+            idx,
+            tokens: vec![],
+            text: String::new(),
+            score: Score { score, reason: Reason::WrongValue },
+            finish: Finish::Eos,
+        };
+        let outs = [ro(0, 1.0), ro(0, 0.0), ro(5, 0.1), ro(5, 0.1)];
+        let t = online_targets(&outs, 2, 0.5);
+        let v0 = vstar(&[1.0, 0.0], 0.5);
+        assert!((t[0] - (1.0 - v0)).abs() < 1e-6 && (t[1] + v0).abs() < 1e-6, "{t:?}");
+        // All samples alike: V* is their reward, nothing to regress onto.
+        assert!(t[2].abs() < 1e-6 && t[3].abs() < 1e-6);
+        let c = AstarpoConfig { vstar: VstarSource::Online, online_samples: 1, ..Default::default() };
+        assert!(c.validate().is_err());
+        assert_eq!(AstarpoConfig { vstar: VstarSource::Online, ..Default::default() }.samples_per_prompt(), 4);
     }
 }

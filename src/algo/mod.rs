@@ -55,7 +55,7 @@ impl AlgoConfig {
     /// known before building it, for the memory plan).
     pub fn samples_per_prompt(&self) -> usize {
         match self {
-            AlgoConfig::Astarpo(_) => 1,
+            AlgoConfig::Astarpo(c) => c.samples_per_prompt(),
             AlgoConfig::Grpo(c) => c.group_size,
             AlgoConfig::Reinforce(c) => c.samples_per_prompt,
         }
