@@ -149,17 +149,25 @@ fn process_rank(cfg: TrainConfig, env: &crate::dist::env::RankEnv, resume: bool,
             // CPU ranks on one node share its memory.
             let comm = comm.sharing_memory(env.local_world);
             let be = crate::backend::cpu::CpuBackend::new();
-            let result = train(&be, cfg, resume, restart, Ranks::Process(&comm));
-            match &result {
-                // Every rank decided to stop together.
-                Err(e) if crate::util::interrupt::is_interrupt(e) => {}
-                Err(e) => comm.abort(&format!("{e:#}")),
-                Ok(_) => {}
-            }
-            result.map_err(|e| if env.rank == 0 { e } else { e.context(format!("rank {}", env.rank)) })
+            rank_outcome(train(&be, cfg, resume, restart, Ranks::Process(&comm)), env.rank, &comm)
         }
         crate::backend::Device::Cuda => cuda_rank(cfg, env, resume, restart, &hello, timeout),
     }
+}
+
+/// A process rank's result: an error (not an interrupt, which every rank decided together)
+/// is sent to the other ranks so they stop, and is prefixed with this rank.
+fn rank_outcome(result: Result<i32>, rank: usize, host: &TcpComm) -> Result<i32> {
+    result.map_err(|e| {
+        if !crate::util::interrupt::is_interrupt(&e) {
+            host.abort(&format!("{e:#}"));
+        }
+        if rank == 0 {
+            e
+        } else {
+            e.context(format!("rank {rank}"))
+        }
+    })
 }
 
 /// A GPU rank: the rendezvous, then every rank loads NCCL and opens its GPU and they compare
@@ -190,18 +198,10 @@ fn cuda_rank(
         bail!("rank {rank}: {}", if r == rank { why.clone() } else { format!("stopping: rank {r} cannot start: {why}") });
     }
     let (nccl, be) = ready.expect("every rank is ready");
-    let failing = |e: anyhow::Error, host: &dyn Fn(&str)| {
-        host(&format!("{e:#}"));
-        if rank == 0 {
-            e
-        } else {
-            e.context(format!("rank {rank}"))
-        }
-    };
     let id = match rank {
         0 => match nccl.unique_id() {
             Ok(id) => id,
-            Err(e) => return Err(failing(e, &|m| host.abort(m))),
+            Err(e) => return rank_outcome(Err(e), rank, &host),
         },
         _ => vec![],
     };
@@ -210,11 +210,7 @@ fn cuda_rank(
         eprintln!("NCCL {} ({}), {} ranks", crate::dist::nccl::version_string(nccl.version), nccl.path, env.world);
     }
     let comm = NcclComm::init(nccl, &be, host, &id, timeout)?;
-    match train(&be, cfg, resume, restart, Ranks::Process(&comm)) {
-        Err(e) if crate::util::interrupt::is_interrupt(&e) => Err(e),
-        Err(e) => Err(failing(e, &|m| comm.host().abort(m))),
-        Ok(c) => Ok(c),
-    }
+    rank_outcome(train(&be, cfg, resume, restart, Ranks::Process(&comm)), rank, comm.host())
 }
 
 #[cfg(not(feature = "cuda"))]
