@@ -161,6 +161,25 @@ fn task_commands() {
         Some("{\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>7</answer>\"}\n"),
     );
     assert_eq!(serde_json::from_str::<serde_json::Value>(text(&o.stdout).trim()).unwrap()["score"], 0.0);
+    // Summed rewards report each term; a line may name its own; cosine needs the length; a
+    // Countdown-only reward on a multiplication line is that line's error.
+    let lines = "{\"task\":\"countdown\",\"nums\":[44,19,35],\"target\":98,\"response\":\"x</think>\\n<answer>44+19+35=98</answer>\"}\n\
+                 {\"task\":\"countdown\",\"nums\":[44,19,35],\"target\":98,\"response\":\"<answer>49+49</answer>\",\"reward\":{\"dense\":2.0}}\n\
+                 {\"task\":\"countdown\",\"nums\":[44,19,35],\"target\":98,\"response\":\"<answer>44+19+35</answer>\",\"reward\":\"cosine\",\"length\":512}\n\
+                 {\"task\":\"countdown\",\"nums\":[44,19,35],\"target\":98,\"response\":\"<answer>44+19+35</answer>\",\"reward\":\"cosine\"}\n\
+                 {\"task\":\"multiply\",\"a\":2,\"b\":3,\"response\":\"<answer>6</answer>\"}\n";
+    let o = tz(&["reward", "--input", "-", "--reward", "equation,strict_format=0.5"], Some(lines));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: Vec<serde_json::Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // TinyZero's check reads `=98` as a fifth number: the verdict is wrong numbers, while
+    // the equation reward accepts LHS = RHS = target.
+    assert_eq!(out[0]["score"], 1.5, "{}", out[0]);
+    assert_eq!((out[0]["rewards"]["equation"].as_f64(), out[0]["reason"].as_str()), (Some(1.0), Some("wrong_numbers")));
+    assert!((out[1]["score"].as_f64().unwrap() - 1.8).abs() < 1e-6, "{}", out[1]);
+    assert!((out[2]["score"].as_f64().unwrap() - 0.75).abs() < 1e-6, "{}", out[2]);
+    assert!(out[3]["error"].as_str().unwrap().contains("length"), "{}", out[3]);
+    assert!(out[4]["error"].as_str().unwrap().contains("countdown problems only"), "{}", out[4]);
+    assert_clean_error(&tz(&["reward", "--input", "-", "--reward", "equation=heavy"], Some("")), "not a number");
 
     let o = tz(&["plan", "--config", "configs/qwen2.5-3b.toml", "--set", "train.micro_batch=2"], None);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -3,7 +3,8 @@
 use crate::backend::{Backend, Device, SamplingParams};
 use crate::model::load::load_model;
 use crate::rollout::{GenConfig, Generator, PromptSet, RolloutCtx};
-use crate::task::{self, parse_rows, RewardKind, Template};
+use crate::task::rewards::RewardSpec;
+use crate::task::{self, parse_rows, Template};
 use crate::train::eval::evaluate;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -23,9 +24,9 @@ pub struct EvalArgs {
     /// Prompt template: base, qwen-instruct or compact.
     #[arg(long, default_value = "base")]
     pub template: Template,
-    /// tinyzero or binary.
+    /// The reward (`crate::task::rewards`): a name, or `name[=weight],…` summed.
     #[arg(long, default_value = "tinyzero")]
-    pub reward: RewardKind,
+    pub reward: RewardSpec,
     /// pass@k samples per problem (0: greedy only).
     #[arg(long, default_value_t = 0)]
     pub k: usize,
@@ -73,7 +74,9 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
         stop_token_ids: tok.eos_ids(&model.cfg.eos_token_ids),
         stop_strings,
     };
-    let ctx = RolloutCtx { be, model: &model, gen: &gen, tok: &tok, settings, reward: args.reward };
+    args.reward.check(set.problems[0].task().name())?;
+    let reward = args.reward.for_responses(args.max_new_tokens);
+    let ctx = RolloutCtx { be, model: &model, gen: &gen, tok: &tok, settings, reward: &reward };
     let total = set.len() * (1 + args.k);
     let mut progress = crate::util::progress::Progress::new("responses", total as u64, 0, (gen.slots as u64).max(1));
     let r = evaluate(&ctx, &set, 0, args.k, args.seed, Some(&mut progress), &crate::dist::Single)?;

@@ -9,7 +9,8 @@ pub use prompts::PromptSet;
 
 use crate::backend::{Backend, SamplingParams};
 use crate::model::Qwen2;
-use crate::task::{RewardKind, Score};
+use crate::task::rewards::RewardSpec;
+use crate::task::Score;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 
@@ -26,14 +27,14 @@ pub struct Rollout {
 
 /// Everything generate-and-score needs: which model samples, with which planned generator,
 /// tokenizer and generation settings, and the reward to score with (each problem's own task
-/// scores its response).
+/// gives the verdict).
 pub struct RolloutCtx<'a, B: Backend> {
     pub be: &'a B,
     pub model: &'a Qwen2<B>,
     pub gen: &'a Generator<B>,
     pub tok: &'a Tokenizer,
     pub settings: GenConfig,
-    pub reward: RewardKind,
+    pub reward: &'a RewardSpec,
 }
 
 impl<'a, B: Backend> RolloutCtx<'a, B> {
@@ -59,7 +60,7 @@ impl<'a, B: Backend> RolloutCtx<'a, B> {
         for (&i, g) in idx.iter().zip(outs) {
             let text = self.tok.decode(&g.tokens, true)?;
             let p = &set.problems[i];
-            let score = p.task().score(p, &text, self.reward);
+            let score = self.reward.score(p, &text, g.tokens.len());
             res.push(Rollout { idx: i, tokens: g.tokens, text, score, finish: g.finish });
         }
         Ok(res)

@@ -18,6 +18,7 @@ pub mod data;
 pub mod expr;
 pub mod multiply;
 pub mod reward;
+pub mod rewards;
 pub mod solver;
 pub mod template;
 

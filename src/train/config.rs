@@ -2,7 +2,8 @@
 //! validation. Unknown keys are errors (a typo must not silently train with a default).
 use crate::algo::AlgoConfig;
 use crate::backend::Device;
-use crate::task::{RewardKind, Template};
+use crate::task::rewards::{CosineParams, RewardParams, RewardSpec};
+use crate::task::Template;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -53,8 +54,18 @@ pub struct TaskSection {
     pub name: String,
     /// base | qwen-instruct | compact
     pub template: Template,
-    /// tinyzero | binary
-    pub reward: RewardKind,
+    /// A reward or a weighted sum (`crate::task::rewards`): "tinyzero", "equation,strict_format",
+    /// "equation=1,strict_format=0.5" or { equation = 1.0, strict_format = 0.5 }.
+    pub reward: RewardSpec,
+    /// The `cosine` reward's settings.
+    pub cosine: CosineParams,
+}
+
+impl TaskSection {
+    /// The run's reward with its settings, for responses of at most `max_response` tokens.
+    pub fn reward_spec(&self, max_response: usize) -> RewardSpec {
+        self.reward.clone().with_params(RewardParams { cosine: self.cosine.clone() }).for_responses(max_response)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,7 +170,12 @@ impl Default for ModelSection {
 
 impl Default for TaskSection {
     fn default() -> Self {
-        TaskSection { name: "countdown".into(), template: Template::Compact, reward: RewardKind::Tinyzero }
+        TaskSection {
+            name: "countdown".into(),
+            template: Template::Compact,
+            reward: RewardSpec::default(),
+            cosine: CosineParams::default(),
+        }
     }
 }
 
@@ -280,6 +296,7 @@ impl TrainConfig {
             )?;
         }
         crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?;
+        self.task.reward_spec(t.max_response_tokens).check(&self.task.name).map_err(|e| anyhow!("task.reward: {e}"))?;
         if self.model.path.as_os_str().is_empty() {
             // Checked now, not after minutes of data generation.
             crate::model::presets::preset(&self.model.preset).map_err(|e| anyhow!("model.preset: {e}"))?;
@@ -390,7 +407,7 @@ mod tests {
         assert!(TrainConfig::load(None, &["task.reward=dense2".into()]).is_err());
         assert!(TrainConfig::load(None, &["task.name=sudoku".into()]).is_err());
         let c = TrainConfig::load(None, &["task.template=qwen-instruct".into(), "task.reward=binary".into()]).unwrap();
-        assert_eq!((c.task.template, c.task.reward), (Template::QwenInstruct, RewardKind::Binary));
+        assert_eq!((c.task.template, c.task.reward.to_string()), (Template::QwenInstruct, "binary".to_string()));
         // A saved config reads back as itself.
         let text = toml::to_string(&c).unwrap();
         let back: TrainConfig = toml::from_str(&text).unwrap();

@@ -29,7 +29,7 @@ use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::rollout::{Finish, GenConfig, Generator, PromptSet, Rollout, RolloutCtx};
-use crate::task::RewardKind;
+use crate::task::rewards::RewardSpec;
 use crate::tokenizer::Tokenizer;
 use crate::util::interrupt;
 use anyhow::{anyhow, bail, Context, Result};
@@ -65,7 +65,7 @@ pub struct Trainer<'a, B: Backend> {
     run_dir: PathBuf,
     tok: Tokenizer,
     tokenizer_json: String,
-    reward: RewardKind,
+    reward: RewardSpec,
     objective: Box<dyn Objective<B>>,
     policy: Qwen2<B>,
     reference: Qwen2<B>,
@@ -131,7 +131,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if checkpoint::has_checkpoints(&run_dir) && !resume {
             bail!("{} already has checkpoints: pass --resume to continue it, --restart to start it over, or choose another name (--set name=...)", run_dir.display());
         }
-        let (template, reward) = (cfg.task.template, cfg.task.reward);
+        let (template, reward) = (cfg.task.template, cfg.task.reward_spec(cfg.train.max_response_tokens));
         // The memory plan first, from config.json alone: a run that cannot fit stops here,
         // before minutes of loading weights.
         let model_cfg = crate::model::load::load_config(base_dir)?;
@@ -284,7 +284,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 gen: &self.gen,
                 tok: &self.tok,
                 settings: self.rollout_settings.clone(),
-                reward: self.reward,
+                reward: &self.reward,
             };
             let stage = Stage1 {
                 reference,
@@ -417,7 +417,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             gen: &self.gen,
             tok: &self.tok,
             settings: self.rollout_settings.clone(),
-            reward: self.reward,
+            reward: &self.reward,
         }
     }
 
