@@ -86,6 +86,10 @@ impl<B: Backend> Objective<B> for Grpo<B> {
         true
     }
 
+    fn ratio_clip(&self) -> Option<f32> {
+        Some(self.cfg.clip_eps)
+    }
+
     fn entropy_coeff(&self) -> f32 {
         self.cfg.entropy_coeff
     }

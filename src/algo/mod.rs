@@ -190,6 +190,10 @@ pub trait Objective<B: Backend> {
     fn needs_old_logprobs(&self) -> bool {
         false
     }
+    /// The clip range ε of its importance ratio, if it clips one (for the diagnostics).
+    fn ratio_clip(&self) -> Option<f32> {
+        None
+    }
     /// Coefficient of the −mean-token-entropy term added to the loss.
     fn entropy_coeff(&self) -> f32;
     /// Runs once before training (and again on resume, so it must be cached or cheap).

@@ -32,6 +32,9 @@ pub struct TrainerState {
     /// save), so it resumes at any world size; older checkpoints are single-rank.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Σ of every reward sampled by the steps so far (the metrics' `reward_cumulative`).
+    #[serde(default)]
+    pub reward_cumulative: f64,
 }
 
 fn one() -> usize {

@@ -26,12 +26,60 @@ pub struct StepMetrics {
     pub step_time_s: f32,
     pub peak_mem_bytes: u64,
     pub skipped: bool,
+    // Diagnostics (`crate::train::diag`); absent from metrics written before they existed.
+    /// Tokens of the step's prompts and responses (the overall total is their sum).
+    #[serde(default)]
+    pub tokens_prompt: usize,
+    #[serde(default)]
+    pub tokens_response: usize,
+    #[serde(default)]
+    pub tokens_total: usize,
+    /// Responses that ended on EOS or a stop string.
+    #[serde(default)]
+    pub finished_frac: f32,
+    /// Solve rate among truncated responses, and among finished ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solve_rate_truncated: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solve_rate_finished: Option<f32>,
+    /// Mean tokens of the solved responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct_len_mean: Option<f32>,
+    /// KL(π‖π_ref) per response token at the training forward: k1 (mean log-ratio) and k3.
+    #[serde(default)]
+    pub kl_ref_k1: f32,
+    #[serde(default)]
+    pub kl_ref_k3: f32,
+    /// log(π/π_old) per token, and the importance ratio π/π_old, where the objective has the
+    /// behaviour policy's log-probs (GRPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_ratio_mean: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_ratio_std: Option<f32>,
+    #[serde(default, rename = "actor/is_ratio/mean", skip_serializing_if = "Option::is_none")]
+    pub is_ratio_mean: Option<f32>,
+    #[serde(default, rename = "actor/is_ratio/std", skip_serializing_if = "Option::is_none")]
+    pub is_ratio_std: Option<f32>,
+    #[serde(default, rename = "actor/is_ratio/p95", skip_serializing_if = "Option::is_none")]
+    pub is_ratio_p95: Option<f32>,
+    /// Share of tokens with the ratio outside the objective's clip range.
+    #[serde(default, rename = "actor/is_clip/outside_frac", skip_serializing_if = "Option::is_none")]
+    pub is_clip_outside_frac: Option<f32>,
+    /// Σ of every sampled reward so far, and wall seconds of training so far (both across
+    /// resumes).
+    #[serde(default)]
+    pub reward_cumulative: f64,
+    #[serde(default)]
+    pub elapsed_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_solve_rate: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_reward_mean: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_format_rate: Option<f32>,
+    /// Held-out solve rate by difficulty ("3 numbers", …) at evaluation steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_by_difficulty: Option<std::collections::BTreeMap<String, f32>>,
 }
 
 pub fn append(path: &Path, m: &StepMetrics) -> Result<()> {

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod diag;
 pub mod eval;
 pub mod metrics;
 pub mod optim;

@@ -16,6 +16,7 @@
 use super::checkpoint::{self, TrainerState};
 use super::config::TrainConfig;
 use super::data::load_problems;
+use super::diag::{self, TokenDiag};
 use super::eval::{evaluate, EvalReport};
 use super::metrics::{self, StepMetrics};
 use super::optim::{AdamWConfig, Optimizer};
@@ -219,6 +220,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 base_reward_mean: None,
                 elapsed_s: 0.0,
                 world_size: comm.world(),
+                reward_cumulative: 0.0,
             },
         };
         let rollout_settings = GenConfig {
@@ -336,6 +338,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         m.eval_solve_rate = Some(r.overall.solve_rate);
                         m.eval_reward_mean = Some(r.overall.reward_mean);
                         m.eval_format_rate = Some(r.overall.format_rate);
+                        m.eval_by_difficulty = Some(r.by_difficulty.iter().map(|(k, g)| (k.clone(), g.solve_rate)).collect());
                         if let Some(bar) = &bar {
                             bar.println(format!(
                                 "step {}: held-out solve rate {:.3}, mean reward {:.3}",
@@ -348,6 +351,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 }
             }
             self.state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+            m.elapsed_s = self.state.elapsed_s;
             if let Some(bar) = &mut bar {
                 metrics::append(&metrics_path, &m)?;
                 bar.set_message(format!("reward {:.3} solve {:.3} loss {:.4}", m.reward_mean, m.solve_rate, m.loss));
@@ -496,13 +500,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let targets = self.objective.targets(&outs);
         let (mut loss_sum, mut ent_sum, mut ntok_total) = (0f64, 0f64, 0usize);
         let (mut grad_norm, mut skipped) = (0f32, false);
+        let mut diag = TokenDiag::default();
         let order: Vec<usize> = (0..outs.len()).collect();
         for mini in order.chunks(t.mini_batch) {
             self.opt.zero_grad(self.be)?;
             // Losses are means over the whole (global) mini-batch; this rank adds its part.
             let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
             for micro in mini[split_range(mini.len(), world, rank)].chunks(t.micro_batch) {
-                let (l, e) = self.accumulate(micro, &pairs, &ref_lp, old_lp.as_deref(), &targets, mini.len(), ntok_mini)?;
+                let (l, e) = self.accumulate(micro, &pairs, &ref_lp, old_lp.as_deref(), &targets, mini.len(), ntok_mini, &mut diag)?;
                 loss_sum += l;
                 ent_sum += e;
             }
@@ -517,6 +522,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut sums = [loss_sum, ent_sum];
         self.comm.all_reduce_f64(&mut sums)?;
         let [loss_sum, ent_sum] = sums;
+        let tokens = diag.finish(self.comm)?;
+        let ratio = tokens.ratio.clone().unwrap_or_default();
+        let has_ratio = tokens.ratio.is_some();
+        let shape = diag::rollout_stats(&outs, |o| self.train.tokens[o.idx].len());
+        self.state.reward_cumulative += rewards.iter().map(|&r| r as f64).sum::<f64>();
         let t_update = t2.elapsed().as_secs_f32();
         let n = outs.len() as f32;
         let lens: Vec<usize> = outs.iter().map(|o| o.tokens.len()).collect();
@@ -541,6 +551,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
             step_time_s: step_time,
             peak_mem_bytes: metrics::peak_rss_bytes(),
             skipped,
+            tokens_prompt: shape.tokens_prompt,
+            tokens_response: shape.tokens_response,
+            tokens_total: shape.tokens_prompt + shape.tokens_response,
+            finished_frac: shape.finished_frac,
+            solve_rate_truncated: shape.solve_rate_truncated,
+            solve_rate_finished: shape.solve_rate_finished,
+            correct_len_mean: shape.correct_len_mean,
+            kl_ref_k1: tokens.kl_ref_k1,
+            kl_ref_k3: tokens.kl_ref_k3,
+            log_ratio_mean: has_ratio.then_some(ratio.log_ratio_mean),
+            log_ratio_std: has_ratio.then_some(ratio.log_ratio_std),
+            is_ratio_mean: has_ratio.then_some(ratio.is_ratio_mean),
+            is_ratio_std: has_ratio.then_some(ratio.is_ratio_std),
+            is_ratio_p95: has_ratio.then_some(ratio.is_ratio_p95),
+            is_clip_outside_frac: ratio.outside_frac,
+            reward_cumulative: self.state.reward_cumulative,
             ..Default::default()
         };
         if self.comm.is_root() && t.sample_every > 0 && (self.state.step + 1).is_multiple_of(t.sample_every) {
@@ -585,6 +611,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         targets: &[f32],
         mini_seqs: usize,
         mini_tokens: usize,
+        diag: &mut TokenDiag,
     ) -> Result<(f64, f64)> {
         let be = self.be;
         let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
@@ -595,15 +622,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let nt = batch.n_targets();
         let flat = |src: &[Vec<f32>]| -> Vec<f32> { micro.iter().flat_map(|&i| src[i].iter().copied()).collect() };
         let ref_view = View::all(&self.bufs.ref_logp).slice(0, nt);
-        be.upload_f32(ref_view, &flat(ref_lp))?;
-        let old_view = match (old_lp, &self.bufs.old_logp) {
+        let ref_host = flat(ref_lp);
+        be.upload_f32(ref_view, &ref_host)?;
+        let old_host = old_lp.map(flat);
+        let old_view = match (&old_host, &self.bufs.old_logp) {
             (Some(old), Some(buf)) => {
                 let v = View::all(buf).slice(0, nt);
-                be.upload_f32(v, &flat(old))?;
+                be.upload_f32(v, old)?;
                 Some(v)
             }
             _ => None,
         };
+        let mut logp = vec![0f32; nt];
+        be.download_f32(self.ws.logp(), &mut logp)?;
+        diag.add(&logp, &ref_host, old_host.as_deref(), self.objective.ratio_clip());
         let micro_targets: Vec<f32> = micro.iter().map(|&i| targets[i]).collect();
         let x = LossInputs {
             logp: self.ws.logp(),
