@@ -35,6 +35,9 @@ pub struct TrainerState {
     /// Σ of every reward sampled by the steps so far (the metrics' `reward_cumulative`).
     #[serde(default)]
     pub reward_cumulative: f64,
+    /// The adaptive response window's state.
+    #[serde(default)]
+    pub window: super::schedule::WindowState,
 }
 
 fn one() -> usize {

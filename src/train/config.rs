@@ -21,6 +21,8 @@ pub struct TrainConfig {
     pub data: DataSection,
     pub algo: AlgoConfig,
     pub train: TrainSection,
+    /// Sampling schedules: temperature annealing, the adaptive response window.
+    pub rollout: super::schedule::RolloutSection,
     pub sft: SftSection,
     pub dist: DistSection,
 }
@@ -156,6 +158,7 @@ impl Default for TrainConfig {
             data: DataSection::default(),
             algo: AlgoConfig::default(),
             train: TrainSection::default(),
+            rollout: Default::default(),
             sft: SftSection::default(),
             dist: DistSection::default(),
         }
@@ -281,6 +284,7 @@ impl TrainConfig {
             bail!("train.temperature must be > 0 and train.top_p in (0, 1]");
         }
         self.algo.validate()?;
+        self.rollout.validate(t.max_response_tokens)?;
         {
             use crate::util::limits::{at_most, items, MAX_ITEMS};
             at_most("data.generate_train", self.data.generate_train, MAX_ITEMS)?;

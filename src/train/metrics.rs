@@ -71,6 +71,20 @@ pub struct StepMetrics {
     pub reward_cumulative: f64,
     #[serde(default)]
     pub elapsed_s: f64,
+    /// The step's sampling temperature.
+    #[serde(default)]
+    pub temperature: f32,
+    /// The adaptive response window (`rollout.adaptive_window`): the step's response limit,
+    /// the solved responses' mean length and the success rate it saw, and whether the step
+    /// explored the full window.
+    #[serde(default, rename = "adaptive_window/current_window", skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    #[serde(default, rename = "adaptive_window/mean_success_length", skip_serializing_if = "Option::is_none")]
+    pub window_success_length: Option<f32>,
+    #[serde(default, rename = "adaptive_window/success_rate", skip_serializing_if = "Option::is_none")]
+    pub window_success_rate: Option<f32>,
+    #[serde(default, rename = "adaptive_window/explored", skip_serializing_if = "Option::is_none")]
+    pub window_explored: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_solve_rate: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,7 @@ pub mod optim;
 pub mod plan;
 pub mod plot;
 pub mod run;
+pub mod schedule;
 pub mod sft;
 
 pub use config::TrainConfig;

@@ -21,6 +21,7 @@ use super::eval::{evaluate, EvalReport};
 use super::metrics::{self, StepMetrics};
 use super::optim::{AdamWConfig, Optimizer};
 use super::plan::{gib, human, RunPlan};
+use super::schedule::WindowObservation;
 use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::dist::{self, split_range, Comm};
@@ -221,6 +222,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 elapsed_s: 0.0,
                 world_size: comm.world(),
                 reward_cumulative: 0.0,
+                window: Default::default(),
             },
         };
         let rollout_settings = GenConfig {
@@ -458,11 +460,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
             all.chunks(t.mini_batch).flat_map(|mini| mini[split_range(mini.len(), world, r)].to_vec()).collect()
         };
         let mine = owned(rank);
+        // This step's sampling: the annealed temperature and the adaptive window.
+        let step_no = self.state.step + 1;
+        let temperature = cfg.rollout.temperature(t.temperature, step_no, t.steps);
+        let aw = &cfg.rollout.adaptive_window;
+        let (window, explored) = self.state.window.window_for(aw, t.max_response_tokens, cfg.seed, step_no);
         let outs = {
             let _r = nvtx::range("rollout");
             let my_idx: Vec<usize> = mine.iter().map(|&j| idx[j]).collect();
             let my_seeds: Vec<u64> = mine.iter().map(|&j| seeds[j]).collect();
-            let my_outs = self.policy_ctx().rollout(&self.train, &my_idx, &my_seeds)?;
+            let sampling = SamplingParams { temperature, ..self.rollout_settings.sampling };
+            let ctx = self.policy_ctx();
+            let my_outs = ctx.with_sampling(sampling, Some(window)).rollout(&self.train, &my_idx, &my_seeds)?;
             if world == 1 {
                 my_outs
             } else {
@@ -527,6 +536,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let has_ratio = tokens.ratio.is_some();
         let shape = diag::rollout_stats(&outs, |o| self.train.tokens[o.idx].len());
         self.state.reward_cumulative += rewards.iter().map(|&r| r as f64).sum::<f64>();
+        let seen = WindowObservation {
+            success_rate: outs.iter().filter(|o| o.score.solved()).count() as f32 / outs.len().max(1) as f32,
+            mean_success_length: shape.correct_len_mean.unwrap_or(0.0),
+            solved: outs.iter().filter(|o| o.score.solved()).count(),
+            saturated_frac: outs.iter().filter(|o| o.tokens.len() >= window).count() as f32 / outs.len().max(1) as f32,
+        };
+        self.state.window.observe(aw, t.max_response_tokens, step_no, window, &seen);
         let t_update = t2.elapsed().as_secs_f32();
         let n = outs.len() as f32;
         let lens: Vec<usize> = outs.iter().map(|o| o.tokens.len()).collect();
@@ -567,6 +583,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             is_ratio_p95: has_ratio.then_some(ratio.is_ratio_p95),
             is_clip_outside_frac: ratio.outside_frac,
             reward_cumulative: self.state.reward_cumulative,
+            temperature,
+            window: aw.enabled.then_some(window),
+            window_success_length: aw.enabled.then_some(seen.mean_success_length),
+            window_success_rate: aw.enabled.then_some(seen.success_rate),
+            window_explored: aw.enabled.then_some(explored),
             ..Default::default()
         };
         if self.comm.is_root() && t.sample_every > 0 && (self.state.step + 1).is_multiple_of(t.sample_every) {
