@@ -38,6 +38,9 @@ pub struct TrainerState {
     /// The adaptive response window's state.
     #[serde(default)]
     pub window: super::schedule::WindowState,
+    /// The curriculum's stage and recent solve rates.
+    #[serde(default)]
+    pub curriculum: super::curriculum::CurriculumState,
 }
 
 fn one() -> usize {

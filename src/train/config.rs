@@ -23,6 +23,8 @@ pub struct TrainConfig {
     pub train: TrainSection,
     /// Sampling schedules: temperature annealing, the adaptive response window.
     pub rollout: super::schedule::RolloutSection,
+    /// Countdown difficulty stages.
+    pub curriculum: super::curriculum::CurriculumSection,
     pub sft: SftSection,
     pub dist: DistSection,
 }
@@ -159,6 +161,7 @@ impl Default for TrainConfig {
             algo: AlgoConfig::default(),
             train: TrainSection::default(),
             rollout: Default::default(),
+            curriculum: Default::default(),
             sft: SftSection::default(),
             dist: DistSection::default(),
         }
@@ -285,6 +288,7 @@ impl TrainConfig {
         }
         self.algo.validate()?;
         self.rollout.validate(t.max_response_tokens)?;
+        self.curriculum.validate(&self.task.name)?;
         {
             use crate::util::limits::{at_most, items, MAX_ITEMS};
             at_most("data.generate_train", self.data.generate_train, MAX_ITEMS)?;

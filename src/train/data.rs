@@ -13,7 +13,15 @@ pub fn load_problems(cfg: &TrainConfig) -> Result<(Vec<Problem>, Vec<Problem>)> 
         let seed = crate::rng::derive_seed(cfg.seed, salt, 0x5eed);
         task.generate(n, seed, &cfg.countdown_spec(&d.counts))
     };
-    let train = if d.train.as_os_str().is_empty() {
+    let train = if d.train.as_os_str().is_empty() && cfg.curriculum.enabled() {
+        // Each stage's share from its own ranges (`crate::train::curriculum`).
+        let mut all = vec![];
+        for (k, stage) in cfg.curriculum.stages.iter().enumerate() {
+            let seed = crate::rng::derive_seed(cfg.seed, 100 + k as u64, 0x5eed);
+            all.extend(task.generate(d.generate_train, seed, &stage.spec())?);
+        }
+        all
+    } else if d.train.as_os_str().is_empty() {
         generate(d.generate_train, 1)?
     } else {
         task::load_problems(&d.train, parse_rows(&d.train_rows)?)?

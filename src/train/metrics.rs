@@ -71,6 +71,9 @@ pub struct StepMetrics {
     pub reward_cumulative: f64,
     #[serde(default)]
     pub elapsed_s: f64,
+    /// The curriculum stage the step trained on (`[curriculum]`).
+    #[serde(default, rename = "curriculum/stage", skip_serializing_if = "Option::is_none")]
+    pub curriculum_stage: Option<usize>,
     /// The step's sampling temperature.
     #[serde(default)]
     pub temperature: f32,

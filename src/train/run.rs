@@ -79,6 +79,8 @@ pub struct Trainer<'a, B: Backend> {
     test: PromptSet,
     /// Indices into `train` that the loop samples from (after optional V* filtering).
     pool: Vec<usize>,
+    /// Each training prompt's curriculum stage (with a curriculum).
+    stage_of: Option<Vec<usize>>,
     /// Generation settings of training rollouts (evaluation and stage 1 derive theirs).
     rollout_settings: GenConfig,
     state: TrainerState,
@@ -173,6 +175,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t = &cfg.train;
         let train = PromptSet::new(train_p, template, &tok, t.max_prompt_tokens)?;
         let test = PromptSet::new(test_p, template, &tok, t.max_prompt_tokens)?;
+        let stage_of = cfg.curriculum.enabled().then(|| cfg.curriculum.stages_of(&train.problems));
+        if let Some(s) = &stage_of {
+            for k in 0..cfg.curriculum.stages.len() {
+                if !s.iter().any(|&x| x <= k) {
+                    bail!("curriculum stage {k} has no training problems (none fits its ranges or an earlier stage's)");
+                }
+            }
+        }
         if train.is_empty() || test.is_empty() {
             bail!("every prompt is longer than train.max_prompt_tokens ({})", t.max_prompt_tokens);
         }
@@ -223,6 +233,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 world_size: comm.world(),
                 reward_cumulative: 0.0,
                 window: Default::default(),
+                curriculum: Default::default(),
             },
         };
         let rollout_settings = GenConfig {
@@ -251,6 +262,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             train,
             test,
             pool: (0..n).collect(),
+            stage_of,
             rollout_settings,
             state,
         })
@@ -428,10 +440,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
     }
 
     /// The next `n` prompts: epochs are seeded permutations of the pool.
-    fn next_prompts(&mut self, n: usize) -> Vec<usize> {
+    fn next_prompts(&mut self, n: usize) -> Result<Vec<usize>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let mut perm: Vec<usize> = self.pool.clone();
+            let stage = self.state.curriculum.stage;
+            let mut perm: Vec<usize> = match &self.stage_of {
+                Some(of) => self.pool.iter().copied().filter(|&i| of[i] <= stage).collect(),
+                None => self.pool.clone(),
+            };
+            anyhow::ensure!(!perm.is_empty(), "no training prompts left for curriculum stage {stage}");
             Rng::new(derive_seed(self.cfg.seed, self.state.epoch, 0xe70c)).shuffle(&mut perm);
             while out.len() < n && self.state.cursor < perm.len() {
                 out.push(perm[self.state.cursor]);
@@ -442,7 +459,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.state.cursor = 0;
             }
         }
-        out
+        Ok(out)
     }
 
     fn step(&mut self) -> Result<StepMetrics> {
@@ -450,7 +467,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let cfg = self.cfg.clone();
         let t = &cfg.train;
         let per_prompt = self.objective.samples_per_prompt();
-        let prompts = self.next_prompts(t.batch_prompts);
+        let prompts = self.next_prompts(t.batch_prompts)?;
         let idx: Vec<usize> = prompts.iter().flat_map(|&i| std::iter::repeat_n(i, per_prompt)).collect();
         let seeds: Vec<u64> = (0..idx.len()).map(|j| derive_seed(cfg.seed, self.state.step as u64 + 1, j as u64)).collect();
         // Which sequences of the global batch each rank generates, scores and trains on.
@@ -543,6 +560,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             saturated_frac: outs.iter().filter(|o| o.tokens.len() >= window).count() as f32 / outs.len().max(1) as f32,
         };
         self.state.window.observe(aw, t.max_response_tokens, step_no, window, &seen);
+        let stage = self.state.curriculum.stage;
+        if self.state.curriculum.observe(&cfg.curriculum, step_no, seen.success_rate) {
+            // The next stage's pool starts with a fresh permutation.
+            self.state.epoch += 1;
+            self.state.cursor = 0;
+        }
         let t_update = t2.elapsed().as_secs_f32();
         let n = outs.len() as f32;
         let lens: Vec<usize> = outs.iter().map(|o| o.tokens.len()).collect();
@@ -584,6 +607,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             is_clip_outside_frac: ratio.outside_frac,
             reward_cumulative: self.state.reward_cumulative,
             temperature,
+            curriculum_stage: cfg.curriculum.enabled().then_some(stage),
             window: aw.enabled.then_some(window),
             window_success_length: aw.enabled.then_some(seen.mean_success_length),
             window_success_rate: aw.enabled.then_some(seen.success_rate),
