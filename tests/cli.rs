@@ -723,6 +723,24 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     run("r1", 1, &rf, false);
     run("r2", 2, &rf, false);
     same_run("r1", "r2");
+    // PPO: a critic beside the policy (sharded and checkpointed like it), GAE over the whole
+    // batch's tokens; 2 steps on one rank, then 2 more on two ranks from the checkpoint.
+    let critic = |name: &str| {
+        let bytes = std::fs::read(format!("{out}/{name}/checkpoints/step-000004/critic.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensor("params").unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+    };
+    let ppo = ["algo.name=ppo", "algo.critic_lr=1e-3", "train.steps=4"];
+    run("p1", 1, &ppo, false);
+    run("psplit", 1, &["algo.name=ppo", "algo.critic_lr=1e-3", "train.steps=2"], false);
+    run("psplit", 2, &["train.steps=4"], true);
+    same_run("p1", "psplit");
+    let (c1, c2) = (critic("p1"), critic("psplit"));
+    let worst = c1.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "critic weights differ by up to {worst}");
+    let vf = metric("p1", "critic/vf_loss");
+    assert!(vf.len() == 4 && vf.iter().skip(1).all(|&l| l > 0.0), "the critic learns: {vf:?}");
+    assert_eq!(metric("psplit", "critic/vf_loss").len(), 4);
 }
 
 /// A port nothing listens on now (bound, read back, released).

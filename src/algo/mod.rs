@@ -9,6 +9,7 @@
 //! transfers per micro-batch.
 pub mod astarpo;
 pub mod grpo;
+pub mod ppo;
 pub mod reinforce;
 pub mod vstar;
 
@@ -26,6 +27,7 @@ pub enum AlgoConfig {
     Astarpo(astarpo::AstarpoConfig),
     Grpo(grpo::GrpoConfig),
     Reinforce(reinforce::ReinforceConfig),
+    Ppo(ppo::PpoConfig),
 }
 
 impl Default for AlgoConfig {
@@ -40,6 +42,7 @@ impl AlgoConfig {
             AlgoConfig::Astarpo(_) => "astarpo",
             AlgoConfig::Grpo(_) => "grpo",
             AlgoConfig::Reinforce(_) => "reinforce",
+            AlgoConfig::Ppo(_) => "ppo",
         }
     }
 
@@ -48,6 +51,7 @@ impl AlgoConfig {
             AlgoConfig::Astarpo(c) => c.validate(),
             AlgoConfig::Grpo(c) => c.validate(),
             AlgoConfig::Reinforce(c) => c.validate(),
+            AlgoConfig::Ppo(c) => c.validate(),
         }
     }
 
@@ -58,18 +62,24 @@ impl AlgoConfig {
             AlgoConfig::Astarpo(c) => c.samples_per_prompt(),
             AlgoConfig::Grpo(c) => c.group_size,
             AlgoConfig::Reinforce(c) => c.samples_per_prompt,
+            AlgoConfig::Ppo(c) => c.samples_per_prompt,
         }
     }
 
     pub fn needs_old_logprobs(&self) -> bool {
-        matches!(self, AlgoConfig::Grpo(_))
+        matches!(self, AlgoConfig::Grpo(_) | AlgoConfig::Ppo(_))
+    }
+
+    /// Whether the objective trains a critic (a second model: the memory plan counts it).
+    pub fn has_critic(&self) -> bool {
+        matches!(self, AlgoConfig::Ppo(_))
     }
 
     /// Lengths of the F32 device buffers `build` allocates for these micro-batch sizes.
     pub fn buffer_lens(&self, micro_batch: usize, max_targets: usize) -> Vec<usize> {
         match self {
             AlgoConfig::Astarpo(_) => astarpo::buffer_lens(micro_batch).to_vec(),
-            AlgoConfig::Grpo(_) | AlgoConfig::Reinforce(_) => token_loss_lens(max_targets).to_vec(),
+            AlgoConfig::Grpo(_) | AlgoConfig::Reinforce(_) | AlgoConfig::Ppo(_) => token_loss_lens(max_targets).to_vec(),
         }
     }
 
@@ -80,6 +90,7 @@ impl AlgoConfig {
             AlgoConfig::Astarpo(c) => Box::new(astarpo::Astarpo::new(be, c.clone(), micro_batch)?),
             AlgoConfig::Grpo(c) => Box::new(grpo::Grpo::new(be, c.clone(), max_targets)?),
             AlgoConfig::Reinforce(c) => Box::new(reinforce::Reinforce::new(be, c.clone(), max_targets)?),
+            AlgoConfig::Ppo(c) => Box::new(ppo::Ppo::new(be, c.clone(), max_targets)?),
         })
     }
 }
@@ -129,12 +140,17 @@ impl<B: Backend> TokenLoss<B> {
         Ok(TokenLoss { adv: f(a)?, weight: f(w)?, loss: f(l)? })
     }
 
-    /// Uploads each sequence's target as its tokens' advantage and each token's weight under
-    /// `agg`; returns the (loss, advantage, weight) views of this micro-batch.
+    /// Uploads each token's advantage — its own (`x.token_advantages`) or its sequence's
+    /// target — and each token's weight under `agg`; returns the (loss, advantage, weight)
+    /// views of this micro-batch.
     pub fn stage(&self, be: &B, x: &LossInputs<B>, agg: LossAgg) -> Result<[View<'_, B>; 3]> {
         let nt = x.seqs.tokens();
         let lens = x.seqs.cu_host.windows(2).map(|w| (w[1] - w[0]) as usize);
-        let adv: Vec<f32> = x.targets.iter().zip(lens.clone()).flat_map(|(&a, n)| std::iter::repeat_n(a, n)).collect();
+        let adv: Vec<f32> = match x.token_advantages {
+            Some(a) => a.to_vec(),
+            None => x.targets.iter().zip(lens.clone()).flat_map(|(&a, n)| std::iter::repeat_n(a, n)).collect(),
+        };
+        anyhow::ensure!(adv.len() == nt, "{} token advantages for {nt} tokens", adv.len());
         let weight: Vec<f32> = lens.flat_map(|n| std::iter::repeat_n(agg.weight(n, x.mini_seqs, x.mini_tokens), n)).collect();
         let (loss, adv_v, weight_v) =
             (View::all(&self.loss).slice(0, nt), View::all(&self.adv).slice(0, nt), View::all(&self.weight).slice(0, nt));
@@ -164,6 +180,9 @@ pub struct LossInputs<'a, B: Backend> {
     pub seqs: Seqs<'a, B>,
     /// The micro-batch's per-sequence targets (host), from `Objective::targets`.
     pub targets: &'a [f32],
+    /// Per-token advantages of the micro-batch (host, sequence by sequence), from
+    /// `Objective::token_targets`, for objectives with a critic.
+    pub token_advantages: Option<&'a [f32]>,
     /// Sequences and response tokens of the whole mini-batch: losses are means over it.
     pub mini_seqs: usize,
     pub mini_tokens: usize,
@@ -182,6 +201,22 @@ pub struct Stage1<'a, B: Backend> {
     pub comm: &'a dyn crate::dist::HostComm,
 }
 
+/// How an objective's critic trains.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CriticSettings {
+    pub lr: f32,
+    /// veRL's `cliprange_value`.
+    pub value_clip: f32,
+}
+
+/// Per response token, sequence by sequence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenTargets {
+    pub advantages: Vec<Vec<f32>>,
+    /// The critic's regression targets.
+    pub returns: Vec<Vec<f32>>,
+}
+
 pub trait Objective<B: Backend> {
     fn name(&self) -> &'static str;
     /// Responses sampled per prompt at each step.
@@ -193,6 +228,25 @@ pub trait Objective<B: Backend> {
     /// The clip range ε of its importance ratio, if it clips one (for the diagnostics).
     fn ratio_clip(&self) -> Option<f32> {
         None
+    }
+    /// Passes over each step's batch.
+    fn epochs(&self) -> usize {
+        1
+    }
+    /// A critic to train beside the policy (`crate::train::critic`), if the objective uses one.
+    fn critic(&self) -> Option<CriticSettings> {
+        None
+    }
+    /// Per-token advantages and value targets from the critic's values at the step's
+    /// rollouts (objectives with a critic). Log-probs and values are per response token.
+    fn token_targets(
+        &self,
+        _rollouts: &[Rollout],
+        _ref_lp: &[Vec<f32>],
+        _old_lp: &[Vec<f32>],
+        _values: &[Vec<f32>],
+    ) -> Result<TokenTargets> {
+        anyhow::bail!("{} has no critic", self.name())
     }
     /// Coefficient of the −mean-token-entropy term added to the loss.
     fn entropy_coeff(&self) -> f32;

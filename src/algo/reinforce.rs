@@ -160,6 +160,7 @@ mod tests {
                 old_logp: None,
                 seqs,
                 targets: &targets,
+                token_advantages: None,
                 mini_seqs: 2,
                 mini_tokens: 5,
             };

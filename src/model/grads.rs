@@ -60,6 +60,7 @@ pub struct GradSlots {
     full: Slot,
     low: Option<Slot>,
     dtype: GradDtype,
+    world: usize,
 }
 
 pub struct Grads<B: Backend> {
@@ -103,7 +104,7 @@ pub fn plan_slots(p: &mut ArenaPlan, layout: &ParamLayout, dtype: GradDtype, wor
     let (f, l) = grad_elements(layout, dtype);
     let full = p.f32("gradients", padded_len(f, world));
     let low = (l > 0).then(|| p.act("gradients", padded_len(l, world)));
-    GradSlots { full, low, dtype }
+    GradSlots { full, low, dtype, world }
 }
 
 fn padded_len(n: usize, world: usize) -> usize {
@@ -131,17 +132,19 @@ impl<B: Backend> Grads<B> {
         Ok(Grads { full: own(DType::F32, padded_len(f, world))?, low, places, total: layout.total, lens: (f, l) })
     }
 
-    /// The buffers in `arena`'s slots (planned by `plan` for this layout).
+    /// The buffers in `arena`'s slots (planned by `plan_slots` for this layout, or for a
+    /// larger one: a PPO critic's gradients use the policy's slots after the policy's update).
     pub fn in_arena(arena: &Arena<B>, layout: &ParamLayout, slots: GradSlots) -> Result<Self> {
         let (f, l) = grad_elements(layout, slots.dtype);
-        let region = |s: Slot| {
+        // Each buffer is this layout's padded length, a prefix of its slot.
+        let region = |s: Slot, need: usize| {
             let v = arena.view(s);
-            Region { buf: v.buf().clone(), off: v.off(), len: v.len() }
+            Region { buf: v.buf().clone(), off: v.off(), len: padded_len(need, slots.world).min(v.len()) }
         };
         anyhow::ensure!(slots.full.len >= f && slots.low.map_or(0, |s| s.len) >= l, "gradient slots planned for another model");
         Ok(Grads {
-            full: region(slots.full),
-            low: slots.low.map(region),
+            full: region(slots.full, f),
+            low: slots.low.map(|s| region(s, l)),
             places: places(layout, slots.dtype),
             total: layout.total,
             lens: (f, l),

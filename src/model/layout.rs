@@ -89,6 +89,23 @@ impl ParamLayout {
         ParamLayout { entries, embed, layers, final_norm, lm_head, total: off }
     }
 
+    /// A critic's layout (PPO, `crate::train::critic`): the model's, then a value head
+    /// `score.weight` `[1, C]` and `score.bias` `[1]` (the names of transformers'
+    /// `Qwen2ForTokenClassification` with one label).
+    pub fn with_value_head(cfg: &Qwen2Config) -> Self {
+        let mut l = Self::new(cfg);
+        let c = cfg.hidden_size;
+        l.entries.push(Entry { name: "score.weight".into(), offset: l.total, shape: vec![1, c], decay: true });
+        l.entries.push(Entry { name: "score.bias".into(), offset: l.total + c, shape: vec![1], decay: false });
+        l.total += c + 1;
+        l
+    }
+
+    /// Offset of the value head's weight, if this layout has one.
+    pub fn value_head(&self) -> Option<usize> {
+        self.get("score.weight").map(|e| e.offset)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == name)
     }

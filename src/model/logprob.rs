@@ -261,7 +261,7 @@ impl<B: Backend> Qwen2<B> {
         self.backward_layers(be, a, &p.fwd, d, grads, ws.n_rows, ws.seqs())
     }
 
-    fn for_each_chunk(&self, ws: &LogprobWorkspace<B>, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
+    pub(crate) fn for_each_chunk(&self, ws: &LogprobWorkspace<B>, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
         let mut j0 = 0;
         while j0 < ws.n_targets {
             let nc = ws.plan.chunk.min(ws.n_targets - j0);

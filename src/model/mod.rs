@@ -8,6 +8,7 @@ pub mod load;
 pub mod logprob;
 pub mod presets;
 pub mod qwen2;
+pub mod value;
 pub mod weights;
 
 pub use config::Qwen2Config;

@@ -143,6 +143,11 @@ impl<B: Backend> Qwen2<B> {
     /// Uploads host f32 parameters in `layout` order.
     pub fn from_host(be: &B, cfg: Qwen2Config, host: &[f32]) -> Result<Self> {
         let layout = ParamLayout::new(&cfg);
+        Self::from_host_in(be, cfg, layout, host)
+    }
+
+    /// As `from_host`, in another layout of the same config (a critic's, with a value head).
+    pub fn from_host_in(be: &B, cfg: Qwen2Config, layout: ParamLayout, host: &[f32]) -> Result<Self> {
         if host.len() != layout.total {
             bail!("parameter count {} does not match the config's {}", host.len(), layout.total);
         }
@@ -162,7 +167,7 @@ impl<B: Backend> Qwen2<B> {
         self.cfg.attn_shape()
     }
 
-    fn w(&self, off: usize, len: usize) -> View<'_, B> {
+    pub(crate) fn w(&self, off: usize, len: usize) -> View<'_, B> {
         View::all(&self.params).slice(off, len)
     }
 

@@ -51,7 +51,50 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     pub state: TrainerState,
     pub opt: OptimizerState,
+    /// A PPO run's critic: its parameters (its layout, f32) and optimizer state.
+    pub critic: Option<(Vec<f32>, OptimizerState)>,
 }
+
+/// An optimizer state (and, for a critic, its parameters) as one safetensors file of flat
+/// f32 tensors `m`, `v`, `step`, optionally `master` and `params`.
+fn state_file(path: &Path, opt: &OptimizerState, params: Option<&[f32]>) -> Result<()> {
+    let step = vec![opt.step as f32];
+    let mut tensors: Vec<(&str, &[f32])> = vec![("m", &opt.m), ("v", &opt.v), ("step", &step)];
+    if let Some(mw) = &opt.master {
+        tensors.push(("master", mw));
+    }
+    if let Some(p) = params {
+        tensors.push(("params", p));
+    }
+    let data: Vec<(String, Vec<u8>, usize)> = tensors.iter().map(|(k, v)| (k.to_string(), f32_bytes(v), v.len())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, b, len)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow!("optimizer state: {e}"))?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| anyhow!("optimizer state: {e}"))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads `state_file`'s tensors back: the state and the `params` tensor if present.
+fn read_state_file(op: &Path) -> Result<(OptimizerState, Option<Vec<f32>>)> {
+    let bytes = std::fs::read(op).with_context(|| format!("cannot read {}", op.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", op.display()))?;
+    let get = |k: &str| -> Result<Option<Vec<f32>>> {
+        match st.tensor(k) {
+            Ok(t) if t.dtype() == safetensors::Dtype::F32 => Ok(Some(f32_from_bytes(t.data()))),
+            Ok(_) => bail!("{}: tensor '{k}' is not f32", op.display()),
+            Err(_) => Ok(None),
+        }
+    };
+    let m = get("m")?.ok_or_else(|| anyhow!("{}: missing 'm'", op.display()))?;
+    let v = get("v")?.ok_or_else(|| anyhow!("{}: missing 'v'", op.display()))?;
+    let step = get("step")?.and_then(|s| s.first().copied()).ok_or_else(|| anyhow!("{}: missing 'step'", op.display()))? as u32;
+    let master = get("master")?;
+    Ok((OptimizerState { step, m, v, master }, get("params")?))
+}
+
+const CRITIC_FILE: &str = "critic.safetensors";
 
 fn f32_bytes(xs: &[f32]) -> Vec<u8> {
     xs.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -69,6 +112,7 @@ pub fn save(
     params: &[f32],
     tokenizer_json: &str,
     opt: &OptimizerState,
+    critic: Option<(&[f32], &OptimizerState)>,
     state: &TrainerState,
 ) -> Result<PathBuf> {
     let ckpts = run_dir.join("checkpoints");
@@ -80,20 +124,11 @@ pub fn save(
         std::fs::remove_dir_all(&tmp)?;
     }
     save_model(&tmp, cfg, layout, params, SaveDtype::F32, Some(tokenizer_json))?;
-    let step = vec![opt.step as f32];
     let n = opt.m.len();
-    let mut tensors: Vec<(&str, &[f32])> = vec![("m", &opt.m), ("v", &opt.v), ("step", &step)];
-    if let Some(mw) = &opt.master {
-        tensors.push(("master", mw));
+    state_file(&tmp.join("optimizer.safetensors"), opt, None)?;
+    if let Some((params, copt)) = critic {
+        state_file(&tmp.join(CRITIC_FILE), copt, Some(params))?;
     }
-    let data: Vec<(String, Vec<u8>, usize)> = tensors.iter().map(|(k, v)| (k.to_string(), f32_bytes(v), v.len())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = data
-        .iter()
-        .map(|(k, b, len)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], b)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()
-        .map_err(|e| anyhow!("optimizer state: {e}"))?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| anyhow!("optimizer state: {e}"))?;
-    write_atomic(&tmp.join("optimizer.safetensors"), &bytes)?;
     write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     debug_assert_eq!(n, layout.total);
     let mut sums = std::collections::BTreeMap::new();
@@ -260,19 +295,13 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let sp = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", sp.display()))?;
-    let op = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&op).with_context(|| format!("cannot read {}", op.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", op.display()))?;
-    let get = |k: &str| -> Result<Option<Vec<f32>>> {
-        match st.tensor(k) {
-            Ok(t) if t.dtype() == safetensors::Dtype::F32 => Ok(Some(f32_from_bytes(t.data()))),
-            Ok(_) => bail!("{}: tensor '{k}' is not f32", op.display()),
-            Err(_) => Ok(None),
-        }
+    let (opt, _) = read_state_file(&dir.join("optimizer.safetensors"))?;
+    let cp = dir.join(CRITIC_FILE);
+    let critic = if cp.exists() {
+        let (copt, params) = read_state_file(&cp)?;
+        Some((params.ok_or_else(|| anyhow!("{}: missing 'params'", cp.display()))?, copt))
+    } else {
+        None
     };
-    let m = get("m")?.ok_or_else(|| anyhow!("{}: missing 'm'", op.display()))?;
-    let v = get("v")?.ok_or_else(|| anyhow!("{}: missing 'v'", op.display()))?;
-    let step = get("step")?.and_then(|s| s.first().copied()).ok_or_else(|| anyhow!("{}: missing 'step'", op.display()))? as u32;
-    let master = get("master")?;
-    Ok(Checkpoint { dir: dir.to_path_buf(), state, opt: OptimizerState { step, m, v, master } })
+    Ok(Checkpoint { dir: dir.to_path_buf(), state, opt, critic })
 }

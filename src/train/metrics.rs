@@ -15,6 +15,9 @@ pub struct StepMetrics {
     pub grad_norm: f32,
     pub lr: f32,
     pub entropy_mean: f32,
+    /// The critic's metrics (PPO).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub critic: Option<super::critic::CriticStats>,
     pub resp_len_mean: f32,
     pub resp_len_max: usize,
     pub truncated_frac: f32,

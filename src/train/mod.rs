@@ -2,6 +2,7 @@
 //! start, evaluation, metrics, checkpoints and learning curves.
 pub mod checkpoint;
 pub mod config;
+pub mod critic;
 pub mod curriculum;
 pub mod data;
 pub mod diag;

@@ -185,6 +185,19 @@ impl RunPlan {
         if master {
             lines.push(line(&format!("master weights (f32{part})"), local.max(1) * 4));
         }
+        // A critic (PPO) is the model again with a value head and its own optimizer state; it
+        // trains in the policy's activation region and gradient slots after the policy's
+        // update, so the slots are planned for its (larger) layout.
+        let grad_layout = if cfg.algo.has_critic() { ParamLayout::with_value_head(model) } else { layout.clone() };
+        let (critic_full, critic_low) = crate::model::grads::grad_elements(&grad_layout, cfg.train.grad_dtype);
+        if cfg.algo.has_critic() {
+            let local = critic_full.div_ceil(world) + critic_low.div_ceil(world);
+            lines.push(line("critic parameters", grad_layout.total * a));
+            lines.push(line(&format!("critic Adam moments (f32, two{part})"), 2 * local.max(1) * 4));
+            if master {
+                lines.push(line(&format!("critic master weights (f32{part})"), local.max(1) * 4));
+            }
+        }
         let grad_bytes = 4 * pad(grads_full) + a * pad(grads_low);
         let traffic = if world > 1 {
             let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
@@ -192,11 +205,18 @@ impl RunPlan {
             // the gradient buffers.
             let gather = if grads_low > 0 { grad_bytes } else { n * a };
             let ring = |b: usize| b / world * (world - 1);
+            // The critic's updates move its own gradients and parameters the same way.
+            let critic = if cfg.algo.has_critic() {
+                let g = 4 * pad(critic_full) + a * pad(critic_low);
+                ring(g) + ring(if critic_low > 0 { g } else { grad_layout.total * a })
+            } else {
+                0
+            };
             StepTraffic {
                 updates,
                 reduce_scatter_bytes: grad_bytes,
                 all_gather_bytes: gather,
-                sent_per_rank_bytes: updates * (ring(grad_bytes) + ring(gather)),
+                sent_per_rank_bytes: updates * (ring(grad_bytes) + ring(gather) + critic),
             }
         } else {
             StepTraffic::default()
@@ -207,7 +227,7 @@ impl RunPlan {
         let ws = LogprobPlan::new(&mut tp, model, shape.micro_batch * shape.t_max, shape.micro_batch, shape.max_targets, shape.keep);
         // Gradients live only from a mini-batch's first backward to its update: in the
         // training phase of the shared region, where the rollout's KV cache is at other times.
-        let grads = crate::model::grads::plan_slots(&mut tp, &layout, cfg.train.grad_dtype, world);
+        let grads = crate::model::grads::plan_slots(&mut tp, &grad_layout, cfg.train.grad_dtype, world);
         lines.push(line("activations, gradients (shared by phases)", ArenaPlan::shared_bytes(&[&rp, &tp])));
         let phases = vec![
             PhaseUse { phase: "rollout", categories: rp.categories.clone(), bytes: rp.bytes() },

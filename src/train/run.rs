@@ -15,6 +15,7 @@
 //! floating-point sums. Rank 0 writes metrics, samples, checkpoints and the summary.
 use super::checkpoint::{self, TrainerState};
 use super::config::TrainConfig;
+use super::critic::{self, Critic};
 use super::data::load_problems;
 use super::diag::{self, TokenDiag};
 use super::eval::{evaluate, EvalReport};
@@ -72,6 +73,8 @@ pub struct Trainer<'a, B: Backend> {
     policy: Qwen2<B>,
     reference: Qwen2<B>,
     opt: Optimizer<B>,
+    /// The objective's critic, if it has one (PPO).
+    critic: Option<Critic<B>>,
     gen: Generator<B>,
     ws: LogprobWorkspace<B>,
     bufs: LossBufs<B>,
@@ -208,6 +211,36 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let layout = crate::model::ParamLayout::new(&policy.cfg);
             opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
         }
+        let critic = match objective.critic() {
+            None => None,
+            Some(settings) => {
+                let saved = match &ckpt {
+                    Some(c) => Some(c.critic.as_ref().ok_or_else(|| {
+                        anyhow!(
+                            "{}: the checkpoint has no critic ({} needs one): it was written by another algorithm",
+                            c.dir.display(),
+                            objective.name()
+                        )
+                    })?),
+                    None => None,
+                };
+                let host = match saved {
+                    Some((p, _)) => p.clone(),
+                    None => {
+                        let layout = crate::model::ParamLayout::new(&policy.cfg);
+                        critic::initial_params(crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?, &policy.cfg)
+                    }
+                };
+                let layout = crate::model::ParamLayout::with_value_head(&policy.cfg);
+                let grads = crate::model::Grads::in_arena(&region, &layout, grad_slots)?;
+                let mut c = Critic::new(be, &policy.cfg, &host, grads, adam, settings, comm.world(), comm.rank())
+                    .map_err(|e| oom_hint(e, "critic", 16 * layout.total, "the model size"))?;
+                if let Some((_, s)) = saved {
+                    c.opt.load_state(be, s)?;
+                }
+                Some(c)
+            }
+        };
         let state = match &ckpt {
             Some(c) => {
                 opt.load_state(be, &c.opt)?;
@@ -256,6 +289,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             policy,
             reference,
             opt,
+            critic,
             gen,
             ws,
             bufs,
@@ -520,6 +554,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
         } else {
             None
         };
+        // The critic's values of this rank's responses, and the per-token targets from the
+        // whole batch's log-probs and values (gathered: advantages are whitened over it).
+        let token = match (&self.critic, &old_lp) {
+            (Some(c), Some(old)) => {
+                let values = {
+                    let _r = nvtx::range("values");
+                    c.values(self.be, &mut self.ws, &pairs, &mine, t.micro_batch)?
+                };
+                let (rf, od, vals) =
+                    (merge_owned(self.comm, &ref_lp, &mine)?, merge_owned(self.comm, old, &mine)?, merge_owned(self.comm, &values, &mine)?);
+                Some((self.objective.token_targets(&outs, &rf, &od, &vals)?, vals))
+            }
+            _ => None,
+        };
         let t_ref = t1.elapsed().as_secs_f32();
 
         let t2 = Instant::now();
@@ -528,23 +576,47 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let (mut grad_norm, mut skipped) = (0f32, false);
         let mut diag = TokenDiag::default();
         let order: Vec<usize> = (0..outs.len()).collect();
-        for mini in order.chunks(t.mini_batch) {
-            self.opt.zero_grad(self.be)?;
-            // Losses are means over the whole (global) mini-batch; this rank adds its part.
-            let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
-            for micro in mini[split_range(mini.len(), world, rank)].chunks(t.micro_batch) {
-                let (l, e) = self.accumulate(micro, &pairs, &ref_lp, old_lp.as_deref(), &targets, mini.len(), ntok_mini, &mut diag)?;
-                loss_sum += l;
-                ent_sum += e;
+        let epochs = self.objective.epochs();
+        let token_adv = token.as_ref().map(|(tt, _)| tt.advantages.as_slice());
+        for epoch in 0..epochs {
+            for mini in order.chunks(t.mini_batch) {
+                self.opt.zero_grad(self.be)?;
+                // Losses are means over the whole (global) mini-batch; this rank adds its part.
+                let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
+                for micro in mini[split_range(mini.len(), world, rank)].chunks(t.micro_batch) {
+                    let lp = StepLogprobs { reference: &ref_lp, old: old_lp.as_deref(), advantages: token_adv };
+                    let diag = (epoch == 0).then_some(&mut diag);
+                    let (l, e) = self.accumulate(micro, &pairs, lp, &targets, mini.len(), ntok_mini, diag)?;
+                    loss_sum += l;
+                    ent_sum += e;
+                }
+                ntok_total += ntok_mini;
+                let o = {
+                    let _r = nvtx::range("optimizer");
+                    self.opt.step_in(self.be, &self.policy, t.lr, self.comm)?
+                };
+                grad_norm = o.grad_norm;
+                skipped |= o.skipped;
             }
-            ntok_total += ntok_mini;
-            let o = {
-                let _r = nvtx::range("optimizer");
-                self.opt.step_in(self.be, &self.policy, t.lr, self.comm)?
-            };
-            grad_norm = o.grad_norm;
-            skipped |= o.skipped;
         }
+        let critic_stats = match (&mut self.critic, &token) {
+            (Some(c), Some((tt, values))) => {
+                let _r = nvtx::range("critic");
+                Some(c.train_step(
+                    self.be,
+                    &mut self.ws,
+                    &pairs,
+                    &order,
+                    values,
+                    &tt.returns,
+                    epochs,
+                    (t.mini_batch, t.micro_batch),
+                    self.comm,
+                )?)
+            }
+            _ => None,
+        };
+        let n_minis = n_minis_of(outs.len(), t.mini_batch) * epochs as f64;
         let mut sums = [loss_sum, ent_sum];
         self.comm.all_reduce_f64(&mut sums)?;
         let [loss_sum, ent_sum] = sums;
@@ -570,7 +642,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let n = outs.len() as f32;
         let lens: Vec<usize> = outs.iter().map(|o| o.tokens.len()).collect();
         let step_time = t0.elapsed().as_secs_f32();
-        let n_minis = outs.len().div_ceil(t.mini_batch) as f64;
         let m = StepMetrics {
             reward_mean: rewards.iter().sum::<f32>() / n,
             solve_rate: outs.iter().filter(|o| o.score.solved()).count() as f32 / n,
@@ -579,6 +650,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             grad_norm,
             lr: t.lr,
             entropy_mean: (ent_sum / ntok_total.max(1) as f64) as f32,
+            critic: critic_stats,
             resp_len_mean: lens.iter().sum::<usize>() as f32 / n,
             resp_len_max: lens.iter().copied().max().unwrap_or(0),
             truncated_frac: outs.iter().filter(|o| o.finish == Finish::Length).count() as f32 / n,
@@ -651,12 +723,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         &mut self,
         micro: &[usize],
         pairs: &[(Vec<u32>, Vec<u32>)],
-        ref_lp: &[Vec<f32>],
-        old_lp: Option<&[Vec<f32>]>,
+        StepLogprobs { reference: ref_lp, old: old_lp, advantages: token_adv }: StepLogprobs,
         targets: &[f32],
         mini_seqs: usize,
         mini_tokens: usize,
-        diag: &mut TokenDiag,
+        diag: Option<&mut TokenDiag>,
     ) -> Result<(f64, f64)> {
         let be = self.be;
         let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
@@ -678,9 +749,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
             _ => None,
         };
-        let mut logp = vec![0f32; nt];
-        be.download_f32(self.ws.logp(), &mut logp)?;
-        diag.add(&logp, &ref_host, old_host.as_deref(), self.objective.ratio_clip());
+        if let Some(diag) = diag {
+            let mut logp = vec![0f32; nt];
+            be.download_f32(self.ws.logp(), &mut logp)?;
+            diag.add(&logp, &ref_host, old_host.as_deref(), self.objective.ratio_clip());
+        }
+        let adv_host = token_adv.map(flat);
         let micro_targets: Vec<f32> = micro.iter().map(|&i| targets[i]).collect();
         let x = LossInputs {
             logp: self.ws.logp(),
@@ -689,6 +763,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             old_logp: old_view,
             seqs: self.ws.target_seqs(),
             targets: &micro_targets,
+            token_advantages: adv_host.as_deref(),
             mini_seqs,
             mini_tokens,
         };
@@ -721,11 +796,24 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // Collectives first (every rank), then rank 0 writes the whole state.
         let params = self.opt.params_to_host_in(self.be, &self.policy, self.comm)?;
         let opt = self.opt.state_to_host_in(self.be, self.comm)?;
+        let critic = match &self.critic {
+            Some(c) => Some((c.opt.params_to_host_in(self.be, &c.model, self.comm)?, c.opt.state_to_host_in(self.be, self.comm)?)),
+            None => None,
+        };
         if !self.comm.is_root() {
             return Ok(());
         }
         self.state.world_size = self.comm.world();
-        checkpoint::save(&self.run_dir, &self.policy.cfg, &self.policy.layout, &params, &self.tokenizer_json, &opt, &self.state)?;
+        checkpoint::save(
+            &self.run_dir,
+            &self.policy.cfg,
+            &self.policy.layout,
+            &params,
+            &self.tokenizer_json,
+            &opt,
+            critic.as_ref().map(|(p, s)| (p.as_slice(), s)),
+            &self.state,
+        )?;
         checkpoint::prune(&self.run_dir, self.cfg.train.keep_checkpoints)?;
         Ok(())
     }
@@ -741,4 +829,34 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         Ok(())
     }
+}
+
+/// A step's per-token inputs of the loss, per sequence: the reference's and the behaviour
+/// policy's log-probs, and per-token advantages (objectives with a critic).
+struct StepLogprobs<'a> {
+    reference: &'a [Vec<f32>],
+    old: Option<&'a [Vec<f32>]>,
+    advantages: Option<&'a [Vec<f32>]>,
+}
+
+/// Mini-batch updates of one pass over `n` sequences.
+fn n_minis_of(n: usize, mini_batch: usize) -> f64 {
+    n.div_ceil(mini_batch.max(1)) as f64
+}
+
+/// Per-sequence arrays that each rank filled at its own sequences (`mine`), whole on every
+/// rank.
+fn merge_owned<B: Backend>(comm: &dyn Comm<B>, local: &[Vec<f32>], mine: &[usize]) -> Result<Vec<Vec<f32>>> {
+    if comm.world() == 1 {
+        return Ok(local.to_vec());
+    }
+    let part: Vec<(usize, Vec<f32>)> = mine.iter().map(|&i| (i, local[i].clone())).collect();
+    let mut out = vec![Vec::new(); local.len()];
+    for (r, got) in dist::all_gather_json(comm, part)?.into_iter().enumerate() {
+        for (i, v) in got {
+            anyhow::ensure!(i < out.len(), "rank {r} sent sequence {i} of {}", out.len());
+            out[i] = v;
+        }
+    }
+    Ok(out)
 }
