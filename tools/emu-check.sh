@@ -61,20 +61,38 @@ if [ "$a1" != "$a3" ]; then
   exit 1
 fi
 # Peak live bytes of the allocations after the plan is printed (the SFT warm start before it
-# frees what it took) against the plan's bytes.
-planned=$(grep -o "memory plan: [0-9.]* GiB ([0-9]* bytes)" "$run_dir/s3.log" | grep -o "([0-9]*" | tr -d '(')
-traced=$(awk '/memory plan:/ {on=1} on && /cuda-emu: alloc/ {gsub(/\)/, "", $6); if ($6 + 0 > m) m = $6 + 0} END {print m + 0}' "$run_dir/s3.log")
-echo "emu-check: planned device memory $planned bytes, traced $traced bytes live after setup"
-if [ -z "$planned" ] || ! awk -v p="$planned" -v t="$traced" 'BEGIN {d = p - t; if (d < 0) d = -d; exit !(p > 0 && d <= 0.01 * p)}'; then
-  echo "emu-check: FAILED: the traced allocations differ from the memory plan by more than 1%" >&2
-  exit 1
-fi
+# frees what it took) against the plan's bytes; sets $planned.
+plan_matches_trace() {
+  planned=$(grep -o "memory plan: [0-9.]* GiB ([0-9]* bytes)" "$1" | grep -o "([0-9]*" | tr -d '(')
+  local traced
+  traced=$(awk '/memory plan:/ {on=1} on && /cuda-emu: alloc/ {gsub(/\)/, "", $6); if ($6 + 0 > m) m = $6 + 0} END {print m + 0}' "$1")
+  echo "emu-check: planned device memory $planned bytes, traced $traced bytes live after setup ($(basename "$1"))"
+  if [ -z "$planned" ] || ! awk -v p="$planned" -v t="$traced" 'BEGIN {d = p - t; if (d < 0) d = -d; exit !(p > 0 && d <= 0.01 * p)}'; then
+    echo "emu-check: FAILED: the traced allocations differ from the memory plan by more than 1%" >&2
+    exit 1
+  fi
+}
+plan_matches_trace "$run_dir/s3.log"
 # `tz-engine plan` with the same settings prints the same total (the base model is built now).
 plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
   --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers --set train.grad_dtype=bf16 |
   grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
 echo "emu-check: tz-engine plan: $plan_total bytes"
 [ "$plan_total" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan and the run disagree" >&2; exit 1; }
+# PPO: the critic (a second model with a value head, its optimizer state, its values and
+# value-loss backward through the GEMM/bias kernels at width 1) on the emulated GPU, two
+# steps and a resume, with the allocations its plan lists.
+TZ_EMU_TRACE_ALLOC=1 "$bin" train --set device=cuda --set out_dir="$run_dir/s3" --set name=ppo --set algo.name=ppo \
+  --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 --set data.generate_train=8 --set data.generate_test=8 \
+  --set train.steps=2 --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=2 \
+  --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.recompute=layers \
+  --set train.grad_dtype=bf16 2> "$run_dir/ppo.log" || { cat "$run_dir/ppo.log" >&2; echo "emu-check: FAILED: PPO" >&2; exit 1; }
+test -s "$run_dir/s3/ppo/checkpoints/step-000002/critic.safetensors"
+grep -q '"critic/vf_loss"' "$run_dir/s3/ppo/metrics.jsonl"
+plan_matches_trace "$run_dir/ppo.log"
+"$bin" train --resume "$run_dir/s3/ppo" --set train.steps=3 2> "$run_dir/ppo-resume.log" ||
+  { cat "$run_dir/ppo-resume.log" >&2; echo "emu-check: FAILED: PPO resume" >&2; exit 1; }
+test -s "$run_dir/s3/ppo/checkpoints/step-000003/critic.safetensors"
 # A plan larger than the device's free memory stops the run before any weight is loaded,
 # with one line naming the total, the free memory and what to lower.
 if TZ_EMU_MEM_BYTES=50000000 "$bin" train --set device=cuda --set out_dir="$run_dir/small" --set sft.steps=0 \
