@@ -741,6 +741,12 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     let vf = metric("p1", "critic/vf_loss");
     assert!(vf.len() == 4 && vf.iter().skip(1).all(|&l| l > 0.0), "the critic learns: {vf:?}");
     assert_eq!(metric("psplit", "critic/vf_loss").len(), 4);
+    // Sampled pass@1 (2 samples per problem) lies between pass@2 / 2 and pass@2.
+    let s: serde_json::Value = serde_json::from_str(&read("w1", "summary.json")).unwrap();
+    let (p1, p2) = (s["final_eval"]["sampled_solve_rate"].as_f64().unwrap(), s["final_eval"]["pass_at_k"].as_f64().unwrap());
+    assert!(p1 <= p2 + 1e-9 && p2 <= 2.0 * p1 + 1e-9, "sampled pass@1 {p1}, pass@2 {p2}");
+    let s2: serde_json::Value = serde_json::from_str(&read("w2", "summary.json")).unwrap();
+    assert_eq!(s["final_eval"]["sampled_solve_rate"], s2["final_eval"]["sampled_solve_rate"], "sampled pass@1 on 2 ranks");
 }
 
 /// A port nothing listens on now (bound, read back, released).

@@ -16,6 +16,9 @@ pub struct EvalGroup {
     pub format_rate: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pass_at_k: Option<f32>,
+    /// Sampled pass@1 at temperature 1: the solve rate over the pass@k samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled_solve_rate: Option<f32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -34,6 +37,9 @@ struct Acc {
     solved: usize,
     formatted: usize,
     pass: usize,
+    /// Solved samples and samples drawn (pass@k).
+    sampled_solved: usize,
+    sampled: usize,
 }
 
 impl Acc {
@@ -45,6 +51,7 @@ impl Acc {
             solve_rate: self.solved as f32 / n,
             format_rate: self.formatted as f32 / n,
             pass_at_k: with_pass.then(|| self.pass as f32 / n),
+            sampled_solve_rate: with_pass.then(|| self.sampled_solved as f32 / self.sampled.max(1) as f32),
         }
     }
 }
@@ -99,12 +106,15 @@ pub fn evaluate<B: Backend>(
     };
     let mine = run(&greedy, &idx, &vec![0; idx.len()], 1)?;
     let mut passed = vec![false; n];
+    // Solved samples per problem.
+    let mut wins = vec![0usize; n];
     if pass_k > 0 {
         let sample = ctx.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
         let rep: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, pass_k)).collect();
         let seeds: Vec<u64> = rep.iter().enumerate().map(|(j, &i)| crate::rng::derive_seed(seed, i as u64, (j % pass_k) as u64)).collect();
         for r in run(&sample, &rep, &seeds, pass_k)? {
             passed[r.idx] |= r.score.solved();
+            wins[r.idx] += r.score.solved() as usize;
         }
     }
     let outs: Vec<Rollout> = all_gather_json(comm, mine)?.concat();
@@ -112,6 +122,10 @@ pub fn evaluate<B: Backend>(
         1 => passed,
         // Each rank set the flags of its own problems only.
         _ => all_gather_json(comm, passed)?.iter().fold(vec![false; n], |acc, p| acc.iter().zip(p).map(|(a, b)| *a | *b).collect()),
+    };
+    let wins: Vec<usize> = match comm.world() {
+        1 => wins,
+        _ => all_gather_json(comm, wins)?.iter().fold(vec![0; n], |acc, w| acc.iter().zip(w).map(|(a, b)| a + b).collect()),
     };
     let mut all = Acc::default();
     let mut by: BTreeMap<String, Acc> = BTreeMap::new();
@@ -123,6 +137,8 @@ pub fn evaluate<B: Backend>(
             acc.solved += r.score.solved() as usize;
             acc.formatted += r.score.formatted() as usize;
             acc.pass += passed[r.idx] as usize;
+            acc.sampled_solved += wins[r.idx];
+            acc.sampled += pass_k;
         }
     }
     Ok(EvalReport {
