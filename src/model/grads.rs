@@ -34,7 +34,7 @@ struct Place {
     /// Parameter offset and length.
     off: usize,
     len: usize,
-    /// In the act-dtype buffer.
+    /// In the second buffer (the act-dtype one; a sharded model's shared unit bucket).
     low: bool,
     /// Offset in its buffer.
     at: usize,
@@ -116,7 +116,71 @@ pub fn grad_elements(layout: &ParamLayout, dtype: GradDtype) -> (usize, usize) {
     places(layout, dtype).iter().fold((0, 0), |(f, l), p| if p.low { (f, l + p.len) } else { (f + p.len, l) })
 }
 
+/// The gradient buckets of a model sharded per unit (`crate::train::zero3`), in the training
+/// phase of the shared region: F32, one for the embedding unit (a tied lm_head's gradient
+/// arrives at the start of a backward, the embedding's at its end) and one that every other
+/// unit uses in turn (each is reduce-scattered and cleared right after its backward), each
+/// padded to a multiple of `world`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketSlots {
+    embed: Slot,
+    shared: Slot,
+}
+
+fn unit_padded(len: usize, world: usize) -> usize {
+    padded_len(len, world)
+}
+
+/// Plans `Grads::in_buckets`'s slots.
+pub fn plan_buckets(p: &mut ArenaPlan, layout: &ParamLayout, world: usize) -> BucketSlots {
+    let units = layout.units();
+    let embed = p.f32("gradients (one unit at a time)", unit_padded(units[0].2, world));
+    let other = units[1..].iter().map(|u| unit_padded(u.2, world)).max().unwrap_or(1);
+    BucketSlots { embed, shared: p.f32("gradients (one unit at a time)", other) }
+}
+
+/// Bytes of `plan_buckets`'s two buffers.
+pub fn bucket_elements(layout: &ParamLayout, world: usize) -> (usize, usize) {
+    let units = layout.units();
+    (unit_padded(units[0].2, world), units[1..].iter().map(|u| unit_padded(u.2, world)).max().unwrap_or(1))
+}
+
 impl<B: Backend> Grads<B> {
+    /// Gradient buckets (`BucketSlots`): a parameter's gradient is at its offset within its
+    /// unit, in the embedding bucket or the shared one.
+    pub fn in_buckets(arena: &Arena<B>, layout: &ParamLayout, slots: BucketSlots) -> Result<Self> {
+        let region = |s: Slot| {
+            let v = arena.view(s);
+            Region { buf: v.buf().clone(), off: v.off(), len: v.len() }
+        };
+        let units = layout.units();
+        let mut entries: Vec<_> = layout.entries.iter().collect();
+        entries.sort_by_key(|e| e.offset);
+        let mut places = Vec::with_capacity(entries.len());
+        for e in entries {
+            let (u, start, len) = *units.iter().find(|u| u.1 <= e.offset && e.offset < u.1 + u.2).expect("units tile the layout");
+            anyhow::ensure!(e.offset + e.numel() <= start + len, "{} spans two units", e.name);
+            let shared = u != crate::model::Unit::Embed;
+            let cap = if shared { slots.shared.len } else { slots.embed.len };
+            anyhow::ensure!(len <= cap, "gradient buckets planned for another model");
+            places.push(Place { off: e.offset, len: e.numel(), low: shared, at: e.offset - start, decay: e.decay });
+        }
+        Ok(Grads {
+            full: region(slots.embed),
+            low: Some(region(slots.shared)),
+            places,
+            total: layout.total,
+            lens: (slots.embed.len, slots.shared.len),
+        })
+    }
+
+    /// The `padded` elements of the bucket that holds the unit starting at parameter `start`
+    /// (`in_buckets` gradients): the unit's gradients, then its padding.
+    pub fn unit_bucket(&self, start: usize, padded: usize) -> Result<View<'_, B>> {
+        let first = self.view(start, 1)?;
+        View::new(first.buf(), first.off(), padded)
+    }
+
     pub fn new(be: &B, layout: &ParamLayout, dtype: GradDtype) -> Result<Self> {
         Self::padded(be, layout, dtype, 1)
     }

@@ -40,6 +40,28 @@ pub struct LayerOffsets {
     pub down_w: usize,
 }
 
+/// A group of parameters that a forward or backward pass uses together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// The embedding table (and the lm_head when tied).
+    Embed,
+    /// Decoder layer l.
+    Layer(usize),
+    /// The final norm, an untied lm_head and a critic's value head.
+    Head,
+}
+
+impl Unit {
+    /// Its index in `ParamLayout::units`.
+    pub fn index(self, n_layers: usize) -> usize {
+        match self {
+            Unit::Embed => 0,
+            Unit::Layer(l) => 1 + l,
+            Unit::Head => 1 + n_layers,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {
     pub entries: Vec<Entry>,
@@ -106,6 +128,30 @@ impl ParamLayout {
         self.get("score.weight").map(|e| e.offset)
     }
 
+    /// The groups of parameters a sharded model gathers one at a time (`dist.shard_params`,
+    /// `crate::train::zero3`), in layout order: (unit, first parameter, parameter count).
+    /// They tile the layout.
+    pub fn units(&self) -> Vec<(Unit, usize, usize)> {
+        let mut out = Vec::with_capacity(self.layers.len() + 2);
+        let first_layer = self.layers.first().map_or(self.final_norm, |l| l.input_norm);
+        out.push((Unit::Embed, self.embed, first_layer - self.embed));
+        for (l, lo) in self.layers.iter().enumerate() {
+            let end = self.layers.get(l + 1).map_or(self.final_norm, |n| n.input_norm);
+            out.push((Unit::Layer(l), lo.input_norm, end - lo.input_norm));
+        }
+        out.push((Unit::Head, self.final_norm, self.total - self.final_norm));
+        out
+    }
+
+    /// The unit holding the lm_head: the embedding's when tied.
+    pub fn lm_unit(&self) -> Unit {
+        if self.lm_head == self.embed {
+            Unit::Embed
+        } else {
+            Unit::Head
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == name)
     }
@@ -162,6 +208,15 @@ mod tests {
             assert_eq!(up.offset, l.layers[0].gate_up_w + 12 * 8);
             assert_eq!(l.get("lm_head.weight").is_some(), !tied);
             assert_eq!(l.lm_head == l.embed, tied);
+            // Units tile the layout, in order, and `index` finds each.
+            let units = l.units();
+            let mut at = 0;
+            for (i, &(u, start, len)) in units.iter().enumerate() {
+                assert_eq!((start, u.index(l.layers.len())), (at, i));
+                at += len;
+            }
+            assert_eq!(at, l.total);
+            assert_eq!(units[2].1, l.layers[1].input_norm);
         }
     }
 }

@@ -7,6 +7,7 @@
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::grads::Grads;
 use super::qwen2::{AttnMode, BackwardSlots, ForwardSlots, Keep, Qwen2};
+use super::source::{ParamSource, Resident, Weights};
 use super::Qwen2Config;
 use crate::backend::{Backend, Seqs, View};
 use anyhow::{bail, Result};
@@ -207,11 +208,17 @@ impl<B: Backend> LogprobWorkspace<B> {
 impl<B: Backend> Qwen2<B> {
     /// Log-probs (and optionally entropies) of the loaded batch's targets into `ws.logp()`.
     pub fn forward_logprobs(&self, be: &B, ws: &LogprobWorkspace<B>, with_entropy: bool) -> Result<()> {
+        self.forward_logprobs_from(be, ws, with_entropy, &Resident(self))
+    }
+
+    /// `forward_logprobs` with the parameters from `src` (`crate::model::source`).
+    pub fn forward_logprobs_from(&self, be: &B, ws: &LogprobWorkspace<B>, with_entropy: bool, src: &dyn ParamSource<B>) -> Result<()> {
         let mode = AttnMode::Packed { seqs: ws.seqs(), store: None };
-        self.forward_layers(be, &ws.arena, &ws.plan.fwd, ws.n_rows, &mode)?;
+        self.forward_layers_from(be, &ws.arena, &ws.plan.fwd, ws.n_rows, &mode, src)?;
+        let w = src.fetch(be, self.layout.lm_unit())?;
         self.for_each_chunk(ws, |j0, nc| {
             let (a, p) = (&ws.arena, &ws.plan);
-            self.chunk_logits(be, ws, j0, nc)?;
+            self.chunk_logits(be, ws, j0, nc, &w)?;
             let ent = with_entropy.then(|| a.view(p.entropy).slice(j0, nc));
             be.logprob_fwd(
                 a.view(p.logp).slice(j0, nc),
@@ -229,13 +236,27 @@ impl<B: Backend> Qwen2<B> {
     /// Backward from `ws.dlogp()` (and `ws.dentropy()` when `with_entropy`), after
     /// `forward_logprobs` on the same batch. Parameter gradients accumulate into `grads`.
     pub fn backward_logprobs(&self, be: &B, ws: &LogprobWorkspace<B>, grads: &Grads<B>, with_entropy: bool) -> Result<()> {
+        self.backward_logprobs_from(be, ws, grads, with_entropy, &Resident(self))
+    }
+
+    /// `backward_logprobs` with the parameters from `src`, each unit's gradients handed back
+    /// to it as soon as they are complete.
+    pub fn backward_logprobs_from(
+        &self,
+        be: &B,
+        ws: &LogprobWorkspace<B>,
+        grads: &Grads<B>,
+        with_entropy: bool,
+        src: &dyn ParamSource<B>,
+    ) -> Result<()> {
         let (a, p) = (&ws.arena, &ws.plan);
         let Some(d) = &p.bwd else { bail!("this workspace was planned for inference only") };
         let (c, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let dln = a.prefix(d.dln, ws.n_rows * c);
         be.fill(dln, 0.0)?;
+        let w = src.fetch(be, self.layout.lm_unit())?;
         self.for_each_chunk(ws, |j0, nc| {
-            self.chunk_logits(be, ws, j0, nc)?;
+            self.chunk_logits(be, ws, j0, nc, &w)?;
             let logits = a.prefix(p.logits, nc * vocab);
             let (ent, dent) =
                 if with_entropy { (Some(a.view(p.entropy).slice(j0, nc)), Some(a.view(p.dentropy).slice(j0, nc))) } else { (None, None) };
@@ -253,12 +274,13 @@ impl<B: Backend> Qwen2<B> {
             )?;
             let hsel = a.prefix(p.hsel, nc * c);
             // dW_lm += dlogits^T · h, then dh = dlogits · W_lm, scattered back to the rows.
-            let wl = View::all(&self.params).slice(self.layout.lm_head, vocab * c);
+            let wl = w.w(self.layout.lm_head, vocab * c);
             be.gemm(grads.view(self.layout.lm_head, vocab * c)?, logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
             be.gemm(hsel, logits, wl, None, nc, c, vocab, false, false, 1.0, 0.0)?;
             be.scatter_add_rows(dln, hsel, a.view(p.target_row).slice(j0, nc), nc, c)
         })?;
-        self.backward_layers(be, a, &p.fwd, d, grads, ws.n_rows, ws.seqs())
+        drop(w);
+        self.backward_layers_from(be, a, &p.fwd, d, grads, ws.n_rows, ws.seqs(), src)
     }
 
     pub(crate) fn for_each_chunk(&self, ws: &LogprobWorkspace<B>, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
@@ -272,11 +294,11 @@ impl<B: Backend> Qwen2<B> {
     }
 
     /// Logits of targets `[j0, j0 + nc)` into the logits slot (hidden rows gathered into hsel).
-    fn chunk_logits(&self, be: &B, ws: &LogprobWorkspace<B>, j0: usize, nc: usize) -> Result<()> {
+    fn chunk_logits(&self, be: &B, ws: &LogprobWorkspace<B>, j0: usize, nc: usize, w: &Weights<B>) -> Result<()> {
         let (a, p) = (&ws.arena, &ws.plan);
         let c = self.cfg.hidden_size;
         let hsel = a.prefix(p.hsel, nc * c);
         be.gather_rows(hsel, a.prefix(p.fwd.lnf, ws.n_rows * c), a.view(p.target_row).slice(j0, nc), nc, c)?;
-        self.lm_head(be, a.prefix(p.logits, nc * self.cfg.vocab_size), hsel, nc)
+        self.lm_head_with(be, a.prefix(p.logits, nc * self.cfg.vocab_size), hsel, nc, w)
     }
 }

@@ -8,11 +8,14 @@ pub mod load;
 pub mod logprob;
 pub mod presets;
 pub mod qwen2;
+pub mod source;
 pub mod value;
 pub mod weights;
 
 pub use config::Qwen2Config;
 pub use grads::{GradDtype, Grads};
 pub use layout::ParamLayout;
+pub use layout::Unit;
 pub use logprob::{LogprobWorkspace, PackedBatch};
 pub use qwen2::{Keep, Qwen2};
+pub use source::{ParamSource, Resident, Weights};

@@ -10,15 +10,20 @@
 //! Each residual add is fused into the next norm (`residual_rmsnorm_fwd`).
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::grads::Grads;
+use super::layout::Unit;
+use super::source::{ParamSource, Resident, Weights};
 use super::{ParamLayout, Qwen2Config};
 use crate::backend::{AttnShape, Backend, Seqs, View};
 use anyhow::{bail, Result};
 
-/// Model parameters on a backend: one act-dtype buffer in `layout` order.
+/// Model parameters on a backend: one act-dtype buffer in `layout` order, starting at element
+/// `at` of `params` (0 unless the model lives in a region of a larger buffer: a sharded
+/// model's parameters gathered for generation, `crate::train::zero3`).
 pub struct Qwen2<B: Backend> {
     pub cfg: Qwen2Config,
     pub layout: ParamLayout,
     pub params: B::Buf,
+    at: usize,
 }
 
 /// What a forward pass keeps for a backward pass.
@@ -153,14 +158,26 @@ impl<B: Backend> Qwen2<B> {
         }
         let params = be.alloc(be.act_dtype(), layout.total)?;
         be.upload_f32(View::all(&params), host)?;
-        Ok(Qwen2 { cfg, layout, params })
+        Ok(Qwen2 { cfg, layout, params, at: 0 })
+    }
+
+    /// A model whose parameters are elements `[at, at + layout.total)` of `buf` (a region
+    /// of the activation arena; the caller fills it).
+    pub fn in_region(cfg: Qwen2Config, layout: ParamLayout, buf: B::Buf, at: usize) -> Result<Self> {
+        View::<B>::new(&buf, at, layout.total)?;
+        Ok(Qwen2 { cfg, layout, params: buf, at })
     }
 
     /// Parameters back on the host as f32, in `layout` order.
     pub fn to_host(&self, be: &B) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.layout.total];
-        be.download_f32(View::all(&self.params), &mut out)?;
+        be.download_f32(self.all_params(), &mut out)?;
         Ok(out)
+    }
+
+    /// Every parameter, in `layout` order.
+    pub fn all_params(&self) -> View<'_, B> {
+        View::all(&self.params).slice(self.at, self.layout.total)
     }
 
     pub fn shape(&self) -> AttnShape {
@@ -168,7 +185,7 @@ impl<B: Backend> Qwen2<B> {
     }
 
     pub(crate) fn w(&self, off: usize, len: usize) -> View<'_, B> {
-        View::all(&self.params).slice(off, len)
+        self.all_params().slice(off, len)
     }
 
     fn eps(&self) -> f32 {
@@ -182,12 +199,28 @@ impl<B: Backend> Qwen2<B> {
     /// Embedding, every decoder layer and the final norm over `n` rows whose ids and positions
     /// are already in `s.ids`/`s.pos`. Leaves the normalized final hidden states in `s.lnf`.
     pub fn forward_layers(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, n: usize, mode: &AttnMode<B>) -> Result<()> {
+        self.forward_layers_from(be, a, s, n, mode, &Resident(self))
+    }
+
+    /// `forward_layers` with the parameters of each unit fetched from `src` just before use.
+    pub fn forward_layers_from(
+        &self,
+        be: &B,
+        a: &Arena<B>,
+        s: &ForwardSlots,
+        n: usize,
+        mode: &AttnMode<B>,
+        src: &dyn ParamSource<B>,
+    ) -> Result<()> {
         let c = self.cfg.hidden_size;
         let v = |slot: Slot, width: usize| a.prefix(slot, n * width);
-        be.embedding_fwd(v(s.layers[0].resid_in, c), self.w(self.layout.embed, self.cfg.vocab_size * c), a.prefix(s.ids, n), n, c)?;
+        let w = src.fetch(be, Unit::Embed)?;
+        be.embedding_fwd(v(s.layers[0].resid_in, c), w.w(self.layout.embed, self.cfg.vocab_size * c), a.prefix(s.ids, n), n, c)?;
         for l in 0..s.layers.len() {
-            self.layer_fwd(be, a, s, l, n, mode, false)?;
+            let w = src.fetch(be, Unit::Layer(l))?;
+            self.layer_fwd(be, a, s, l, n, mode, false, &w)?;
         }
+        let w = src.fetch(be, Unit::Head)?;
         let last = s.layers.last().expect("at least one layer");
         be.residual_rmsnorm_fwd(
             v(s.resid_final, c),
@@ -195,7 +228,7 @@ impl<B: Backend> Qwen2<B> {
             a.prefix(s.rstdf, n),
             v(last.resid_mid, c),
             v(s.tmp, c),
-            self.w(self.layout.final_norm, c),
+            w.w(self.layout.final_norm, c),
             n,
             c,
             self.eps(),
@@ -208,7 +241,17 @@ impl<B: Backend> Qwen2<B> {
     /// writes `resid_in`). Leaves the MLP branch's output in `tmp`, except on `recompute`:
     /// the backward needs the layer's activations, not its output.
     #[allow(clippy::too_many_arguments)]
-    fn layer_fwd(&self, be: &B, a: &Arena<B>, s: &ForwardSlots, l: usize, n: usize, mode: &AttnMode<B>, recompute: bool) -> Result<()> {
+    fn layer_fwd(
+        &self,
+        be: &B,
+        a: &Arena<B>,
+        s: &ForwardSlots,
+        l: usize,
+        n: usize,
+        mode: &AttnMode<B>,
+        recompute: bool,
+        w: &Weights<B>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (c, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, self.eps());
         let shape = self.shape();
@@ -216,7 +259,7 @@ impl<B: Backend> Qwen2<B> {
         let v = |slot: Slot, width: usize| a.prefix(slot, n * width);
         let tmp = v(s.tmp, c);
         let (ls, lo) = (&s.layers[l], &self.layout.layers[l]);
-        let w_in = self.w(lo.input_norm, c);
+        let w_in = w.w(lo.input_norm, c);
         if l == 0 || recompute {
             // The same arithmetic as the fused add + norm on the stored sum (bit-identical on
             // the CPU backend).
@@ -226,7 +269,7 @@ impl<B: Backend> Qwen2<B> {
             be.residual_rmsnorm_fwd(v(ls.resid_in, c), v(ls.ln1, c), a.prefix(ls.rstd1, n), v(prev.resid_mid, c), tmp, w_in, n, c, eps)?;
         }
         let qkv = v(ls.qkv, qkvw);
-        be.gemm(qkv, v(ls.ln1, c), self.w(lo.qkv_w, qkvw * c), Some(self.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
+        be.gemm(qkv, v(ls.ln1, c), w.w(lo.qkv_w, qkvw * c), Some(w.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
         be.rope(qkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, false)?;
         let att = v(ls.att, qw);
         match mode {
@@ -241,22 +284,27 @@ impl<B: Backend> Qwen2<B> {
                 be.attention_decode(att, qkv, kv.kcache[l], kv.vcache[l], kv.slot, *len, n, *max_len, shape, kv.t_max, self.scale())?;
             }
         }
-        be.gemm(tmp, att, self.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
-        let (resid_in, post) = (v(ls.resid_in, c), self.w(lo.post_norm, c));
+        be.gemm(tmp, att, w.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
+        let (resid_in, post) = (v(ls.resid_in, c), w.w(lo.post_norm, c));
         be.residual_rmsnorm_fwd(v(ls.resid_mid, c), v(ls.ln2, c), a.prefix(ls.rstd2, n), resid_in, tmp, post, n, c, eps)?;
         let gu = v(ls.gu, 2 * inter);
-        be.gemm(gu, v(ls.ln2, c), self.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
+        be.gemm(gu, v(ls.ln2, c), w.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
         be.swiglu_fwd(v(ls.h, inter), gu, n, inter)?;
         if !recompute {
-            be.gemm(tmp, v(ls.h, inter), self.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
+            be.gemm(tmp, v(ls.h, inter), w.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
         }
         Ok(())
     }
 
     /// `logits[rows, V] = h[rows, C] · W_lm^T`.
     pub fn lm_head(&self, be: &B, logits: View<B>, h: View<B>, rows: usize) -> Result<()> {
+        self.lm_head_with(be, logits, h, rows, &Weights::new(self.all_params(), 0))
+    }
+
+    /// `lm_head` with its weight from `w` (the fetched `layout.lm_unit()`).
+    pub fn lm_head_with(&self, be: &B, logits: View<B>, h: View<B>, rows: usize, w: &Weights<B>) -> Result<()> {
         let (c, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        be.gemm(logits, h, self.w(self.layout.lm_head, vocab * c), None, rows, vocab, c, false, true, 1.0, 0.0)
+        be.gemm(logits, h, w.w(self.layout.lm_head, vocab * c), None, rows, vocab, c, false, true, 1.0, 0.0)
     }
 }
 
@@ -302,6 +350,23 @@ impl<B: Backend> Qwen2<B> {
         n: usize,
         seqs: Seqs<B>,
     ) -> Result<()> {
+        self.backward_layers_from(be, a, s, d, grads, n, seqs, &Resident(self))
+    }
+
+    /// `backward_layers` with each unit's parameters fetched from `src` before its backward
+    /// and its gradients handed back (`grads_ready`) right after.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_layers_from(
+        &self,
+        be: &B,
+        a: &Arena<B>,
+        s: &ForwardSlots,
+        d: &BackwardSlots,
+        grads: &Grads<B>,
+        n: usize,
+        seqs: Seqs<B>,
+        src: &dyn ParamSource<B>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let shape = self.shape();
@@ -310,54 +375,61 @@ impl<B: Backend> Qwen2<B> {
         let dresid = v(d.dresid, c);
         let dln = v(d.dln, c);
         be.fill(dresid, 0.0)?;
-        let fnorm = self.layout.final_norm;
-        be.rmsnorm_bwd(dresid, grads.view(fnorm, c)?, dln, v(s.resid_final, c), self.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
-        let recompute = s.keep == Keep::LayerInputs;
         if s.keep == Keep::Nothing {
             bail!("backward needs a forward planned for training (activations kept)");
         }
+        let fnorm = self.layout.final_norm;
+        {
+            let w = src.fetch(be, Unit::Head)?;
+            be.rmsnorm_bwd(dresid, grads.view(fnorm, c)?, dln, v(s.resid_final, c), w.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
+        }
+        src.grads_ready(be, Unit::Head, grads)?;
+        let recompute = s.keep == Keep::LayerInputs;
         for (l, (ls, lo)) in s.layers.iter().zip(&self.layout.layers).enumerate().rev() {
+            let w = src.fetch(be, Unit::Layer(l))?;
             if recompute {
-                self.layer_fwd(be, a, s, l, n, &AttnMode::Packed { seqs, store: None }, true)?;
+                self.layer_fwd(be, a, s, l, n, &AttnMode::Packed { seqs, store: None }, true, &w)?;
             }
             // MLP branch: dresid is the gradient of its output.
             let (dh, dgu) = (v(d.dh, inter), v(d.dgu, 2 * inter));
-            be.gemm(dh, dresid, self.w(lo.down_w, c * inter), None, n, inter, c, false, false, 1.0, 0.0)?;
+            be.gemm(dh, dresid, w.w(lo.down_w, c * inter), None, n, inter, c, false, false, 1.0, 0.0)?;
             be.gemm(grads.view(lo.down_w, c * inter)?, dresid, v(ls.h, inter), None, c, inter, n, true, false, 1.0, 1.0)?;
             be.swiglu_bwd(dgu, dh, v(ls.gu, 2 * inter), n, inter)?;
-            be.gemm(dln, dgu, self.w(lo.gate_up_w, 2 * inter * c), None, n, c, 2 * inter, false, false, 1.0, 0.0)?;
+            be.gemm(dln, dgu, w.w(lo.gate_up_w, 2 * inter * c), None, n, c, 2 * inter, false, false, 1.0, 0.0)?;
             be.gemm(grads.view(lo.gate_up_w, 2 * inter * c)?, dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
             be.rmsnorm_bwd(
                 dresid,
                 grads.view(lo.post_norm, c)?,
                 dln,
                 v(ls.resid_mid, c),
-                self.w(lo.post_norm, c),
+                w.w(lo.post_norm, c),
                 a.prefix(ls.rstd2, n),
                 n,
                 c,
             )?;
             // Attention branch.
             let (datt, dqkv) = (v(d.datt, qw), v(d.dqkv, qkvw));
-            be.gemm(datt, dresid, self.w(lo.o_w, c * qw), None, n, qw, c, false, false, 1.0, 0.0)?;
+            be.gemm(datt, dresid, w.w(lo.o_w, c * qw), None, n, qw, c, false, false, 1.0, 0.0)?;
             be.gemm(grads.view(lo.o_w, c * qw)?, dresid, v(ls.att, qw), None, c, qw, n, true, false, 1.0, 1.0)?;
             be.attention_bwd(dqkv, datt, v(ls.qkv, qkvw), v(ls.att, qw), a.prefix(ls.lse, n * shape.n_head), seqs, shape, self.scale())?;
             be.rope(dqkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, true)?;
             be.bias_bwd(grads.view(lo.qkv_b, qkvw)?, dqkv, n, qkvw)?;
             be.gemm(grads.view(lo.qkv_w, qkvw * c)?, dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
-            be.gemm(dln, dqkv, self.w(lo.qkv_w, qkvw * c), None, n, c, qkvw, false, false, 1.0, 0.0)?;
+            be.gemm(dln, dqkv, w.w(lo.qkv_w, qkvw * c), None, n, c, qkvw, false, false, 1.0, 0.0)?;
             be.rmsnorm_bwd(
                 dresid,
                 grads.view(lo.input_norm, c)?,
                 dln,
                 v(ls.resid_in, c),
-                self.w(lo.input_norm, c),
+                w.w(lo.input_norm, c),
                 a.prefix(ls.rstd1, n),
                 n,
                 c,
             )?;
+            src.grads_ready(be, Unit::Layer(l), grads)?;
         }
         be.embedding_bwd(grads.view(self.layout.embed, cfg.vocab_size * c)?, dresid, a.prefix(s.ids, n), n, c)?;
+        src.grads_ready(be, Unit::Embed, grads)?;
         Ok(())
     }
 }

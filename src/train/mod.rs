@@ -14,5 +14,6 @@ pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod sft;
+pub mod zero3;
 
 pub use config::TrainConfig;

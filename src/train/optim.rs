@@ -15,6 +15,12 @@
 //! all-gathers the parameters: in place when the gradients are one buffer in layout order,
 //! else through the (then unused) gradient buffers, which have the shards' shape. With one
 //! rank every collective is a no-op and the update is the single-device one, bit for bit.
+//!
+//! Sharded per unit (`dist.shard_params`, `crate::train::zero3`): the state is the rank's
+//! chunk of each unit, the gradients arrive already reduce-scattered in an accumulator of the
+//! same shape, and the parameters the update writes are the rank's bf16 chunks: no collective
+//! moves parameters after the update (the next pass gathers what it uses).
+use super::zero3::{ShardedParams, UnitShards};
 use crate::backend::{AdamWParams, Backend, DType, View};
 use crate::dist::{Comm, HostComm, ShardLayout, Single};
 use crate::model::grads::{GradDtype, Grads, Segment};
@@ -56,6 +62,19 @@ pub struct Optimizer<B: Backend> {
     /// ignoring decay (used when weight decay is off).
     decay_segments: Vec<Segment>,
     segments: Vec<Segment>,
+    /// Parameters of the model.
+    n_params: usize,
+    /// Sharded per unit: the state's layout, the parameter chunks it updates and the
+    /// gradient accumulator (`parts` and the segments are then unused).
+    units: Option<UnitState<B>>,
+}
+
+struct UnitState<B: Backend> {
+    shards: UnitShards,
+    params: B::Buf,
+    acc: B::Buf,
+    /// The layout's (offset, len, decays) runs.
+    decay_runs: Vec<(usize, usize, bool)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +130,7 @@ impl<B: Backend> Optimizer<B> {
             parts.push(Part { low: true, shard: ShardLayout::new(l, world, rank), base: parts[0].shard.len() });
         }
         let local = parts.iter().map(|p| p.shard.len()).sum::<usize>().max(1);
+        let n_params = model.layout.total;
         let opt = Optimizer {
             cfg,
             m: be.alloc(DType::F32, local)?,
@@ -123,6 +143,8 @@ impl<B: Backend> Optimizer<B> {
             decay_segments: grads.segments(true),
             segments: grads.segments(false),
             grads,
+            n_params,
+            units: None,
         };
         if let Some(mw) = &opt.master {
             for o in opt.owned(rank, false) {
@@ -130,6 +152,42 @@ impl<B: Backend> Optimizer<B> {
             }
         }
         Ok(opt)
+    }
+
+    /// The optimizer of a model sharded per unit (`crate::train::zero3`): state for this
+    /// rank's chunk of each unit, gradients from `grads` (`Grads::in_buckets`) through the
+    /// accumulator `accumulator()` that the model's `ShardedSource` adds them to.
+    pub fn for_shards(be: &B, model: &ShardedParams<B>, cfg: AdamWConfig, grads: Grads<B>) -> Result<Self> {
+        let shards = model.shards.clone();
+        let (world, rank) = (shards.world, shards.rank);
+        let local = shards.local_len().max(1);
+        let f32_buf = || be.alloc(DType::F32, local);
+        let units = UnitState { params: model.params.clone(), acc: f32_buf()?, decay_runs: model.layout.decay_ranges(), shards };
+        be.fill(View::all(&units.acc), 0.0)?;
+        let opt = Optimizer {
+            cfg,
+            m: f32_buf()?,
+            v: f32_buf()?,
+            master: if be.needs_master_weights() { Some(f32_buf()?) } else { None },
+            step: 0,
+            world,
+            rank,
+            parts: Vec::new(),
+            decay_segments: Vec::new(),
+            segments: Vec::new(),
+            grads,
+            n_params: model.layout.total,
+            units: Some(units),
+        };
+        if let (Some(mw), Some(u)) = (&opt.master, &opt.units) {
+            be.copy(View::all(mw), View::all(&u.params).slice(0, local))?;
+        }
+        Ok(opt)
+    }
+
+    /// The gradient accumulator of a per-unit sharded optimizer (this rank's chunks).
+    pub fn accumulator(&self) -> Option<&B::Buf> {
+        self.units.as_ref().map(|u| &u.acc)
     }
 
     /// The parts of `rank`'s state, by gradient buffer (its parts differ from this rank's only
@@ -149,6 +207,9 @@ impl<B: Backend> Optimizer<B> {
 
     /// `rank`'s runs of parameters, split by decay flag if `by_decay`.
     fn owned(&self, rank: usize, by_decay: bool) -> Vec<Owned> {
+        if let Some(u) = &self.units {
+            return owned_of_units(u, rank, by_decay);
+        }
         let parts = self.parts_of(rank);
         let segs = if by_decay { &self.decay_segments } else { &self.segments };
         let mut out = Vec::new();
@@ -169,7 +230,10 @@ impl<B: Backend> Optimizer<B> {
     }
 
     fn local_len(&self) -> usize {
-        self.parts.iter().map(|p| p.shard.len()).sum()
+        match &self.units {
+            Some(u) => u.shards.local_len(),
+            None => self.parts.iter().map(|p| p.shard.len()).sum(),
+        }
     }
 
     /// Sets the f32 master weights (backends that keep them) from full-precision host values:
@@ -184,7 +248,7 @@ impl<B: Backend> Optimizer<B> {
 
     /// This rank's part of a state vector given whole, in layout order.
     fn upload_state(&self, be: &B, buf: &B::Buf, host: &[f32], what: &str) -> Result<()> {
-        let total = self.grads.lens().0 + self.grads.lens().1;
+        let total = self.n_params;
         anyhow::ensure!(host.len() == total, "{what}: {} values for {total} parameters", host.len());
         let mut local = vec![0f32; self.local_len()];
         for o in self.owned(self.rank, false) {
@@ -199,8 +263,7 @@ impl<B: Backend> Optimizer<B> {
         let mut mine = vec![0f32; self.local_len()];
         be.download_f32(part(buf, 0, mine.len()), &mut mine)?;
         let ranks = if self.world == 1 { vec![mine] } else { crate::dist::all_gather_f32(comm, &mine)? };
-        let total = self.grads.lens().0 + self.grads.lens().1;
-        let mut out = vec![0f32; total];
+        let mut out = vec![0f32; self.n_params];
         for (r, local) in ranks.iter().enumerate() {
             for o in self.owned(r, false) {
                 anyhow::ensure!(o.local + o.len <= local.len(), "rank {r} sent {} optimizer values, fewer than its part", local.len());
@@ -217,13 +280,17 @@ impl<B: Backend> Optimizer<B> {
 
     /// `params_to_host` on one rank of `comm` (a collective: every rank calls it).
     pub fn params_to_host_in(&self, be: &B, model: &Qwen2<B>, comm: &dyn HostComm) -> Result<Vec<f32>> {
-        match &self.master {
-            Some(mw) => self.gather(be, mw, comm),
-            None => model.to_host(be),
+        match (&self.master, &self.units) {
+            (Some(mw), _) => self.gather(be, mw, comm),
+            (None, Some(u)) => self.gather(be, &u.params, comm),
+            (None, None) => model.to_host(be),
         }
     }
 
     pub fn zero_grad(&self, be: &B) -> Result<()> {
+        if let Some(u) = &self.units {
+            be.fill(View::all(&u.acc), 0.0)?;
+        }
         self.grads.zero(be)
     }
 
@@ -240,6 +307,17 @@ impl<B: Backend> Optimizer<B> {
 
     /// `step` on one rank of `comm`: every rank calls it with its part of the gradients.
     pub fn step_in(&mut self, be: &B, model: &Qwen2<B>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
+        self.update(be, Some(model), lr, comm)
+    }
+
+    /// `step_in` for a per-unit sharded optimizer, which updates its own parameter chunks.
+    pub fn step_shards(&mut self, be: &B, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
+        anyhow::ensure!(self.units.is_some(), "step_shards on an optimizer of whole parameters");
+        self.update(be, None, lr, comm)
+    }
+
+    fn update(&mut self, be: &B, model: Option<&Qwen2<B>>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
+        let whole = || model.ok_or_else(|| anyhow::anyhow!("the optimizer of whole parameters needs the model"));
         anyhow::ensure!(
             comm.world() == self.world && comm.rank() == self.rank,
             "optimizer of rank {}/{} on rank {}/{}",
@@ -248,7 +326,10 @@ impl<B: Backend> Optimizer<B> {
             comm.rank(),
             comm.world()
         );
-        let sum_squares = if self.world == 1 {
+        let sum_squares = if let Some(u) = &self.units {
+            // Already reduce-scattered, unit by unit, into the accumulator (padding is zero).
+            be.sum_squares(View::all(&u.acc))?
+        } else if self.world == 1 {
             self.grads.sum_squares(be)?
         } else {
             let mut s = 0f32;
@@ -284,17 +365,21 @@ impl<B: Backend> Optimizer<B> {
         // buffer run (one call for all parameters when gradients are all F32).
         for o in self.owned(self.rank, self.cfg.weight_decay != 0.0) {
             let p = AdamWParams { weight_decay: if o.decays { self.cfg.weight_decay } else { 0.0 }, ..p };
+            let (params, grad) = match &self.units {
+                Some(u) => (part(&u.params, o.local, o.len), part(&u.acc, o.at, o.len)),
+                None => (part(&whole()?.params, o.param, o.len), self.buf(o.low)?.slice(o.at, o.len)),
+            };
             be.adamw(
-                part(&model.params, o.param, o.len),
+                params,
                 self.master.as_ref().map(|m| part(m, o.local, o.len)),
-                self.buf(o.low)?.slice(o.at, o.len),
+                grad,
                 part(&self.m, o.local, o.len),
                 part(&self.v, o.local, o.len),
                 &p,
             )?;
         }
-        if self.world > 1 {
-            self.gather_params(be, model, comm)?;
+        if self.world > 1 && self.units.is_none() {
+            self.gather_params(be, whole()?, comm)?;
         }
         Ok(StepOutcome { grad_norm, skipped: false })
     }
@@ -344,6 +429,26 @@ impl<B: Backend> Optimizer<B> {
         self.step = s.step;
         Ok(())
     }
+}
+
+/// `rank`'s runs of parameters of a per-unit sharded state: each unit's chunk, split at the
+/// layout's decay runs if `by_decay`. Gradients are at the same local offset as the state.
+fn owned_of_units<B: Backend>(u: &UnitState<B>, rank: usize, by_decay: bool) -> Vec<Owned> {
+    let everything = [(0, usize::MAX, true)];
+    let runs: &[(usize, usize, bool)] = if by_decay { &u.decay_runs } else { &everything };
+    let mut out = Vec::new();
+    for i in 0..u.shards.units.len() {
+        let (off, len) = u.shards.owned(i, rank);
+        let base = u.shards.base(i);
+        for &(ro, rl, decays) in runs {
+            let (a, b) = (off.max(ro), (off + len).min(ro.saturating_add(rl)));
+            if a < b {
+                let local = base + (a - off);
+                out.push(Owned { param: a, local, at: local, len: b - a, low: false, decays });
+            }
+        }
+    }
+    out
 }
 
 fn part<B: Backend>(buf: &B::Buf, off: usize, len: usize) -> View<'_, B> {
