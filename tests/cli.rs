@@ -468,6 +468,19 @@ fn shipped_configs_fit_their_memory_targets() {
     let (seven, v) = per_gpu(&["--config", "configs/qwen2.5-3b.toml", "--preset", "qwen2.5-7b", "--world-size", "8"]);
     assert!(seven <= 72.0, "7B at world size 8 plans {seven:.2} GiB per GPU");
     assert!(v["parameters"].as_u64().unwrap() > 7_000_000_000);
+    // Parameters sharded per unit: the 7B shape at world size 8 in about half of that; the
+    // rollout phase holds the gathered model, the training phase one unit and its gradients.
+    let (sharded, v) =
+        per_gpu(&["--config", "configs/qwen2.5-3b.toml", "--preset", "qwen2.5-7b", "--world-size", "8", "--set", "dist.shard_params=true"]);
+    assert!(sharded <= 0.6 * seven, "7B sharded per unit at world size 8 plans {sharded:.2} GiB per GPU (whole: {seven:.2})");
+    assert_eq!(v["shard_params"], true);
+    let rollout = v["phases"].as_array().unwrap().iter().find(|p| p["phase"] == "rollout").unwrap();
+    let gathered = rollout["categories"].as_array().unwrap().iter().find(|c| c[0] == "parameters (gathered for generation)").unwrap();
+    assert!(gathered[1].as_u64().unwrap() >= 2 * 7_000_000_000, "the whole bf16 model is gathered for generation");
+    // It costs traffic: every pass gathers and every training pass reduce-scatters.
+    let sent = |v: &serde_json::Value| v["traffic_per_step"]["sent_per_rank_bytes"].as_u64().unwrap();
+    let (_, whole) = per_gpu(&["--config", "configs/qwen2.5-3b.toml", "--preset", "qwen2.5-7b", "--world-size", "8"]);
+    assert!(sent(&v) > sent(&whole));
 }
 
 /// A tz-engine process whose stderr is collected while it runs.
@@ -707,6 +720,20 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     // One process per rank, through `tz-engine launch` and the TCP rendezvous.
     run("l2", 0, &apo("train.steps=4"), false);
     same_run("w1", "l2");
+    // Parameters sharded per unit (ZeRO-3): each pass gathers the units it uses, each
+    // unit's gradients are reduce-scattered right after its backward. 3 ranks split the
+    // mini-batches into 2, 2 and 1 micro-batches: the third joins the second pass's
+    // collectives without sequences.
+    let sharded = |steps: &'static str| ["algo.beta2=0.05", "algo.n_vstar=2", steps, "dist.shard_params=true"];
+    assert_eq!(run("z3", 3, &sharded("train.steps=4"), false), v1, "V* from 3 sharded ranks");
+    same_run("w1", "z3");
+    // Checkpoints are whole either way: 2 sharded ranks, then whole parameters on 3.
+    run("zsplit", 2, &sharded("train.steps=2"), false);
+    run("zsplit", 3, &["train.steps=4", "dist.shard_params=false"], true);
+    same_run("w1", "zsplit");
+    // Sharded ranks as processes (every gather and reduce-scatter through the TCP transport).
+    run("zl2", 0, &sharded("train.steps=4"), false);
+    same_run("w1", "zl2");
     // GRPO: group-normalized advantages over groups that ranks share, behaviour log-probs;
     // here with the k1 KL and per-sequence weights (global counts on every rank).
     let grpo = ["algo.name=grpo", "algo.group_size=4", "train.steps=2", "algo.kl_loss_type=kl", "algo.loss_agg_mode=seq-mean-token-mean"];

@@ -108,7 +108,10 @@ grep -q "^error: the run needs .* free: set train\." "$run_dir/small.log" || { c
 # (tools/cuda-emu/nccl.cpp), and the sharded optimizer's reduce-scatter and all-gather run
 # through it. Against one process with the same global batch: the same sampled responses,
 # and final weights equal up to the order of sums (f32 gradients) or within bf16 rounding of
-# the reduced gradients (bf16 layer gradients: at most a few Adam steps of lr = 1e-4).
+# the reduced gradients (bf16 layer gradients: at most a few Adam steps of lr = 1e-4). The
+# third variant shards the parameters per unit (dist.shard_params): each pass all-gathers
+# every unit through the stand-in NCCL and each backward reduce-scatters every unit's
+# gradients; it is held to the one-process f32 run.
 echo "emu-check: two processes over the stand-in NCCL against one"
 dp=(--set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 --set sft.batch=8
   --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 --set train.steps=2
@@ -116,16 +119,20 @@ dp=(--set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.ex
   --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1 --set train.recompute=layers
   --set train.max_response_tokens=16 --set train.lr=1e-4)
 port=$((29600 + RANDOM % 1000))
-for g in f32 bf16; do
-  "$bin" train "${dp[@]}" --set train.grad_dtype=$g --set name=one-$g 2> "$run_dir/one-$g.log"
+for g in f32 bf16 sharded; do
+  case $g in
+    sharded) one=f32; variant=(--set train.grad_dtype=f32 --set dist.shard_params=true) ;;
+    *) one=$g; variant=(--set train.grad_dtype=$g)
+      "$bin" train "${dp[@]}" "${variant[@]}" --set name=one-$g 2> "$run_dir/one-$g.log" ;;
+  esac
   rm -rf "$run_dir/s3/vstar-cache"  # the two ranks estimate V* between them
-  "$bin" launch --nproc-per-node 2 --master-port $port -- train "${dp[@]}" --set train.grad_dtype=$g --set name=two-$g \
+  "$bin" launch --nproc-per-node 2 --master-port $port -- train "${dp[@]}" "${variant[@]}" --set name=two-$g \
     2> "$run_dir/two-$g.log" || { cat "$run_dir/two-$g.log" >&2; echo "emu-check: FAILED: the two-process run" >&2; exit 1; }
   grep -q "NCCL .*(libnccl.so.2), 2 ranks" "$run_dir/two-$g.log"
-  cmp -s "$run_dir/s3/one-$g/samples.jsonl" "$run_dir/s3/two-$g/samples.jsonl" ||
+  cmp -s "$run_dir/s3/one-$one/samples.jsonl" "$run_dir/s3/two-$g/samples.jsonl" ||
     { echo "emu-check: FAILED: two processes sampled other responses than one ($g gradients)" >&2; exit 1; }
-  bound=$([ $g = f32 ] && echo 1e-6 || echo 1e-3)
-  python3 - "$run_dir/s3/one-$g/final/model.safetensors" "$run_dir/s3/two-$g/final/model.safetensors" "$bound" <<'PY'
+  bound=$([ $g = bf16 ] && echo 1e-3 || echo 1e-6)
+  python3 - "$run_dir/s3/one-$one/final/model.safetensors" "$run_dir/s3/two-$g/final/model.safetensors" "$bound" <<'PY'
 import json, struct, sys
 def load(p):
     b = open(p, "rb").read()
@@ -139,7 +146,7 @@ def load(p):
     return out
 a, b, bound = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
 worst = max(abs(x - y) for k in a for x, y in zip(a[k], b[k]))
-print(f"emu-check: final weights of two processes vs one differ by at most {worst:.3g} (bound {bound:g})")
+print(f"emu-check: final weights of two processes vs one differ by at most {worst:.3g} (bound {bound:g}; {sys.argv[2].split('/')[-3]})")
 sys.exit(0 if worst <= bound and a.keys() == b.keys() else 1)
 PY
   port=$((port + 1))

@@ -83,6 +83,7 @@ pub fn run(args: PlanArgs) -> Result<i32> {
             "model": source,
             "device": cfg.device,
             "world_size": world,
+            "shard_params": cfg.dist.shard_params,
             "traffic_per_step": plan.traffic,
             "parameters": ParamLayout::new(&model).total,
             "recompute": plan.shape.recompute(),
@@ -130,7 +131,16 @@ pub fn run(args: PlanArgs) -> Result<i32> {
         100.0 * (f.with_recompute / f.without_recompute - 1.0),
         100.0 * f.one_forward / f.without_recompute
     );
-    if world > 1 {
+    if world > 1 && cfg.dist.shard_params {
+        let x = &plan.traffic;
+        println!(
+            "  collectives per step (parameters sharded per unit): every pass all-gathers the units it uses and every training pass reduce-scatters each unit's gradients, {:.2} GiB gathered and {:.2} GiB reduce-scattered per update ({} updates; the rollout gathers the whole model once); each rank sends {:.2} GiB per step (ring)",
+            gib(x.all_gather_bytes),
+            gib(x.reduce_scatter_bytes),
+            x.updates,
+            gib(x.sent_per_rank_bytes)
+        );
+    } else if world > 1 {
         let x = &plan.traffic;
         println!(
             "  collectives per step: {} updates, each reduce-scatters {:.3} GiB of gradients and all-gathers {:.3} GiB of parameters; each rank sends {:.2} GiB per step (ring)",

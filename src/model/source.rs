@@ -56,3 +56,80 @@ impl<B: Backend> ParamSource<B> for Resident<'_, B> {
         Ok(())
     }
 }
+
+/// The calls `Qwen2::forward_logprobs_from` makes to its source, without computing: a rank
+/// with no sequences for a pass that other ranks run still joins a sharded source's
+/// collectives, in the same order.
+pub fn idle_forward_logprobs<B: Backend>(be: &B, layout: &super::ParamLayout, src: &dyn ParamSource<B>) -> Result<()> {
+    src.fetch(be, Unit::Embed)?;
+    for l in 0..layout.layers.len() {
+        src.fetch(be, Unit::Layer(l))?;
+    }
+    src.fetch(be, Unit::Head)?;
+    src.fetch(be, layout.lm_unit())?;
+    Ok(())
+}
+
+/// The calls `Qwen2::backward_logprobs_from` makes (`idle_forward_logprobs`'s counterpart):
+/// this rank adds nothing to the gradients (its buckets stay zero) but takes part in every
+/// reduce-scatter.
+pub fn idle_backward_logprobs<B: Backend>(be: &B, layout: &super::ParamLayout, grads: &Grads<B>, src: &dyn ParamSource<B>) -> Result<()> {
+    src.fetch(be, layout.lm_unit())?;
+    src.fetch(be, Unit::Head)?;
+    src.grads_ready(be, Unit::Head, grads)?;
+    for l in (0..layout.layers.len()).rev() {
+        src.fetch(be, Unit::Layer(l))?;
+        src.grads_ready(be, Unit::Layer(l), grads)?;
+    }
+    src.grads_ready(be, Unit::Embed, grads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::{Keep, LogprobWorkspace, PackedBatch, ParamLayout};
+    use std::cell::RefCell;
+
+    /// A resident source that records what it is asked.
+    struct Recording<'a>(Resident<'a, CpuBackend>, RefCell<Vec<(bool, Unit)>>);
+
+    impl ParamSource<CpuBackend> for Recording<'_> {
+        fn fetch(&self, be: &CpuBackend, unit: Unit) -> Result<Weights<'_, CpuBackend>> {
+            self.1.borrow_mut().push((false, unit));
+            self.0.fetch(be, unit)
+        }
+        fn grads_ready(&self, be: &CpuBackend, unit: Unit, grads: &Grads<CpuBackend>) -> Result<()> {
+            self.1.borrow_mut().push((true, unit));
+            self.0.grads_ready(be, unit, grads)
+        }
+    }
+
+    #[test]
+    fn idle_passes_make_the_calls_of_real_passes() {
+        let be = CpuBackend::new();
+        for (preset, keep) in [("tiny-2l", Keep::LayerInputs), ("tiny-2l", Keep::AllLayers)] {
+            let mut cfg = crate::model::presets::preset(preset).unwrap().cfg;
+            for tied in [true, false] {
+                cfg.tie_word_embeddings = tied;
+                let layout = ParamLayout::new(&cfg);
+                let model = Qwen2::from_host(&be, cfg.clone(), &crate::model::presets::init_params(&cfg, 1)).unwrap();
+                let b = PackedBatch::from_pairs(&[(vec![1u32, 2, 3], vec![4u32, 5])]).unwrap();
+                let mut ws = LogprobWorkspace::new(&be, &cfg, b.n_rows(), b.n_seqs(), b.n_targets(), keep).unwrap();
+                ws.load(&be, &cfg, &b).unwrap();
+                let grads = Grads::new(&be, &layout, crate::model::GradDtype::F32).unwrap();
+                let (real, idle) = (Recording(Resident(&model), RefCell::default()), Recording(Resident(&model), RefCell::default()));
+                model.forward_logprobs_from(&be, &ws, true, &real).unwrap();
+                idle_forward_logprobs(&be, &layout, &idle).unwrap();
+                assert_eq!(real.1.borrow().clone(), idle.1.borrow().clone(), "forward, tied {tied}");
+                real.1.borrow_mut().clear();
+                idle.1.borrow_mut().clear();
+                model.backward_logprobs_from(&be, &ws, &grads, true, &real).unwrap();
+                idle_backward_logprobs(&be, &layout, &grads, &idle).unwrap();
+                assert_eq!(real.1.borrow().clone(), idle.1.borrow().clone(), "backward, tied {tied}");
+                // Every unit's gradients are handed back once per backward.
+                assert_eq!(real.1.borrow().iter().filter(|c| c.0).count(), layout.units().len());
+            }
+        }
+    }
+}

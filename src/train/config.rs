@@ -35,11 +35,16 @@ pub struct TrainConfig {
 pub struct DistSection {
     /// Seconds a collective waits for the other ranks before the run stops naming it.
     pub timeout_s: u64,
+    /// Shard the parameters too, per unit (embedding, each layer, head; ZeRO-3/FSDP style,
+    /// `crate::train::zero3`): each rank keeps 1/N of the policy and the reference, gathers a
+    /// unit just before a pass uses it and reduce-scatters its gradients right after its
+    /// backward. For models whose whole parameters, reference and gradients do not fit a GPU.
+    pub shard_params: bool,
 }
 
 impl Default for DistSection {
     fn default() -> Self {
-        DistSection { timeout_s: crate::dist::DEFAULT_TIMEOUT.as_secs() }
+        DistSection { timeout_s: crate::dist::DEFAULT_TIMEOUT.as_secs(), shard_params: false }
     }
 }
 
@@ -273,6 +278,14 @@ impl TrainConfig {
         let t = &self.train;
         if self.dist.timeout_s == 0 {
             bail!("dist.timeout_s must be positive");
+        }
+        if self.dist.shard_params {
+            if self.algo.has_critic() {
+                bail!("dist.shard_params does not shard a critic yet: run {} with dist.shard_params = false", self.algo.name());
+            }
+            if t.grad_dtype != crate::model::GradDtype::F32 {
+                bail!("train.grad_dtype = \"bf16\" applies to whole gradients; with dist.shard_params the per-unit gradient buckets are f32: drop one of the two");
+            }
         }
         if t.batch_prompts == 0 || t.mini_batch == 0 || t.micro_batch == 0 || t.rollout_batch == 0 {
             bail!("train.batch_prompts, mini_batch, micro_batch and rollout_batch must be positive");

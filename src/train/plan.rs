@@ -156,8 +156,19 @@ pub struct RunPlan {
     /// The shared region's per-phase plans, for the trainer to place its phases in.
     pub rollout: (ArenaPlan, GenLayout),
     pub training: (ArenaPlan, LogprobPlan),
-    /// The gradient buffers' slots in the training phase.
-    pub grads: crate::model::grads::GradSlots,
+    /// Where the gradients (and, sharded per unit, the gathered parameters) live.
+    pub grads: GradPlan,
+}
+
+/// The gradient buffers of a run, in the shared region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradPlan {
+    /// Whole gradient buffers in the training phase (`dist.shard_params = false`).
+    Whole(crate::model::grads::GradSlots),
+    /// Parameters sharded per unit (`crate::train::zero3`): the whole model gathered for
+    /// generation in the rollout phase (`full`), one gathered unit (`staging`) and the
+    /// gradient buckets in the training phase.
+    PerUnit { full: crate::model::arena::Slot, staging: crate::model::arena::Slot, buckets: crate::model::grads::BucketSlots },
 }
 
 impl RunPlan {
@@ -169,6 +180,9 @@ impl RunPlan {
     pub fn new(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: bool, workspace: Workspace, world: usize) -> Result<Self> {
         let shape = RunShape::new(cfg, model, act == DType::BF16, world)?;
         let layout = ParamLayout::new(model);
+        if cfg.dist.shard_params {
+            return Self::per_unit(cfg, model, act, master, workspace, shape, layout);
+        }
         let n = layout.total;
         let a = act.size_bytes();
         let (grads_full, grads_low) = crate::model::grads::grad_elements(&layout, cfg.train.grad_dtype);
@@ -227,8 +241,24 @@ impl RunPlan {
         let ws = LogprobPlan::new(&mut tp, model, shape.micro_batch * shape.t_max, shape.micro_batch, shape.max_targets, shape.keep);
         // Gradients live only from a mini-batch's first backward to its update: in the
         // training phase of the shared region, where the rollout's KV cache is at other times.
-        let grads = crate::model::grads::plan_slots(&mut tp, &grad_layout, cfg.train.grad_dtype, world);
+        let grads = GradPlan::Whole(crate::model::grads::plan_slots(&mut tp, &grad_layout, cfg.train.grad_dtype, world));
         lines.push(line("activations, gradients (shared by phases)", ArenaPlan::shared_bytes(&[&rp, &tp])));
+        Ok(Self::finish(cfg, model, workspace, shape, lines, traffic, (rp, gen), (tp, ws), grads))
+    }
+
+    /// The phases' lines, the small buffers and the backend's workspace, common to both kinds.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        cfg: &TrainConfig,
+        model: &Qwen2Config,
+        workspace: Workspace,
+        shape: RunShape,
+        mut lines: Vec<PlanLine>,
+        traffic: StepTraffic,
+        (rp, gen): (ArenaPlan, GenLayout),
+        (tp, ws): (ArenaPlan, LogprobPlan),
+        grads: GradPlan,
+    ) -> Self {
         let phases = vec![
             PhaseUse { phase: "rollout", categories: rp.categories.clone(), bytes: rp.bytes() },
             PhaseUse { phase: "training", categories: tp.categories.clone(), bytes: tp.bytes() },
@@ -241,11 +271,90 @@ impl RunPlan {
             lines.push(line(what, bytes));
         }
         let flops = step_flops(cfg, model, &shape);
-        Ok(RunPlan { shape, lines, traffic, phases, flops, rollout: (rp, gen), training: (tp, ws), grads })
+        RunPlan { shape, lines, traffic, phases, flops, rollout: (rp, gen), training: (tp, ws), grads }
+    }
+
+    /// The plan with parameters sharded per unit (`dist.shard_params`, `crate::train::zero3`):
+    /// each rank keeps 1/N of every unit of the policy and the reference (bf16), of the master
+    /// weights and moments, and an f32 gradient accumulator of the same shape. The rollout
+    /// phase gathers the whole model (beside its KV cache); the training phase holds one
+    /// gathered unit and two gradient buckets (the embedding's, and one the other units share).
+    fn per_unit(
+        cfg: &TrainConfig,
+        model: &Qwen2Config,
+        act: DType,
+        master: bool,
+        workspace: Workspace,
+        shape: RunShape,
+        layout: ParamLayout,
+    ) -> Result<Self> {
+        let world = shape.world;
+        let a = act.size_bytes();
+        let shards = super::zero3::UnitShards::new(&layout, world, 0)?;
+        let local = shards.local_len().max(1);
+        let part = format!("1/{world} of each unit");
+        let mut lines = vec![
+            line(&format!("policy parameters ({part})"), local * a),
+            line(&format!("reference parameters ({part})"), local * a),
+            line("Adam moments (f32, two, the same part)", 2 * local * 4),
+        ];
+        if master {
+            lines.push(line("master weights (f32, the same part)", local * 4));
+        }
+        lines.push(line("gradient accumulator (f32, the same part)", local * 4));
+        let mut rp = ArenaPlan::new(act);
+        let full = rp.act("parameters (gathered for generation)", super::zero3::full_len(&shards));
+        let gen = GenLayout::plan(&mut rp, model, shape.slots, shape.max_prompt, shape.t_max)?;
+        let mut tp = ArenaPlan::new(act);
+        let ws = LogprobPlan::new(&mut tp, model, shape.micro_batch * shape.t_max, shape.micro_batch, shape.max_targets, shape.keep);
+        let staging = tp.act("parameters (one unit, gathered)", shards.max_padded());
+        let buckets = crate::model::grads::plan_buckets(&mut tp, &layout, world);
+        lines.push(line("activations, gathered units, gradients (shared)", ArenaPlan::shared_bytes(&[&rp, &tp])));
+        let traffic = per_unit_traffic(cfg, &layout, &shards, a);
+        let grads = GradPlan::PerUnit { full, staging, buckets };
+        Ok(Self::finish(cfg, model, workspace, shape, lines, traffic, (rp, gen), (tp, ws), grads))
     }
 
     pub fn total(&self) -> usize {
         self.lines.iter().map(|l| l.bytes).sum()
+    }
+}
+
+/// Passes a rank makes per step (the most any rank makes: every rank joins every pass's
+/// collectives): training passes (forward and backward) and scoring passes (forward).
+pub fn passes_per_step(cfg: &TrainConfig, world: usize) -> (usize, usize) {
+    let t = &cfg.train;
+    let seqs = t.batch_prompts * cfg.algo.samples_per_prompt();
+    let minis: Vec<usize> = (0..seqs).collect::<Vec<_>>().chunks(t.mini_batch).map(|m| m.len()).collect();
+    let train: usize = minis.iter().map(|&m| m.div_ceil(world).div_ceil(t.micro_batch)).sum();
+    let owned: usize = minis.iter().map(|&m| m.div_ceil(world)).sum();
+    let scoring = owned.div_ceil(t.micro_batch) * if cfg.algo.needs_old_logprobs() { 2 } else { 1 };
+    (train, scoring)
+}
+
+/// What one rank moves per step with parameters sharded per unit: every pass gathers the
+/// units it uses (the lm_head's unit once more for the logits), every training pass
+/// reduce-scatters every unit's gradients, and each step's rollout gathers the whole model.
+fn per_unit_traffic(cfg: &TrainConfig, layout: &ParamLayout, s: &super::zero3::UnitShards, a: usize) -> StepTraffic {
+    let world = s.world;
+    if world == 1 {
+        return StepTraffic::default();
+    }
+    let (train, scoring) = passes_per_step(cfg, world);
+    let padded = |u: crate::model::Unit| s.padded(s.index(u));
+    let all: usize = (0..s.units.len()).map(|i| s.padded(i)).sum();
+    let lm = padded(layout.lm_unit());
+    let forward = all + lm;
+    let backward = all - padded(crate::model::Unit::Embed) + lm;
+    let gathered = a * (train * (forward + backward) + scoring * forward + all);
+    let reduced = 4 * train * all;
+    let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
+    let ring = |b: usize| b / world * (world - 1);
+    StepTraffic {
+        updates,
+        reduce_scatter_bytes: reduced / updates.max(1),
+        all_gather_bytes: gathered / updates.max(1),
+        sent_per_rank_bytes: ring(gathered) + ring(reduced),
     }
 }
 
@@ -297,6 +406,12 @@ pub fn best_cuts(cfg: &TrainConfig, model: &Qwen2Config, act: DType, master: boo
     }
     if t.recompute != Recompute::Layers {
         with("train.recompute=\"layers\"".into(), &|c| c.train.recompute = Recompute::Layers);
+    }
+    if world > 1 && !cfg.dist.shard_params && !cfg.algo.has_critic() {
+        with("dist.shard_params=true".into(), &|c| {
+            c.dist.shard_params = true;
+            c.train.grad_dtype = crate::model::GradDtype::F32;
+        });
     }
     let mut saved: Vec<(usize, String)> = options
         .into_iter()

@@ -21,14 +21,15 @@ use super::diag::{self, TokenDiag};
 use super::eval::{evaluate, EvalReport};
 use super::metrics::{self, StepMetrics};
 use super::optim::{AdamWConfig, Optimizer};
-use super::plan::{gib, human, RunPlan};
+use super::plan::{gib, human, GradPlan, RunPlan};
 use super::schedule::WindowObservation;
+use super::zero3::{ShardedParams, ShardedSource};
 use crate::algo::{LossInputs, Objective, Stage1};
 use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::dist::{self, split_range, Comm};
 use crate::model::arena::{Arena, ArenaPlan};
 use crate::model::load::load_model;
-use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
+use crate::model::{LogprobWorkspace, PackedBatch, ParamSource, Qwen2, Resident};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::rollout::{Finish, GenConfig, Generator, PromptSet, Rollout, RolloutCtx};
@@ -61,6 +62,23 @@ struct LossBufs<B: Backend> {
     old_logp: Option<B::Buf>,
 }
 
+/// The policy and the reference as loaded: whole on the device, or this rank's part of each.
+enum Loaded<B: Backend> {
+    Whole(Qwen2<B>, Qwen2<B>),
+    Sharded(ShardedParams<B>, ShardedParams<B>),
+}
+
+/// A run's models sharded per unit (`crate::train::zero3`) and where they are gathered.
+struct Zero3<B: Backend> {
+    policy: ShardedParams<B>,
+    reference: ShardedParams<B>,
+    region: Arena<B>,
+    /// The rollout phase's whole gathered model.
+    full: crate::model::arena::Slot,
+    /// The training phase's one gathered unit.
+    staging: crate::model::arena::Slot,
+}
+
 pub struct Trainer<'a, B: Backend> {
     be: &'a B,
     comm: &'a dyn Comm<B>,
@@ -70,8 +88,13 @@ pub struct Trainer<'a, B: Backend> {
     tokenizer_json: String,
     reward: RewardSpec,
     objective: Box<dyn Objective<B>>,
+    /// The models generation and (whole-parameter runs) scoring and training use. With
+    /// parameters sharded per unit both are the rollout phase's gathered copy (`zero3`), which
+    /// holds whichever `gather_for_generation` gathered last.
     policy: Qwen2<B>,
     reference: Qwen2<B>,
+    /// Parameters sharded per unit (`dist.shard_params`).
+    zero3: Option<Zero3<B>>,
     opt: Optimizer<B>,
     /// The objective's critic, if it has one (PPO).
     critic: Option<Critic<B>>,
@@ -162,17 +185,37 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 if plan.shape.recompute() { "layers" } else { "none" }
             );
         }
-        let (reference, tok) = load_model(be, base_dir)?;
         let ckpt = match resume {
             true => checkpoint::latest(&run_dir)?.map(|dir| checkpoint::load(&dir)).transpose()?,
             false => None,
         };
-        let policy = match &ckpt {
-            Some(c) => load_model(be, &c.dir)?.0,
-            None => load_model(be, base_dir)?.0,
+        let policy_dir = ckpt.as_ref().map_or(base_dir, |c| c.dir.as_path());
+        // Whole models on the device, or (sharded per unit) this rank's part of each, loaded
+        // from host values: the whole model never sits on one device outside generation.
+        let (models, tok) = match plan.grads {
+            GradPlan::Whole(_) => {
+                let (reference, tok) = load_model(be, base_dir)?;
+                (Loaded::Whole(load_model(be, policy_dir)?.0, reference), tok)
+            }
+            GradPlan::PerUnit { .. } => {
+                let tok = crate::model::load::load_tokenizer(base_dir, &model_cfg)?;
+                let layout = crate::model::ParamLayout::new(&model_cfg);
+                let shard = |dir: &Path| -> Result<ShardedParams<B>> {
+                    let cfg = crate::model::load::load_config(dir)?;
+                    if cfg != model_cfg {
+                        bail!("the checkpoint's config differs from the base model's");
+                    }
+                    let host = crate::model::weights::load_params(dir, &cfg, &layout)?;
+                    ShardedParams::from_host(be, cfg, layout.clone(), &host, comm.world(), comm.rank())
+                        .with_context(|| format!("loading this rank's part of {} onto {}", dir.display(), be.name()))
+                };
+                (Loaded::Sharded(shard(policy_dir)?, shard(base_dir)?), tok)
+            }
         };
-        if policy.cfg != reference.cfg || policy.cfg != model_cfg {
-            bail!("the checkpoint's config differs from the base model's");
+        if let Loaded::Whole(policy, reference) = &models {
+            if policy.cfg != reference.cfg || policy.cfg != model_cfg {
+                bail!("the checkpoint's config differs from the base model's");
+            }
         }
         let (train_p, test_p) = load_problems(&cfg)?;
         let t = &cfg.train;
@@ -197,6 +240,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         })?;
         let gen = Generator::in_arena(&region, &rollout_plan, gen_layout)?;
         let ws = LogprobWorkspace::in_arena(&region, &train_plan, ws_plan)?;
+        let (policy, reference, zero3) = match (models, grad_slots) {
+            (Loaded::Whole(policy, reference), _) => (policy, reference, None),
+            (Loaded::Sharded(policy, reference), GradPlan::PerUnit { full, staging, .. }) => {
+                let layout = policy.layout.clone();
+                let gathered = || Qwen2::in_region(model_cfg.clone(), layout.clone(), region.act.clone(), full.off);
+                let z = Zero3 { policy, reference, region: region.clone(), full, staging };
+                (gathered()?, gathered()?, Some(z))
+            }
+            (Loaded::Sharded(..), GradPlan::Whole(_)) => unreachable!("sharded models come from a per-unit plan"),
+        };
         let (mb, max_targets) = (shape.micro_batch, shape.max_targets);
         let objective = cfg.algo.build(be, mb, max_targets)?;
         let f = |n: usize| be.alloc(DType::F32, n.max(1));
@@ -204,9 +257,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
             LossBufs { ref_logp: f(max_targets)?, old_logp: if objective.needs_old_logprobs() { Some(f(max_targets)?) } else { None } };
         be.reserve_scratch(&shape.scratch_needs(&policy.cfg))?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
-        let grads = crate::model::Grads::in_arena(&region, &policy.layout, grad_slots)?;
-        let mut opt = Optimizer::with_grads(be, &policy, adam, grads, comm.world(), comm.rank())
-            .map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total, "the model size"))?;
+        let mut opt = match (&grad_slots, &zero3) {
+            (GradPlan::Whole(slots), _) => {
+                let grads = crate::model::Grads::in_arena(&region, &policy.layout, *slots)?;
+                Optimizer::with_grads(be, &policy, adam, grads, comm.world(), comm.rank())
+            }
+            (GradPlan::PerUnit { buckets, .. }, Some(z)) => {
+                let grads = crate::model::Grads::in_buckets(&region, &policy.layout, *buckets)?;
+                Optimizer::for_shards(be, &z.policy, adam, grads)
+            }
+            (GradPlan::PerUnit { .. }, None) => unreachable!("a per-unit plan shards the models"),
+        }
+        .map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total / comm.world(), "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
             let layout = crate::model::ParamLayout::new(&policy.cfg);
             opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
@@ -232,7 +294,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     }
                 };
                 let layout = crate::model::ParamLayout::with_value_head(&policy.cfg);
-                let grads = crate::model::Grads::in_arena(&region, &layout, grad_slots)?;
+                let GradPlan::Whole(slots) = grad_slots else { bail!("a critic with dist.shard_params") };
+                let grads = crate::model::Grads::in_arena(&region, &layout, slots)?;
                 let mut c = Critic::new(be, &policy.cfg, &host, grads, adam, settings, comm.world(), comm.rank())
                     .map_err(|e| oom_hint(e, "critic", 16 * layout.total, "the model size"))?;
                 if let Some((_, s)) = saved {
@@ -288,6 +351,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             objective,
             policy,
             reference,
+            zero3,
             opt,
             critic,
             gen,
@@ -328,6 +392,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             );
         }
         {
+            self.gather_for_generation(false)?;
             let reference = RolloutCtx {
                 be: self.be,
                 model: &self.reference,
@@ -461,6 +526,40 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(summary)
     }
 
+    /// With parameters sharded per unit, gathers the whole policy (or the reference) into
+    /// the rollout phase's region, where `self.policy` and `self.reference` read it (a
+    /// collective; every rank generates, if only its part). Whole models: nothing to do.
+    fn gather_for_generation(&self, policy: bool) -> Result<()> {
+        let Some(z) = &self.zero3 else { return Ok(()) };
+        let _r = nvtx::range("gather_parameters");
+        let model = if policy { &z.policy } else { &z.reference };
+        model.gather_all(self.be, self.comm, z.region.view(z.full))
+    }
+
+    /// Where a scoring or training pass of the policy (or the reference) reads its
+    /// parameters: the model itself, or its shards gathered unit by unit (the policy's
+    /// gradients reduce-scattered into the optimizer's accumulator).
+    fn source(&self, policy: bool) -> Box<dyn ParamSource<B> + '_> {
+        match &self.zero3 {
+            None => Box::new(Resident(if policy { &self.policy } else { &self.reference })),
+            Some(z) => Box::new(ShardedSource {
+                model: if policy { &z.policy } else { &z.reference },
+                comm: self.comm,
+                staging: z.region.view(z.staging),
+                accumulator: if policy { self.opt.accumulator() } else { None },
+            }),
+        }
+    }
+
+    /// Passes that every rank must make together (sharded parameters gather in every pass):
+    /// the most micro-batches any rank has for `count(r)` sequences. Whole models: none.
+    fn lockstep_passes(&self, count: impl Fn(usize) -> usize) -> usize {
+        match self.zero3 {
+            None => 0,
+            Some(_) => (0..self.comm.world()).map(|r| count(r).div_ceil(self.cfg.train.micro_batch)).max().unwrap_or(0),
+        }
+    }
+
     /// Generate-and-score with the policy and the training rollout settings.
     fn policy_ctx(&self) -> RolloutCtx<'_, B> {
         RolloutCtx {
@@ -521,6 +620,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let my_idx: Vec<usize> = mine.iter().map(|&j| idx[j]).collect();
             let my_seeds: Vec<u64> = mine.iter().map(|&j| seeds[j]).collect();
             let sampling = SamplingParams { temperature, ..self.rollout_settings.sampling };
+            self.gather_for_generation(true)?;
             let ctx = self.policy_ctx();
             let my_outs = ctx.with_sampling(sampling, Some(window)).rollout(&self.train, &my_idx, &my_seeds)?;
             if world == 1 {
@@ -544,13 +644,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // Reference (and, where the objective needs them, behaviour-policy) log-probs of this
         // rank's responses (the others' stay empty).
         let t1 = Instant::now();
+        let scoring_passes = self.lockstep_passes(|r| owned(r).len());
         let ref_lp = {
             let _r = nvtx::range("ref_logprobs");
-            self.logprobs_of(&pairs, &mine, false)?
+            self.logprobs_of(&pairs, &mine, false, scoring_passes)?
         };
         let old_lp = if self.objective.needs_old_logprobs() {
             let _r = nvtx::range("old_logprobs");
-            Some(self.logprobs_of(&pairs, &mine, true)?)
+            Some(self.logprobs_of(&pairs, &mine, true, scoring_passes)?)
         } else {
             None
         };
@@ -583,7 +684,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.opt.zero_grad(self.be)?;
                 // Losses are means over the whole (global) mini-batch; this rank adds its part.
                 let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
-                for micro in mini[split_range(mini.len(), world, rank)].chunks(t.micro_batch) {
+                let mine = &mini[split_range(mini.len(), world, rank)];
+                // Sharded parameters: a rank with fewer micro-batches than another joins its
+                // extra passes' collectives without sequences (adding nothing).
+                for _ in mine.chunks(t.micro_batch).count()..self.lockstep_passes(|r| split_range(mini.len(), world, r).len()) {
+                    self.idle_pass()?;
+                }
+                for micro in mine.chunks(t.micro_batch) {
                     let lp = StepLogprobs { reference: &ref_lp, old: old_lp.as_deref(), advantages: token_adv };
                     let diag = (epoch == 0).then_some(&mut diag);
                     let (l, e) = self.accumulate(micro, &pairs, lp, &targets, mini.len(), ntok_mini, diag)?;
@@ -593,7 +700,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ntok_total += ntok_mini;
                 let o = {
                     let _r = nvtx::range("optimizer");
-                    self.opt.step_in(self.be, &self.policy, t.lr, self.comm)?
+                    match self.zero3 {
+                        None => self.opt.step_in(self.be, &self.policy, t.lr, self.comm)?,
+                        Some(_) => self.opt.step_shards(self.be, t.lr, self.comm)?,
+                    }
                 };
                 grad_norm = o.grad_norm;
                 skipped |= o.skipped;
@@ -694,16 +804,23 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Per-sequence log-probs of the (prompt, response) pairs `which` under the reference
     /// model, or under the current policy when `policy`; the other pairs' stay empty.
-    fn logprobs_of(&mut self, pairs: &[(Vec<u32>, Vec<u32>)], which: &[usize], policy: bool) -> Result<Vec<Vec<f32>>> {
+    ///
+    /// `passes`: with sharded parameters, the passes every rank makes (`lockstep_passes`); a
+    /// rank with fewer micro-batches joins the rest without sequences.
+    fn logprobs_of(&mut self, pairs: &[(Vec<u32>, Vec<u32>)], which: &[usize], policy: bool, passes: usize) -> Result<Vec<Vec<f32>>> {
         let mb = self.cfg.train.micro_batch;
         let mut mine = Vec::with_capacity(which.len());
         let mut host = vec![0f32; self.ws.plan.max_targets];
+        let chunks = which.chunks(mb).count();
+        for _ in chunks..passes {
+            crate::model::source::idle_forward_logprobs(self.be, &self.policy.layout, self.source(policy).as_ref())?;
+        }
         for chunk in which.chunks(mb) {
             let sub: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
             let batch = PackedBatch::from_pairs(&sub)?;
             self.ws.load(self.be, &self.policy.cfg, &batch)?;
             let model = if policy { &self.policy } else { &self.reference };
-            model.forward_logprobs(self.be, &self.ws, false)?;
+            model.forward_logprobs_from(self.be, &self.ws, false, self.source(policy).as_ref())?;
             let nt = batch.n_targets();
             self.be.download_f32(self.ws.logp(), &mut host[..nt])?;
             for w in batch.target_cu.windows(2) {
@@ -715,6 +832,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
             out[i] = lp;
         }
         Ok(out)
+    }
+
+    /// A training pass without sequences (`idle_forward_logprobs`, `idle_backward_logprobs`).
+    fn idle_pass(&self) -> Result<()> {
+        let src = self.source(true);
+        crate::model::source::idle_forward_logprobs(self.be, &self.policy.layout, src.as_ref())?;
+        crate::model::source::idle_backward_logprobs(self.be, &self.policy.layout, &self.opt.grads, src.as_ref())
     }
 
     /// Forward + loss + backward of one micro-batch; returns (loss contribution, entropy sum).
@@ -734,7 +858,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let batch = PackedBatch::from_pairs(&sub)?;
         let fwd = nvtx::range("forward");
         self.ws.load(be, &self.policy.cfg, &batch)?;
-        self.policy.forward_logprobs(be, &self.ws, true)?;
+        self.policy.forward_logprobs_from(be, &self.ws, true, self.source(true).as_ref())?;
         let nt = batch.n_targets();
         let flat = |src: &[Vec<f32>]| -> Vec<f32> { micro.iter().flat_map(|&i| src[i].iter().copied()).collect() };
         let ref_view = View::all(&self.bufs.ref_logp).slice(0, nt);
@@ -774,7 +898,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         drop(fwd);
         {
             let _r = nvtx::range("backward");
-            self.policy.backward_logprobs(be, &self.ws, &self.opt.grads, true)?;
+            self.policy.backward_logprobs_from(be, &self.ws, &self.opt.grads, true, self.source(true).as_ref())?;
         }
         let loss = self.objective.read_loss(be, &x)?;
         let mut e = vec![0f32; nt];
@@ -785,10 +909,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     fn eval(&mut self) -> Result<EvalReport> {
         let _r = nvtx::range("eval");
+        self.gather_for_generation(true)?;
         evaluate(&self.policy_ctx(), &self.test, self.cfg.train.eval_limit, 0, self.cfg.seed, None, self.comm)
     }
 
     fn final_eval(&mut self) -> Result<EvalReport> {
+        self.gather_for_generation(true)?;
         evaluate(&self.policy_ctx(), &self.test, 0, self.cfg.train.eval_pass_k, self.cfg.seed, None, self.comm)
     }
 
