@@ -126,9 +126,12 @@ for g in f32 bf16 sharded; do
       "$bin" train "${dp[@]}" "${variant[@]}" --set name=one-$g 2> "$run_dir/one-$g.log" ;;
   esac
   rm -rf "$run_dir/s3/vstar-cache"  # the two ranks estimate V* between them
-  "$bin" launch --nproc-per-node 2 --master-port $port -- train "${dp[@]}" "${variant[@]}" --set name=two-$g \
+  # The sharded ranks' allocations are traced: each rank's live bytes against the plan.
+  trace=(); [ $g = sharded ] && trace=(env TZ_EMU_TRACE_ALLOC=1)
+  "${trace[@]}" "$bin" launch --nproc-per-node 2 --master-port $port -- train "${dp[@]}" "${variant[@]}" --set name=two-$g \
     2> "$run_dir/two-$g.log" || { cat "$run_dir/two-$g.log" >&2; echo "emu-check: FAILED: the two-process run" >&2; exit 1; }
   grep -q "NCCL .*(libnccl.so.2), 2 ranks" "$run_dir/two-$g.log"
+  [ $g = sharded ] && plan_matches_trace "$run_dir/two-$g.log"
   cmp -s "$run_dir/s3/one-$one/samples.jsonl" "$run_dir/s3/two-$g/samples.jsonl" ||
     { echo "emu-check: FAILED: two processes sampled other responses than one ($g gradients)" >&2; exit 1; }
   bound=$([ $g = bf16 ] && echo 1e-3 || echo 1e-6)

@@ -279,7 +279,6 @@ impl<B: Backend> Qwen2<B> {
             be.gemm(hsel, logits, wl, None, nc, c, vocab, false, false, 1.0, 0.0)?;
             be.scatter_add_rows(dln, hsel, a.view(p.target_row).slice(j0, nc), nc, c)
         })?;
-        drop(w);
         self.backward_layers_from(be, a, &p.fwd, d, grads, ws.n_rows, ws.seqs(), src)
     }
 
