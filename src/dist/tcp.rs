@@ -349,11 +349,22 @@ impl HostComm for TcpComm {
                 bail!("rank 0: {why}");
             }
             let body = encode_all(&all);
-            for (r, s) in links.iter_mut().enumerate() {
-                if let Some(s) = s {
-                    s.set_write_timeout(Some(self.timeout))?;
-                    write_frame(s, DATA, seq, op, &body).map_err(|e| anyhow!("rank 0: {op} #{seq}: sending to rank {r}: {e}"))?;
+            for r in 1..self.world {
+                let s = links[r].as_mut().expect("a link per rank");
+                s.set_write_timeout(Some(self.timeout))?;
+                let Err(e) = write_frame(s, DATA, seq, op, &body) else { continue };
+                // A rank that sent its part and then died: the same report as one that died
+                // before sending, and the others are told.
+                let why = if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe) {
+                    format!("rank {r} exited during {op} #{seq} (its connection closed)")
+                } else {
+                    format!("{op} #{seq}: sending to rank {r}: {e}")
+                };
+                for s in links.iter_mut().flatten() {
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                    let _ = write_frame(s, ABORT, seq, op, why.as_bytes());
                 }
+                bail!("rank 0: {why}");
             }
             Ok(all)
         } else {
