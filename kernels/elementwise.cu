@@ -11,6 +11,9 @@
 //   gather_rows_{b16,b32}          out[i, :] = x[rows[i], :] (raw bits: any 2- or 4-byte dtype)
 //   scatter_add_rows_{f32_f32,bf16_bf16,f32_bf16}   dx[rows[i], :] += dout[i, :] (rows distinct,
 //                                  so no atomics)
+//   copy_block_{f32,bf16}          dst[i·dst_ld + j] = (acc ? dst[..] : 0) + src[i·src_ld + j]: a
+//                                  [rows, cols] block between row-major matrices (a column
+//                                  range of a fused projection's output); fp32 math
 //   bias_bwd_{bf16,f32}            dbias[j] += Σ_i dout[i, j] (dbias fp32)
 //   add_bias_rows_{bf16,f32}       c[i, j] += bias[j] (GEMM bias when the cuBLASLt epilogue is
 //                                  not available for a layout)
@@ -81,6 +84,20 @@ extern "C" __global__ void gather_rows_b16(unsigned short* out, const unsigned s
 }
 extern "C" __global__ void gather_rows_b32(u32* out, const u32* x, const u32* rows, int c) {
     gather_rows_impl(out, x, rows, c);
+}
+
+template <typename T>
+__device__ void copy_block_impl(T* dst, int dst_ld, const T* src, int src_ld, int cols, int acc) {
+    const u64 i = blockIdx.x;
+    T* d = dst + i * (u64)dst_ld;
+    const T* s = src + i * (u64)src_ld;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) st(d + j, (acc ? ld(d + j) : 0.0f) + ld(s + j));
+}
+extern "C" __global__ void copy_block_f32(float* dst, int dst_ld, const float* src, int src_ld, int cols, int acc) {
+    copy_block_impl(dst, dst_ld, src, src_ld, cols, acc);
+}
+extern "C" __global__ void copy_block_bf16(bf16* dst, int dst_ld, const bf16* src, int src_ld, int cols, int acc) {
+    copy_block_impl(dst, dst_ld, src, src_ld, cols, acc);
 }
 
 template <typename D, typename S>

@@ -93,6 +93,7 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
         case::<B>("scatter_add_rows", vec![f32s(VOCAB * C).free(), act(2 * C), u32s(&[4, 0])], |be, v| {
             be.scatter_add_rows(v[0], v[1], v[2], 2, C)
         }),
+        case::<B>("copy_block", vec![act((N - 1) * C + 2), act((N - 1) * 2 + 2)], |be, v| be.copy_block(v[0], C, v[1], 2, N, 2, true)),
         case::<B>("embedding_fwd", vec![act(N * C), act(VOCAB * C).free(), u32s(&[0, 1, 4])], |be, v| {
             be.embedding_fwd(v[0], v[1], v[2], N, C)
         }),

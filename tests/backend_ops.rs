@@ -24,6 +24,7 @@ backend_test!(
     upload_download_round_trip,
     elementwise_ops,
     gather_scatter_rows,
+    copy_block_strided,
     embedding_fwd_bwd,
     rmsnorm_fwd_bwd,
     residual_rmsnorm_fwd,
@@ -200,6 +201,37 @@ fn gather_scatter_rows<B: Backend>(be: &B) {
             }
         }
         close(&down(be, &acc), &want, tol(be, (1e-6, 0.0), (1e-6, 0.0)), &format!("scatter_add_rows c={c}"));
+    }
+}
+
+/// `copy_block` copies a column range of one row-major matrix into another exactly, or adds
+/// it (act and F32), and leaves every element outside the block alone.
+fn copy_block_strided<B: Backend>(be: &B) {
+    let act = be.act_dtype();
+    let mut rng = Rng::new(5);
+    let (rows, src_ld, dst_ld, cols, src_col, dst_col) = (3usize, 10usize, 7usize, 4usize, 5usize, 2usize);
+    let src = randn(be, &mut rng, rows * src_ld, 1.0);
+    let dst0 = randn(be, &mut rng, rows * dst_ld, 1.0);
+    for dt in [act, DType::F32] {
+        for accumulate in [false, true] {
+            let (s, d) = (up(be, dt, &src), up(be, dt, &dst0));
+            let span = |ld: usize| (rows - 1) * ld + cols;
+            let dv = View::all(&d).slice(dst_col, span(dst_ld));
+            be.copy_block(dv, dst_ld, View::all(&s).slice(src_col, span(src_ld)), src_ld, rows, cols, accumulate).unwrap();
+            let mut want = dst0.clone();
+            for i in 0..rows {
+                for j in 0..cols {
+                    let (w, x) = (&mut want[i * dst_ld + dst_col + j], src[i * src_ld + src_col + j]);
+                    *w = if accumulate { *w + x } else { x };
+                }
+            }
+            let what = format!("copy_block {dt:?} accumulate={accumulate}");
+            if accumulate && dt != DType::F32 {
+                close(&down(be, &d), &want, tol(be, (0.0, 0.0), (0.0, 8e-3)), &what);
+            } else {
+                assert_eq!(down(be, &d), want, "{what}");
+            }
+        }
     }
 }
 

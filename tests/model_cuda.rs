@@ -350,3 +350,25 @@ fn bf16_matrix_gradients_accumulate_within_bound_cuda() {
         "{passes} accumulated passes: worst per-tensor gradient rel L2 vs CPU f32: f32 buffers {worst_f32:.2e}, bf16 buffers {worst_bf16:.2e}; bf16 vs f32 buffers {worst_extra:.2e}"
     );
 }
+
+/// LoRA (src/model/lora.rs) on CUDA against the CPU oracle: adapted and base (adapters
+/// disabled) log-probs within the whole-model bound, and each adapter tensor's gradient within
+/// the gradient bound, keeping every layer and recomputing.
+#[test]
+fn lora_adapters_cuda_match_cpu() {
+    let Some(dev) = common::cuda::cuda_or_skip() else { return };
+    let cpu = CpuBackend::new();
+    let c = common::lora::case(tz_engine::model::lora::Target::ALL.to_vec(), 21);
+    for keep in [Keep::AllLayers, Keep::LayerInputs] {
+        let want = common::lora::lora_side(&cpu, &c.cfg, &c.host, &c.layout, &c.adapters, &c.batch, &c.w, keep);
+        let got = common::lora::lora_side(&dev, &c.cfg, &c.host, &c.layout, &c.adapters, &c.batch, &c.w, keep);
+        assert!(got.logp.iter().chain(&got.grads).all(|x| x.is_finite()), "{keep:?}: non-finite CUDA result");
+        let (el, eb) = (rel_l2(&got.logp, &want.logp), rel_l2(&got.base_logp, &want.base_logp));
+        assert!(el <= 2e-2 && eb <= 2e-2, "{keep:?}: log-probs rel L2 {el:.2e}, base {eb:.2e}");
+        for e in &c.layout.entries {
+            let r = e.offset..e.offset + e.numel();
+            let err = rel_l2(&got.grads[r.clone()], &want.grads[r]);
+            assert!(err <= 5e-2, "{keep:?} {}: gradient rel L2 {err:.2e}", e.name);
+        }
+    }
+}

@@ -215,6 +215,32 @@ pub(crate) fn scatter_add_rows<B: Backend + ?Sized>(be: &B, dx: V<B>, dout: V<B>
     op.view(&rows, "rows", Want::U32, n_rows)
 }
 
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_block<B: Backend + ?Sized>(
+    be: &B,
+    dst: V<B>,
+    dst_ld: usize,
+    src: V<B>,
+    src_ld: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let op = Op::new(be, "copy_block");
+    if dst.dtype() != src.dtype() {
+        return Err(op.err(format!("dst {:?} and src {:?} differ", dst.dtype(), src.dtype())));
+    }
+    if cols > dst_ld || cols > src_ld {
+        return Err(op.err(format!("{cols} columns do not fit row strides {dst_ld} (dst) and {src_ld} (src)")));
+    }
+    if rows == 0 || cols == 0 {
+        return op.dtype(&dst, "dst", Want::ActOrF32);
+    }
+    // The last row ends at (rows − 1)·ld + cols: a block may end a matrix's last row early.
+    let span = |ld: usize| op.size(&[rows - 1, ld]).and_then(|a| a.checked_add(cols).ok_or_else(|| op.err("the block overflows")));
+    op.view(&dst, "dst", Want::ActOrF32, span(dst_ld)?)?;
+    op.view(&src, "src", Want::ActOrF32, span(src_ld)?)
+}
+
 // ---- embedding -----------------------------------------------------------------------------
 
 pub(crate) fn embedding_fwd<B: Backend + ?Sized>(be: &B, out: V<B>, table: V<B>, ids: V<B>, n: usize, c: usize) -> Result<()> {

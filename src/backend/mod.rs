@@ -193,6 +193,22 @@ pub trait Backend: Send + Sync + 'static {
     fn gather_rows(&self, out: View<Self>, x: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()>;
     /// `dx[rows[i], :] += dout[i, :]` (rows distinct, each a row of `dx`, as in `gather_rows`).
     fn scatter_add_rows(&self, dx: View<Self>, dout: View<Self>, rows: View<Self>, n_rows: usize, c: usize) -> Result<()>;
+    /// A `[rows, cols]` block between row-major matrices: `dst[i·dst_ld + j] = src[i·src_ld + j]`
+    /// (or `+=` when `accumulate`, in f32 arithmetic, one rounding) for i < rows, j < cols. The
+    /// views start at the block's first element, so a column range of a fused projection's
+    /// output (q of q|k|v, up of gate|up) is `view.slice(col, ..)` with `ld` its full width.
+    /// Both views the same dtype (act or F32); `cols <= ld`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_block(
+        &self,
+        dst: View<Self>,
+        dst_ld: usize,
+        src: View<Self>,
+        src_ld: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<()>;
 
     // ---- embedding -------------------------------------------------------------------------
     /// `out[i, :] = table[ids[i], :]`; out `[n, c]` act, table `[vocab, c]` act, ids U32.

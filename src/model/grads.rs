@@ -86,9 +86,13 @@ pub struct Segment {
 }
 
 fn places(layout: &ParamLayout, dtype: GradDtype) -> Vec<Place> {
+    places_of(&layout.entries, dtype)
+}
+
+fn places_of(entries: &[super::layout::Entry], dtype: GradDtype) -> Vec<Place> {
     let (mut full, mut low) = (0, 0);
-    let mut out = Vec::with_capacity(layout.entries.len());
-    let mut entries: Vec<_> = layout.entries.iter().collect();
+    let mut out = Vec::with_capacity(entries.len());
+    let mut entries: Vec<_> = entries.iter().collect();
     entries.sort_by_key(|e| e.offset);
     for e in entries {
         let is_low = dtype == GradDtype::Bf16 && e.decay && e.name.starts_with("model.layers.");
@@ -183,6 +187,13 @@ impl<B: Backend> Grads<B> {
 
     pub fn new(be: &B, layout: &ParamLayout, dtype: GradDtype) -> Result<Self> {
         Self::padded(be, layout, dtype, 1)
+    }
+
+    /// F32 gradients of low-rank adapters (`super::lora`), in their layout's order.
+    pub fn for_adapters(be: &B, lora: &super::lora::LoraLayout) -> Result<Self> {
+        let places = places_of(&lora.entries, GradDtype::F32);
+        let n = lora.total;
+        Ok(Grads { full: Region { buf: be.alloc(DType::F32, n.max(1))?, off: 0, len: n }, low: None, places, total: n, lens: (n, 0) })
     }
 
     /// With each buffer padded to a multiple of `world` elements (the tail stays zero): a

@@ -6,6 +6,7 @@
 //! backward recomputes each chunk's logits instead of keeping them.
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::grads::Grads;
+use super::lora::LoraLayout;
 use super::qwen2::{AttnMode, BackwardSlots, ForwardSlots, Keep, Qwen2};
 use super::source::{ParamSource, Resident, Weights};
 use super::Qwen2Config;
@@ -102,11 +103,24 @@ pub struct LogprobPlan {
 impl LogprobPlan {
     /// `keep`: `Keep::Nothing` plans scoring only; otherwise the backward's slots too.
     pub fn new(p: &mut ArenaPlan, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, keep: Keep) -> Self {
+        Self::new_with(p, cfg, max_rows, max_seqs, max_targets, keep, None)
+    }
+
+    /// `new` with the scratch of adapters (`lora`) in the forward and backward slots.
+    pub fn new_with(
+        p: &mut ArenaPlan,
+        cfg: &Qwen2Config,
+        max_rows: usize,
+        max_seqs: usize,
+        max_targets: usize,
+        keep: Keep,
+        lora: Option<&LoraLayout>,
+    ) -> Self {
         let c = cfg.hidden_size;
         let chunk = (LOGITS_BUDGET / cfg.vocab_size).clamp(1, max_targets.max(1));
         LogprobPlan {
-            fwd: ForwardSlots::plan(p, cfg, max_rows, keep),
-            bwd: (keep != Keep::Nothing).then(|| BackwardSlots::plan(p, cfg, max_rows)),
+            fwd: ForwardSlots::plan_with(p, cfg, max_rows, keep, lora),
+            bwd: (keep != Keep::Nothing).then(|| BackwardSlots::plan_with(p, cfg, max_rows, lora)),
             max_rows,
             max_seqs,
             max_targets,
@@ -138,8 +152,21 @@ pub struct LogprobWorkspace<B: Backend> {
 
 impl<B: Backend> LogprobWorkspace<B> {
     pub fn new(be: &B, cfg: &Qwen2Config, max_rows: usize, max_seqs: usize, max_targets: usize, keep: Keep) -> Result<Self> {
+        Self::new_with(be, cfg, max_rows, max_seqs, max_targets, keep, None)
+    }
+
+    /// `new` with room for adapters (`lora`).
+    pub fn new_with(
+        be: &B,
+        cfg: &Qwen2Config,
+        max_rows: usize,
+        max_seqs: usize,
+        max_targets: usize,
+        keep: Keep,
+        lora: Option<&LoraLayout>,
+    ) -> Result<Self> {
         let mut p = ArenaPlan::new(be.act_dtype());
-        let plan = LogprobPlan::new(&mut p, cfg, max_rows, max_seqs, max_targets, keep);
+        let plan = LogprobPlan::new_with(&mut p, cfg, max_rows, max_seqs, max_targets, keep, lora);
         let arena = p.allocate(be)?;
         Ok(Self::with_arena(plan, arena))
     }
@@ -275,7 +302,10 @@ impl<B: Backend> Qwen2<B> {
             let hsel = a.prefix(p.hsel, nc * c);
             // dW_lm += dlogits^T · h, then dh = dlogits · W_lm, scattered back to the rows.
             let wl = w.w(self.layout.lm_head, vocab * c);
-            be.gemm(grads.view(self.layout.lm_head, vocab * c)?, logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
+            // (A frozen base with adapters has no lm_head gradient.)
+            if src.adapters().is_none() {
+                be.gemm(grads.view(self.layout.lm_head, vocab * c)?, logits, hsel, None, vocab, c, nc, true, false, 1.0, 1.0)?;
+            }
             be.gemm(hsel, logits, wl, None, nc, c, vocab, false, false, 1.0, 0.0)?;
             be.scatter_add_rows(dln, hsel, a.view(p.target_row).slice(j0, nc), nc, c)
         })?;

@@ -11,6 +11,7 @@
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::grads::Grads;
 use super::layout::Unit;
+use super::lora::{Lora, LoraLayout, Place, Target};
 use super::source::{ParamSource, Resident, Weights};
 use super::{ParamLayout, Qwen2Config};
 use crate::backend::{AttnShape, Backend, Seqs, View};
@@ -79,10 +80,37 @@ pub struct ForwardSlots {
     pub rstdf: Slot,
     pub ids: Slot,
     pub pos: Slot,
+    /// Scratch of the adapters' products when planned for a LoRA model.
+    pub lora: Option<LoraSlots>,
+}
+
+/// One adapter's intermediate `x·Aᵀ` (`[rows, r]`) and, for a target inside a fused output,
+/// its product before it is added into that output's columns (`[rows, widest fused out]`).
+/// The backward reuses both: it recomputes `x·Aᵀ` and stages a fused output's gradient columns.
+#[derive(Clone, Copy, Debug)]
+pub struct LoraSlots {
+    pub u: Slot,
+    pub d: Slot,
+    pub rank: usize,
+}
+
+impl LoraSlots {
+    fn plan(p: &mut ArenaPlan, lora: &LoraLayout, rows: usize) -> Self {
+        LoraSlots {
+            u: p.act("adapter scratch", rows * lora.rank()),
+            d: p.act("adapter scratch", rows * lora.max_fused_out().max(1)),
+            rank: lora.rank(),
+        }
+    }
 }
 
 impl ForwardSlots {
     pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize, keep: Keep) -> Self {
+        Self::plan_with(p, cfg, rows, keep, None)
+    }
+
+    /// `plan` with the adapters' scratch when `lora` is given.
+    pub fn plan_with(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize, keep: Keep, lora: Option<&LoraLayout>) -> Self {
         let c = cfg.hidden_size;
         let shape = cfg.attn_shape();
         let inter = cfg.intermediate_size;
@@ -121,6 +149,7 @@ impl ForwardSlots {
             rstdf: p.f32("activations", rows),
             ids: p.u32("inputs", rows),
             pos: p.u32("inputs", rows),
+            lora: lora.map(|l| LoraSlots::plan(p, l, rows)),
         }
     }
 }
@@ -218,7 +247,7 @@ impl<B: Backend> Qwen2<B> {
         be.embedding_fwd(v(s.layers[0].resid_in, c), w.w(self.layout.embed, self.cfg.vocab_size * c), a.prefix(s.ids, n), n, c)?;
         for l in 0..s.layers.len() {
             let w = src.fetch(be, Unit::Layer(l))?;
-            self.layer_fwd(be, a, s, l, n, mode, false, &w)?;
+            self.layer_fwd(be, a, s, l, n, mode, false, &w, src.adapters())?;
         }
         let w = src.fetch(be, Unit::Head)?;
         let last = s.layers.last().expect("at least one layer");
@@ -251,6 +280,7 @@ impl<B: Backend> Qwen2<B> {
         mode: &AttnMode<B>,
         recompute: bool,
         w: &Weights<B>,
+        ad: Option<&Lora<B>>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let (c, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, self.eps());
@@ -270,6 +300,9 @@ impl<B: Backend> Qwen2<B> {
         }
         let qkv = v(ls.qkv, qkvw);
         be.gemm(qkv, v(ls.ln1, c), w.w(lo.qkv_w, qkvw * c), Some(w.w(lo.qkv_b, qkvw)), n, qkvw, c, false, true, 1.0, 0.0)?;
+        for t in [Target::Q, Target::K, Target::V] {
+            self.adapter_fwd(be, a, s, ad, l, t, v(ls.ln1, c), qkv, n)?;
+        }
         be.rope(qkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, false)?;
         let att = v(ls.att, qw);
         match mode {
@@ -285,15 +318,97 @@ impl<B: Backend> Qwen2<B> {
             }
         }
         be.gemm(tmp, att, w.w(lo.o_w, c * qw), None, n, c, qw, false, true, 1.0, 0.0)?;
+        self.adapter_fwd(be, a, s, ad, l, Target::O, att, tmp, n)?;
         let (resid_in, post) = (v(ls.resid_in, c), w.w(lo.post_norm, c));
         be.residual_rmsnorm_fwd(v(ls.resid_mid, c), v(ls.ln2, c), a.prefix(ls.rstd2, n), resid_in, tmp, post, n, c, eps)?;
         let gu = v(ls.gu, 2 * inter);
         be.gemm(gu, v(ls.ln2, c), w.w(lo.gate_up_w, 2 * inter * c), None, n, 2 * inter, c, false, true, 1.0, 0.0)?;
+        for t in [Target::Gate, Target::Up] {
+            self.adapter_fwd(be, a, s, ad, l, t, v(ls.ln2, c), gu, n)?;
+        }
         be.swiglu_fwd(v(ls.h, inter), gu, n, inter)?;
         if !recompute {
             be.gemm(tmp, v(ls.h, inter), w.w(lo.down_w, c * inter), None, n, c, inter, false, true, 1.0, 0.0)?;
+            self.adapter_fwd(be, a, s, ad, l, Target::Down, v(ls.h, inter), tmp, n)?;
         }
         Ok(())
+    }
+
+    /// `out += scale · (x·Aᵀ)·Bᵀ` for layer `l`'s adapter on `t` (nothing if `t` has none).
+    /// `out` is the whole output of `t`'s GEMM, or the fused output `t` is a column range of.
+    #[allow(clippy::too_many_arguments)]
+    fn adapter_fwd(
+        &self,
+        be: &B,
+        a: &Arena<B>,
+        s: &ForwardSlots,
+        ad: Option<&Lora<B>>,
+        l: usize,
+        t: Target,
+        x: View<B>,
+        out: View<B>,
+        n: usize,
+    ) -> Result<()> {
+        let Some((wa, wb, _)) = ad.and_then(|ad| ad.adapter(l, t)) else { return Ok(()) };
+        if n == 0 {
+            return Ok(());
+        }
+        let ls = lora_slots(s)?;
+        let (r, scale) = (ls.rank, ad.expect("adapter found").layout.scale());
+        let (inp, outw) = t.dims(&self.cfg);
+        let u = a.prefix(ls.u, n * r);
+        be.gemm(u, x, wa, None, n, r, inp, false, true, 1.0, 0.0)?;
+        match t.place(&self.cfg) {
+            Place::Whole => be.gemm(out, u, wb, None, n, outw, r, false, true, scale, 1.0),
+            Place::Fused { ld, col } => {
+                let d = a.prefix(ls.d, n * outw);
+                be.gemm(d, u, wb, None, n, outw, r, false, true, scale, 0.0)?;
+                be.copy_block(out.slice(col, (n - 1) * ld + outw), ld, d, outw, n, outw, true)
+            }
+        }
+    }
+
+    /// The backward of `adapter_fwd` given `gout`, the gradient of `out` (the fused output's
+    /// when `t` is a column range of one): `dA += scale·(Bᵀ·G_tᵀ)·x`, `dB += scale·G_tᵀ·(x·Aᵀ)`
+    /// into `grads` (the adapters'), `dx += scale·(G_t·B)·A`.
+    #[allow(clippy::too_many_arguments)]
+    fn adapter_bwd(
+        &self,
+        be: &B,
+        a: &Arena<B>,
+        s: &ForwardSlots,
+        d: &BackwardSlots,
+        ad: &Lora<B>,
+        grads: &Grads<B>,
+        l: usize,
+        t: Target,
+        x: View<B>,
+        gout: View<B>,
+        dx: View<B>,
+        n: usize,
+    ) -> Result<()> {
+        let Some((wa, wb, o)) = ad.adapter(l, t) else { return Ok(()) };
+        if n == 0 {
+            return Ok(());
+        }
+        let ls = lora_slots(s)?;
+        let du = a.prefix(d.lora.ok_or_else(|| anyhow::anyhow!("backward planned without adapter scratch"))?.du, n * ls.rank);
+        let (r, scale) = (ls.rank, ad.layout.scale());
+        let (inp, outw) = t.dims(&self.cfg);
+        let u = a.prefix(ls.u, n * r);
+        be.gemm(u, x, wa, None, n, r, inp, false, true, 1.0, 0.0)?;
+        let g = match t.place(&self.cfg) {
+            Place::Whole => gout,
+            Place::Fused { ld, col } => {
+                let g = a.prefix(ls.d, n * outw);
+                be.copy_block(g, outw, gout.slice(col, (n - 1) * ld + outw), ld, n, outw, false)?;
+                g
+            }
+        };
+        be.gemm(grads.view(o.b, outw * r)?, g, u, None, outw, r, n, true, false, scale, 1.0)?;
+        be.gemm(du, g, wb, None, n, r, outw, false, false, scale, 0.0)?;
+        be.gemm(grads.view(o.a, r * inp)?, du, x, None, r, inp, n, true, false, 1.0, 1.0)?;
+        be.gemm(dx, du, wa, None, n, inp, r, false, false, 1.0, 1.0)
     }
 
     /// `logits[rows, V] = h[rows, C] · W_lm^T`.
@@ -317,10 +432,23 @@ pub struct BackwardSlots {
     pub datt: Slot,
     pub dgu: Slot,
     pub dh: Slot,
+    /// With adapters: the gradient of one adapter's `x·Aᵀ`, and where the frozen base's norm
+    /// weight gradients go (the norm backward computes them along with its input gradient).
+    pub lora: Option<LoraBackSlots>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LoraBackSlots {
+    pub du: Slot,
+    pub discard: Slot,
 }
 
 impl BackwardSlots {
     pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize) -> Self {
+        Self::plan_with(p, cfg, rows, None)
+    }
+
+    pub fn plan_with(p: &mut ArenaPlan, cfg: &Qwen2Config, rows: usize, lora: Option<&LoraLayout>) -> Self {
         let c = cfg.hidden_size;
         let shape = cfg.attn_shape();
         let inter = cfg.intermediate_size;
@@ -331,6 +459,7 @@ impl BackwardSlots {
             datt: p.act("gradient scratch", rows * shape.q_width()),
             dgu: p.act("gradient scratch", rows * 2 * inter),
             dh: p.act("gradient scratch", rows * inter),
+            lora: lora.map(|l| LoraBackSlots { du: p.act("adapter scratch", rows * l.rank()), discard: p.f32("adapter scratch", c) }),
         }
     }
 }
@@ -378,58 +507,81 @@ impl<B: Backend> Qwen2<B> {
         if s.keep == Keep::Nothing {
             bail!("backward needs a forward planned for training (activations kept)");
         }
+        // With adapters the base is frozen: no base weight gradient is computed (`grads` are
+        // the adapters'); a norm's weight gradient, which its backward computes anyway, goes
+        // to a scratch slot.
+        let ad = src.adapters();
+        let discard = match (ad, d.lora) {
+            (None, _) => None,
+            (Some(_), Some(ls)) => Some(a.prefix(ls.discard, c)),
+            (Some(_), None) => bail!("a model with adapters run in a backward planned without adapter scratch"),
+        };
+        let gview = |off: usize, len: usize| -> Result<View<B>> {
+            match discard {
+                Some(dw) => Ok(dw.slice(0, len)),
+                None => grads.view(off, len),
+            }
+        };
         let fnorm = self.layout.final_norm;
         {
             let w = src.fetch(be, Unit::Head)?;
-            be.rmsnorm_bwd(dresid, grads.view(fnorm, c)?, dln, v(s.resid_final, c), w.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
+            be.rmsnorm_bwd(dresid, gview(fnorm, c)?, dln, v(s.resid_final, c), w.w(fnorm, c), a.prefix(s.rstdf, n), n, c)?;
         }
         src.grads_ready(be, Unit::Head, grads)?;
         let recompute = s.keep == Keep::LayerInputs;
         for (l, (ls, lo)) in s.layers.iter().zip(&self.layout.layers).enumerate().rev() {
             let w = src.fetch(be, Unit::Layer(l))?;
             if recompute {
-                self.layer_fwd(be, a, s, l, n, &AttnMode::Packed { seqs, store: None }, true, &w)?;
+                self.layer_fwd(be, a, s, l, n, &AttnMode::Packed { seqs, store: None }, true, &w, ad)?;
             }
             // MLP branch: dresid is the gradient of its output.
             let (dh, dgu) = (v(d.dh, inter), v(d.dgu, 2 * inter));
             be.gemm(dh, dresid, w.w(lo.down_w, c * inter), None, n, inter, c, false, false, 1.0, 0.0)?;
-            be.gemm(grads.view(lo.down_w, c * inter)?, dresid, v(ls.h, inter), None, c, inter, n, true, false, 1.0, 1.0)?;
+            if let Some(ad) = ad {
+                self.adapter_bwd(be, a, s, d, ad, grads, l, Target::Down, v(ls.h, inter), dresid, dh, n)?;
+            } else {
+                be.gemm(grads.view(lo.down_w, c * inter)?, dresid, v(ls.h, inter), None, c, inter, n, true, false, 1.0, 1.0)?;
+            }
             be.swiglu_bwd(dgu, dh, v(ls.gu, 2 * inter), n, inter)?;
             be.gemm(dln, dgu, w.w(lo.gate_up_w, 2 * inter * c), None, n, c, 2 * inter, false, false, 1.0, 0.0)?;
-            be.gemm(grads.view(lo.gate_up_w, 2 * inter * c)?, dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
-            be.rmsnorm_bwd(
-                dresid,
-                grads.view(lo.post_norm, c)?,
-                dln,
-                v(ls.resid_mid, c),
-                w.w(lo.post_norm, c),
-                a.prefix(ls.rstd2, n),
-                n,
-                c,
-            )?;
+            if let Some(ad) = ad {
+                for t in [Target::Gate, Target::Up] {
+                    self.adapter_bwd(be, a, s, d, ad, grads, l, t, v(ls.ln2, c), dgu, dln, n)?;
+                }
+            } else {
+                be.gemm(grads.view(lo.gate_up_w, 2 * inter * c)?, dgu, v(ls.ln2, c), None, 2 * inter, c, n, true, false, 1.0, 1.0)?;
+            }
+            be.rmsnorm_bwd(dresid, gview(lo.post_norm, c)?, dln, v(ls.resid_mid, c), w.w(lo.post_norm, c), a.prefix(ls.rstd2, n), n, c)?;
             // Attention branch.
             let (datt, dqkv) = (v(d.datt, qw), v(d.dqkv, qkvw));
             be.gemm(datt, dresid, w.w(lo.o_w, c * qw), None, n, qw, c, false, false, 1.0, 0.0)?;
-            be.gemm(grads.view(lo.o_w, c * qw)?, dresid, v(ls.att, qw), None, c, qw, n, true, false, 1.0, 1.0)?;
+            if let Some(ad) = ad {
+                self.adapter_bwd(be, a, s, d, ad, grads, l, Target::O, v(ls.att, qw), dresid, datt, n)?;
+            } else {
+                be.gemm(grads.view(lo.o_w, c * qw)?, dresid, v(ls.att, qw), None, c, qw, n, true, false, 1.0, 1.0)?;
+            }
             be.attention_bwd(dqkv, datt, v(ls.qkv, qkvw), v(ls.att, qw), a.prefix(ls.lse, n * shape.n_head), seqs, shape, self.scale())?;
             be.rope(dqkv, a.prefix(s.pos, n), n, shape, cfg.rope_theta as f32, true)?;
-            be.bias_bwd(grads.view(lo.qkv_b, qkvw)?, dqkv, n, qkvw)?;
-            be.gemm(grads.view(lo.qkv_w, qkvw * c)?, dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
             be.gemm(dln, dqkv, w.w(lo.qkv_w, qkvw * c), None, n, c, qkvw, false, false, 1.0, 0.0)?;
-            be.rmsnorm_bwd(
-                dresid,
-                grads.view(lo.input_norm, c)?,
-                dln,
-                v(ls.resid_in, c),
-                w.w(lo.input_norm, c),
-                a.prefix(ls.rstd1, n),
-                n,
-                c,
-            )?;
+            if let Some(ad) = ad {
+                for t in [Target::Q, Target::K, Target::V] {
+                    self.adapter_bwd(be, a, s, d, ad, grads, l, t, v(ls.ln1, c), dqkv, dln, n)?;
+                }
+            } else {
+                be.bias_bwd(grads.view(lo.qkv_b, qkvw)?, dqkv, n, qkvw)?;
+                be.gemm(grads.view(lo.qkv_w, qkvw * c)?, dqkv, v(ls.ln1, c), None, qkvw, c, n, true, false, 1.0, 1.0)?;
+            }
+            be.rmsnorm_bwd(dresid, gview(lo.input_norm, c)?, dln, v(ls.resid_in, c), w.w(lo.input_norm, c), a.prefix(ls.rstd1, n), n, c)?;
             src.grads_ready(be, Unit::Layer(l), grads)?;
         }
-        be.embedding_bwd(grads.view(self.layout.embed, cfg.vocab_size * c)?, dresid, a.prefix(s.ids, n), n, c)?;
+        if ad.is_none() {
+            be.embedding_bwd(grads.view(self.layout.embed, cfg.vocab_size * c)?, dresid, a.prefix(s.ids, n), n, c)?;
+        }
         src.grads_ready(be, Unit::Embed, grads)?;
         Ok(())
     }
+}
+
+fn lora_slots(s: &ForwardSlots) -> Result<LoraSlots> {
+    s.lora.ok_or_else(|| anyhow::anyhow!("a model with adapters run in a workspace planned without adapter scratch"))
 }

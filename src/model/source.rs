@@ -11,6 +11,7 @@
 //! arithmetic is the one it has always been.
 use super::grads::Grads;
 use super::layout::Unit;
+use super::lora::Lora;
 use super::qwen2::Qwen2;
 use crate::backend::{Backend, View};
 use anyhow::Result;
@@ -43,6 +44,31 @@ pub trait ParamSource<B: Backend> {
     /// This micro-batch's gradients of `unit` are complete in `grads` (a collective on a
     /// sharded source, which reduces them into its shard and clears the unit's buffer).
     fn grads_ready(&self, be: &B, unit: Unit, grads: &Grads<B>) -> Result<()>;
+    /// Low-rank adapters added to the base's projections (`super::lora`). With adapters the
+    /// base is frozen: a backward pass computes no base gradient, and the `grads` it is given
+    /// are the adapters' (in `LoraLayout` order).
+    fn adapters(&self) -> Option<&Lora<B>> {
+        None
+    }
+}
+
+/// Another source's parameters with adapters added: the graph of a LoRA model. The same
+/// source without the wrapper is the base model (a LoRA run's reference policy).
+pub struct WithAdapters<'a, B: Backend> {
+    pub base: &'a dyn ParamSource<B>,
+    pub lora: &'a Lora<B>,
+}
+
+impl<B: Backend> ParamSource<B> for WithAdapters<'_, B> {
+    fn fetch(&self, be: &B, unit: Unit) -> Result<Weights<'_, B>> {
+        self.base.fetch(be, unit)
+    }
+    fn grads_ready(&self, be: &B, unit: Unit, grads: &Grads<B>) -> Result<()> {
+        self.base.grads_ready(be, unit, grads)
+    }
+    fn adapters(&self) -> Option<&Lora<B>> {
+        Some(self.lora)
+    }
 }
 
 /// Every parameter on the device: `model.params`.

@@ -4,6 +4,7 @@
 pub mod bufs;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod lora;
 
 /// Stamps backend-generic test cases (`fn case<B: Backend>(be: &B)`) once per backend, in the
 /// style of candle's `test_device!`: `backend_test!(a, b);` makes the tests `cpu::a`, `cpu::b`

@@ -229,6 +229,33 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy_block(
+        &self,
+        dst: View<Self>,
+        dst_ld: usize,
+        src: View<Self>,
+        src_ld: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        check::copy_block(self, dst, dst_ld, src, src_ld, rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let span = |ld: usize| (rows - 1) * ld + cols;
+        let (d, s) = (fm(dst, span(dst_ld), "copy_block")?, f(src, span(src_ld), "copy_block")?);
+        for i in 0..rows {
+            let (d, s) = (&mut d[i * dst_ld..i * dst_ld + cols], &s[i * src_ld..i * src_ld + cols]);
+            if accumulate {
+                d.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            } else {
+                d.copy_from_slice(s);
+            }
+        }
+        Ok(())
+    }
+
     fn embedding_fwd(&self, out: View<Self>, table: View<Self>, ids: View<Self>, n: usize, c: usize) -> Result<()> {
         check::embedding_fwd(self, out, table, ids, n, c)?;
         nn::embedding_fwd(out, table, ids, n, c)

@@ -85,6 +85,44 @@ pub(super) fn gather_rows(be: &CudaBackend, out: V, x: V, rows: V, n_rows: usize
     )
 }
 
+/// One block per row (grid.x = rows, split over grid.y past the grid limit is not needed:
+/// rows are token rows of one pass), threads over the columns.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn copy_block(
+    be: &CudaBackend,
+    dst: V,
+    dst_ld: usize,
+    src: V,
+    src_ld: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let name = match dst.dtype() {
+        DType::F32 => "copy_block_f32",
+        DType::BF16 => "copy_block_bf16",
+        d => bail!("cuda copy_block: {d:?} is not supported"),
+    };
+    let f = be.func("elementwise", name)?;
+    be.launch(
+        &f,
+        (grid_dim(rows, "copy_block")?, 1, 1),
+        (128, 1, 1),
+        0,
+        args![
+            vptr(&dst),
+            int(dst_ld, "copy_block")?,
+            vptr(&src),
+            int(src_ld, "copy_block")?,
+            int(cols, "copy_block")?,
+            int(accumulate as usize, "copy_block")?
+        ],
+    )
+}
+
 pub(super) fn scatter_add_rows(be: &CudaBackend, dx: V, dout: V, rows: V, n_rows: usize, c: usize) -> Result<()> {
     let name = match (dx.dtype(), dout.dtype()) {
         (DType::F32, DType::F32) => "scatter_add_rows_f32_f32",

@@ -390,6 +390,10 @@ impl Backend for CudaBackend {
         check::scatter_add_rows(self, dx, dout, rows, n_rows, c)?;
         elementwise::scatter_add_rows(self, dx, dout, rows, n_rows, c)
     }
+    fn copy_block(&self, dst: V, dst_ld: usize, src: V, src_ld: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
+        check::copy_block(self, dst, dst_ld, src, src_ld, rows, cols)?;
+        elementwise::copy_block(self, dst, dst_ld, src, src_ld, rows, cols, accumulate)
+    }
     fn embedding_fwd(&self, out: V, table: V, ids: V, n: usize, c: usize) -> Result<()> {
         check::embedding_fwd(self, out, table, ids, n, c)?;
         nn::embedding_fwd(self, out, table, ids, n, c)
