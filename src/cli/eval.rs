@@ -15,6 +15,10 @@ pub struct EvalArgs {
     /// Model directory (Hugging Face format).
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter (peft format: adapter_config.json, adapter_model.safetensors) added to
+    /// the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Problems: parquet or JSONL (fields no task uses are ignored).
     #[arg(long)]
     pub data: PathBuf,
@@ -53,6 +57,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
 fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
     let problems = task::load_problems(&args.data, parse_rows(&args.rows)?)?;
     let (model, tok) = load_model(be, &args.model)?;
+    let lora = args.adapter.as_ref().map(|d| crate::model::load::load_adapter(be, d, &model.cfg)).transpose()?;
     let set = PromptSet::new(problems, args.template, &tok, args.max_prompt_tokens)?;
     if set.is_empty() {
         bail!("no problems to evaluate (all prompts longer than --max-prompt-tokens?)");
@@ -63,7 +68,8 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
         bail!("prompts of {max_prompt} tokens leave no room for a response in the model's context");
     }
     crate::util::limits::items("problems × (1 + --k)", set.len(), args.k.saturating_add(1))?;
-    let gen = Generator::new(be, &model.cfg, args.batch.min(set.len() * args.k.max(1)), max_prompt, t_max)?;
+    let slots = args.batch.min(set.len() * args.k.max(1));
+    let gen = Generator::new_with(be, &model.cfg, slots, max_prompt, t_max, lora.as_ref().map(|l| &l.layout))?;
     // Every task's stop strings: a dataset may mix tasks.
     let mut stop_strings: Vec<String> = set.problems.iter().flat_map(|p| p.task().stop_strings()).collect();
     stop_strings.sort();
@@ -76,7 +82,7 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
     };
     args.reward.check(set.problems[0].task().name())?;
     let reward = args.reward.for_responses(args.max_new_tokens);
-    let ctx = RolloutCtx { be, model: &model, gen: &gen, tok: &tok, settings, reward: &reward };
+    let ctx = RolloutCtx { be, model: &model, adapters: lora.as_ref(), gen: &gen, tok: &tok, settings, reward: &reward };
     let total = set.len() * (1 + args.k);
     let mut progress = crate::util::progress::Progress::new("responses", total as u64, 0, (gen.slots as u64).max(1));
     let r = evaluate(&ctx, &set, 0, args.k, args.seed, Some(&mut progress), &crate::dist::Single)?;

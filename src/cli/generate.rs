@@ -13,6 +13,10 @@ pub struct GenerateArgs {
     /// Model directory (Hugging Face format).
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter (peft format: adapter_config.json, adapter_model.safetensors) added to
+    /// the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// JSON lines `{"prompt":"..."}`; `-` for stdin.
     #[arg(long)]
     pub input: PathBuf,
@@ -70,6 +74,7 @@ fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
     let records = crate::util::jsonl::read_records::<Item>(&args.input)?;
     let (ids, items): (Vec<_>, Vec<Item>) = records.into_iter().map(|r| (r.id, r.item)).unzip();
     let (model, tok) = load_model(be, &args.model)?;
+    let lora = args.adapter.as_ref().map(|d| crate::model::load::load_adapter(be, d, &model.cfg)).transpose()?;
     crate::util::limits::items("prompts × --n", items.len(), args.n)?;
     let mut prompts = Vec::with_capacity(items.len() * args.n);
     let mut seeds = Vec::with_capacity(items.len() * args.n);
@@ -92,7 +97,7 @@ fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
         bail!("a prompt has {max_prompt} tokens, leaving no room in the model's context ({ctx})");
     }
     let t_max = (max_prompt + args.max_new_tokens).min(ctx);
-    let gen = Generator::new(be, &model.cfg, args.batch.min(prompts.len()), max_prompt, t_max)?;
+    let gen = Generator::new_with(be, &model.cfg, args.batch.min(prompts.len()), max_prompt, t_max, lora.as_ref().map(|l| &l.layout))?;
     let gc = GenConfig {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
@@ -100,7 +105,7 @@ fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
         stop_strings: args.stop.clone(),
     };
     let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
-    let outs = gen.generate(be, &model, &prompts, &seeds, &gc, &decode)?;
+    let outs = gen.generate_with(be, &model, lora.as_ref(), &prompts, &seeds, &gc, &decode)?;
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     for (j, g) in outs.iter().enumerate() {

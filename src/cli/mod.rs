@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod launch;
+pub mod merge;
 pub mod plan;
 pub mod plot;
 pub mod reward;
@@ -41,6 +42,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Start one `train` process per GPU of this node (torchrun-style), and watch them.
     Launch(launch::LaunchArgs),
+    /// Merge a LoRA adapter (peft format) into its base model's weights.
+    Merge(merge::MergeArgs),
     /// Supervised fine-tuning on prompt/response JSON lines.
     Sft(sft::SftArgs),
     /// Evaluate a model on a task dataset: mean reward, solve rate, pass@k.
@@ -72,6 +75,7 @@ pub fn main() -> i32 {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Launch(a)) => launch::run(a),
+        Some(Command::Merge(a)) => merge::run(a),
         Some(Command::Sft(a)) => sft::run(a),
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Plot(a)) => plot::run(a),

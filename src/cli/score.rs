@@ -16,6 +16,10 @@ pub struct ScoreArgs {
     /// JSON lines `{"prompt":"...","response":"..."}`; `-` for stdin.
     #[arg(long)]
     pub input: PathBuf,
+    /// A LoRA adapter (peft format: adapter_config.json, adapter_model.safetensors) added to
+    /// the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Tokens per forward pass (sequences are packed up to this many).
@@ -44,6 +48,7 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
     let records = crate::util::jsonl::read_records::<Item>(&args.input)?;
     let (ids, items): (Vec<_>, Vec<Item>) = records.into_iter().map(|r| (r.id, r.item)).unzip();
     let (model, tok) = load_model(be, &args.model)?;
+    let lora = args.adapter.as_ref().map(|d| crate::model::load::load_adapter(be, d, &model.cfg)).transpose()?;
     let mut pairs = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
         let p = tok.encode(&it.prompt).map_err(|e| anyhow!("line {}: {e:#}", i + 1))?;
@@ -82,14 +87,28 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
     let max_rows = batches.iter().map(|b| pairs[b.clone()].iter().map(|(p, r)| p.len() + r.len()).sum::<usize>()).max().unwrap_or(1);
     let max_seqs = batches.iter().map(|b| b.len()).max().unwrap_or(1);
     let max_targets = batches.iter().map(|b| pairs[b.clone()].iter().map(|(_, r)| r.len()).sum::<usize>()).max().unwrap_or(1);
-    let mut ws = LogprobWorkspace::new(be, &model.cfg, max_rows, max_seqs, max_targets.max(1), crate::model::Keep::Nothing)?;
+    let mut ws = LogprobWorkspace::new_with(
+        be,
+        &model.cfg,
+        max_rows,
+        max_seqs,
+        max_targets.max(1),
+        crate::model::Keep::Nothing,
+        lora.as_ref().map(|l| &l.layout),
+    )?;
+    let resident = crate::model::Resident(&model);
+    let with = lora.as_ref().map(|lora| crate::model::WithAdapters { base: &resident, lora });
+    let src: &dyn crate::model::ParamSource<B> = match &with {
+        Some(w) => w,
+        None => &resident,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut logp = vec![0f32; max_targets];
     for range in batches {
         let batch = PackedBatch::from_pairs(&pairs[range.clone()])?;
         ws.load(be, &model.cfg, &batch)?;
-        model.forward_logprobs(be, &ws, false)?;
+        model.forward_logprobs_from(be, &ws, false, src)?;
         let nt = batch.n_targets();
         be.download_f32(ws.logp(), &mut logp[..nt])?;
         if let Some(j) = logp[..nt].iter().position(|x| !x.is_finite()) {

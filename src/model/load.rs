@@ -26,6 +26,12 @@ pub fn load_tokenizer(dir: &Path, cfg: &Qwen2Config) -> Result<Tokenizer> {
     Ok(tok)
 }
 
+/// The peft-format adapter in `dir` (`--adapter`) for a base of config `cfg`, on `be`.
+pub fn load_adapter<B: Backend>(be: &B, dir: &Path, cfg: &Qwen2Config) -> Result<super::Lora<B>> {
+    let (layout, host) = super::peft::load_adapter(dir, cfg)?;
+    super::Lora::from_host(be, layout, &host).with_context(|| format!("loading {} onto {}", dir.display(), be.name()))
+}
+
 /// Loads weights and tokenizer; every error names the file and the problem.
 pub fn load_model<B: Backend>(be: &B, dir: &Path) -> Result<(Qwen2<B>, Tokenizer)> {
     let cfg = load_config(dir)?;

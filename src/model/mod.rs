@@ -7,6 +7,7 @@ pub mod layout;
 pub mod load;
 pub mod logprob;
 pub mod lora;
+pub mod peft;
 pub mod presets;
 pub mod qwen2;
 pub mod source;

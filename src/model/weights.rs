@@ -52,7 +52,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![single])
 }
 
-fn to_f32(dtype: Dtype, data: &[u8], file: &Path, name: &str) -> Result<Vec<f32>> {
+pub(crate) fn to_f32(dtype: Dtype, data: &[u8], file: &Path, name: &str) -> Result<Vec<f32>> {
     let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
     Ok(match dtype {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -108,7 +108,7 @@ pub fn load_params(dir: &Path, _cfg: &Qwen2Config, layout: &ParamLayout) -> Resu
     Ok(out)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
@@ -129,6 +129,22 @@ pub fn save_model(
     if params.len() != layout.total {
         bail!("save_model: {} parameters for a layout of {}", params.len(), layout.total);
     }
+    replace_dir(dir, |tmp| {
+        let st_path = tmp.join("model.safetensors");
+        write_tensors(&st_path, &layout.entries, params, dtype)?;
+        write_synced(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg.to_json(dtype.hf_name()))?.as_bytes())?;
+        let gen = serde_json::json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "do_sample": true});
+        write_synced(&tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
+        if let Some(t) = tokenizer_json {
+            write_synced(&tmp.join("tokenizer.json"), t.as_bytes())?;
+        }
+        Ok(())
+    })
+}
+
+/// Fills a temporary sibling directory with `fill` and renames it over `dir` (replacing an
+/// existing one): a crash leaves either the old directory or the new one, never a mix.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = dir.file_name().ok_or_else(|| anyhow!("{} is not a directory path", dir.display()))?.to_string_lossy().to_string();
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -137,9 +153,23 @@ pub fn save_model(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(dir, &old).with_context(|| format!("cannot move aside {}", dir.display()))?;
+        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    } else {
+        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    }
+    Ok(())
+}
 
-    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(layout.entries.len());
-    for e in &layout.entries {
+/// `entries` of `params` as one safetensors file in `dtype`, streamed to the file (no second
+/// whole-model copy in memory: a 3B model is 6 GB in bf16) and synced.
+pub fn write_tensors(path: &Path, entries: &[Entry], params: &[f32], dtype: SaveDtype) -> Result<()> {
+    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(entries.len());
+    for e in entries {
         let vals = &params[e.offset..e.offset + e.numel()];
         let b: Vec<u8> = match dtype {
             SaveDtype::F32 => vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -152,25 +182,9 @@ pub fn save_model(
         .iter()
         .map(|(n, b, s)| safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("save_model: {e}"))?;
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    // Streamed to the file: no second whole-model copy in memory (a 3B model is 6 GB in bf16).
-    let st_path = tmp.join("model.safetensors");
-    safetensors::serialize_to_file(views, Some(meta), &st_path).map_err(|e| anyhow!("save_model: {}: {e}", st_path.display()))?;
-    std::fs::File::open(&st_path)?.sync_all()?;
-    write_synced(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg.to_json(dtype.hf_name()))?.as_bytes())?;
-    let gen = serde_json::json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "do_sample": true});
-    write_synced(&tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
-    if let Some(t) = tokenizer_json {
-        write_synced(&tmp.join("tokenizer.json"), t.as_bytes())?;
-    }
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).with_context(|| format!("cannot move aside {}", dir.display()))?;
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
-    } else {
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
-    }
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    std::fs::File::open(path)?.sync_all()?;
     Ok(())
 }

@@ -6,8 +6,9 @@
 //! generates does not depend on the other sequences in the batch or on the wave size.
 use crate::backend::{Backend, SamplingParams, Seqs, View};
 use crate::model::arena::{Arena, ArenaPlan, Slot};
+use crate::model::lora::{Lora, LoraLayout};
 use crate::model::qwen2::{AttnMode, ForwardSlots, KvStore, Qwen2};
-use crate::model::Qwen2Config;
+use crate::model::{ParamSource, Qwen2Config, Resident, WithAdapters};
 use anyhow::{bail, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,13 +77,25 @@ pub struct GenLayout {
 
 impl GenLayout {
     pub fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> Result<Self> {
+        Self::plan_with(p, cfg, slots, max_prompt, t_max, None)
+    }
+
+    /// `plan` with room for adapters (`lora`) in the forward slots.
+    pub fn plan_with(
+        p: &mut ArenaPlan,
+        cfg: &Qwen2Config,
+        slots: usize,
+        max_prompt: usize,
+        t_max: usize,
+        lora: Option<&LoraLayout>,
+    ) -> Result<Self> {
         if slots == 0 || max_prompt == 0 || t_max <= max_prompt {
             bail!("generator needs slots > 0 and max prompt ({max_prompt}) < max total length ({t_max})");
         }
         if t_max > cfg.max_position_embeddings {
             bail!("prompt + response length {t_max} exceeds the model's context ({})", cfg.max_position_embeddings);
         }
-        Ok(GenLayout { plan: plan(p, cfg, slots, max_prompt, t_max), slots, max_prompt, t_max })
+        Ok(GenLayout { plan: plan(p, cfg, slots, max_prompt, t_max, lora), slots, max_prompt, t_max })
     }
 }
 
@@ -91,12 +104,12 @@ fn prefill_rows(slots: usize, max_prompt: usize) -> usize {
     (slots * max_prompt).min(PREFILL_ROWS.max(max_prompt)).max(slots)
 }
 
-fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> GenPlan {
+fn plan(p: &mut ArenaPlan, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize, lora: Option<&LoraLayout>) -> GenPlan {
     let rows = prefill_rows(slots, max_prompt);
     let c = cfg.hidden_size;
     let kv_len = slots * t_max * cfg.num_key_value_heads * cfg.head_dim;
     GenPlan {
-        fwd: ForwardSlots::plan(p, cfg, rows, crate::model::Keep::Nothing),
+        fwd: ForwardSlots::plan_with(p, cfg, rows, crate::model::Keep::Nothing, lora),
         rows,
         kcache: (0..cfg.num_hidden_layers).map(|_| p.act("kv cache", kv_len)).collect(),
         vcache: (0..cfg.num_hidden_layers).map(|_| p.act("kv cache", kv_len)).collect(),
@@ -120,8 +133,13 @@ struct Live {
 
 impl<B: Backend> Generator<B> {
     pub fn new(be: &B, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize) -> Result<Self> {
+        Self::new_with(be, cfg, slots, max_prompt, t_max, None)
+    }
+
+    /// `new` with room for adapters (`lora`).
+    pub fn new_with(be: &B, cfg: &Qwen2Config, slots: usize, max_prompt: usize, t_max: usize, lora: Option<&LoraLayout>) -> Result<Self> {
         let mut p = ArenaPlan::new(be.act_dtype());
-        let layout = GenLayout::plan(&mut p, cfg, slots, max_prompt, t_max)?;
+        let layout = GenLayout::plan_with(&mut p, cfg, slots, max_prompt, t_max, lora)?;
         Self::in_arena(&p.allocate(be)?, &p, layout)
     }
 
@@ -144,6 +162,27 @@ impl<B: Backend> Generator<B> {
         gc: &GenConfig,
         decode: &dyn Fn(&[u32]) -> String,
     ) -> Result<Vec<Generation>> {
+        self.generate_with(be, model, None, prompts, seeds, gc, decode)
+    }
+
+    /// `generate` from the base `model` with `adapters` added (a generator planned for them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_with(
+        &self,
+        be: &B,
+        model: &Qwen2<B>,
+        adapters: Option<&Lora<B>>,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        gc: &GenConfig,
+        decode: &dyn Fn(&[u32]) -> String,
+    ) -> Result<Vec<Generation>> {
+        let resident = Resident(model);
+        let with = adapters.map(|lora| WithAdapters { base: &resident, lora });
+        let src: &dyn ParamSource<B> = match &with {
+            Some(w) => w,
+            None => &resident,
+        };
         if seeds.len() != prompts.len() {
             bail!("{} seeds for {} prompts", seeds.len(), prompts.len());
         }
@@ -163,7 +202,7 @@ impl<B: Backend> Generator<B> {
         let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
         for wave_start in (0..prompts.len()).step_by(self.slots) {
             let wave: Vec<usize> = (wave_start..(wave_start + self.slots).min(prompts.len())).collect();
-            self.run_wave(be, model, prompts, seeds, &wave, gc, max_new, decode, &mut out)?;
+            self.run_wave(be, model, src, prompts, seeds, &wave, gc, max_new, decode, &mut out)?;
         }
         Ok(out.into_iter().map(|g| g.expect("every prompt generated")).collect())
     }
@@ -173,6 +212,7 @@ impl<B: Backend> Generator<B> {
         &self,
         be: &B,
         model: &Qwen2<B>,
+        src: &dyn ParamSource<B>,
         prompts: &[Vec<u32>],
         seeds: &[u64],
         wave: &[usize],
@@ -216,7 +256,7 @@ impl<B: Backend> Generator<B> {
             be.upload_u32(a.prefix(p.last_rows, g), &last)?;
             let store = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
             let seqs = Seqs { cu_dev: a.prefix(p.cu, cu.len()), cu_host: &cu };
-            model.forward_layers(be, a, &p.fwd, n, &AttnMode::Packed { seqs, store: Some(store) })?;
+            model.forward_layers_from(be, a, &p.fwd, n, &AttnMode::Packed { seqs, store: Some(store) }, src)?;
             be.gather_rows(a.view(p.hsel).slice(k0 * c, g * c), a.prefix(p.fwd.lnf, n * c), a.prefix(p.last_rows, g), g, c)?;
             k0 = k1;
         }
@@ -287,7 +327,7 @@ impl<B: Backend> Generator<B> {
             be.upload_u32(a.prefix(p.slot, n), &slot)?;
             be.upload_u32(a.prefix(p.len, n), &len)?;
             let kv = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
-            model.forward_layers(be, a, &p.fwd, n, &AttnMode::Decode { kv, len: a.prefix(p.len, n), max_len })?;
+            model.forward_layers_from(be, a, &p.fwd, n, &AttnMode::Decode { kv, len: a.prefix(p.len, n), max_len }, src)?;
             model.lm_head(be, a.prefix(p.logits, n * vocab), a.prefix(p.fwd.lnf, n * c), n)?;
             logits_rows = n;
         }

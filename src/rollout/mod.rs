@@ -8,7 +8,7 @@ pub use generate::{Finish, GenConfig, GenLayout, Generation, Generator};
 pub use prompts::PromptSet;
 
 use crate::backend::{Backend, SamplingParams};
-use crate::model::Qwen2;
+use crate::model::{Lora, Qwen2};
 use crate::task::rewards::RewardSpec;
 use crate::task::Score;
 use crate::tokenizer::Tokenizer;
@@ -31,6 +31,8 @@ pub struct Rollout {
 pub struct RolloutCtx<'a, B: Backend> {
     pub be: &'a B,
     pub model: &'a Qwen2<B>,
+    /// Adapters added to `model` (a LoRA policy); `None` samples the base.
+    pub adapters: Option<&'a Lora<B>>,
     pub gen: &'a Generator<B>,
     pub tok: &'a Tokenizer,
     pub settings: GenConfig,
@@ -40,7 +42,7 @@ pub struct RolloutCtx<'a, B: Backend> {
 impl<'a, B: Backend> RolloutCtx<'a, B> {
     /// The same context sampling from `model` instead.
     pub fn with_model(&self, model: &'a Qwen2<B>) -> Self {
-        RolloutCtx { model, settings: self.settings.clone(), ..*self }
+        RolloutCtx { model, adapters: None, settings: self.settings.clone(), ..*self }
     }
 
     /// The same context with other sampling settings (and, if given, another response limit).
@@ -55,7 +57,7 @@ impl<'a, B: Backend> RolloutCtx<'a, B> {
     pub fn rollout(&self, set: &PromptSet, idx: &[usize], seeds: &[u64]) -> Result<Vec<Rollout>> {
         let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| set.tokens[i].clone()).collect();
         let decode = |ids: &[u32]| self.tok.decode(ids, false).unwrap_or_default();
-        let outs = self.gen.generate(self.be, self.model, &prompts, seeds, &self.settings, &decode)?;
+        let outs = self.gen.generate_with(self.be, self.model, self.adapters, &prompts, seeds, &self.settings, &decode)?;
         let mut res = Vec::with_capacity(outs.len());
         for (&i, g) in idx.iter().zip(outs) {
             let text = self.tok.decode(&g.tokens, true)?;

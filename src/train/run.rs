@@ -394,6 +394,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         {
             self.gather_for_generation(false)?;
             let reference = RolloutCtx {
+                adapters: None,
                 be: self.be,
                 model: &self.reference,
                 gen: &self.gen,
@@ -563,6 +564,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Generate-and-score with the policy and the training rollout settings.
     fn policy_ctx(&self) -> RolloutCtx<'_, B> {
         RolloutCtx {
+            adapters: None,
             be: self.be,
             model: &self.policy,
             gen: &self.gen,
