@@ -438,7 +438,13 @@ fn bench_kernels() {
 /// parameters, f32 master weights and Adam moments): 0.5B ≤ 16 GiB, 1.5B ≤ 40 GiB, 3B ≤ 72 GiB.
 #[test]
 fn shipped_configs_fit_their_memory_targets() {
-    for (cfg, target_gib) in [("configs/qwen2.5-0.5b.toml", 16.0), ("configs/qwen2.5-1.5b.toml", 40.0), ("configs/qwen2.5-3b.toml", 72.0)] {
+    for (cfg, target_gib) in [
+        ("configs/qwen2.5-0.5b.toml", 16.0),
+        ("configs/qwen2.5-1.5b.toml", 40.0),
+        ("configs/qwen2.5-3b.toml", 72.0),
+        // LoRA rank 64 on every projection fits a 24 GB card.
+        ("configs/qwen2.5-3b-lora.toml", 22.0),
+    ] {
         let o = tz(&["plan", "--config", cfg, "--json"], None);
         assert!(o.status.success(), "{cfg}: {}", text(&o.stderr));
         let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
@@ -448,6 +454,17 @@ fn shipped_configs_fit_their_memory_targets() {
         let sum: u64 = lines.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
         assert_eq!(sum, v["total_bytes"].as_u64().unwrap());
         assert_eq!(v["recompute"], true, "{cfg}");
+        if cfg.contains("lora") {
+            // One frozen copy of the base, which is also the reference; full-size state only
+            // for the adapters.
+            let names: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap()).collect();
+            assert!(
+                names.contains(&"base parameters (frozen; also the reference)") && !names.contains(&"reference parameters"),
+                "{names:?}"
+            );
+            let adam = lines.iter().find(|l| l["what"].as_str().unwrap().starts_with("adapter Adam")).unwrap();
+            assert!(adam["bytes"].as_u64().unwrap() < 1 << 30, "{adam}");
+        }
     }
     // Data parallel, per GPU: 3B at world size 2 with bf16 layer gradients (which share the
     // rollout's memory) within 40 GiB, so two 48 GB cards run what TinyZero needs two 80 GB
@@ -890,4 +907,134 @@ fn process_ranks_fail_refuse_and_stop_together() {
     assert!(log.contains("checkpoint written at step"), "{log}");
     let ckpts: Vec<_> = std::fs::read_dir(format!("{out}/stopped/checkpoints")).unwrap().collect();
     assert_eq!(ckpts.len(), 1, "one checkpoint: {ckpts:?}");
+}
+
+/// A LoRA run (`model.lora`) on the tiny preset: checkpoints and `final` are peft adapter
+/// directories; a run resumed from step 2 ends with adapters bit-identical to an
+/// uninterrupted one; `score --adapter` equals the `merge`d model's scores and differs from the
+/// base's; `generate` and `eval` take `--adapter`; bad adapters and bad `[model.lora]` keys are
+/// one-line errors.
+#[test]
+fn lora_runs_resume_and_adapters_serve_score_merge() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    let common = |name: &str, steps: usize| -> Vec<String> {
+        [
+            format!("out_dir={out}"),
+            format!("name={name}"),
+            "model.preset=tiny-2l".into(),
+            "model.lora.rank=4".into(),
+            "model.lora.alpha=8".into(),
+            "sft.steps=10".into(),
+            "sft.examples=300".into(),
+            "data.generate_train=48".into(),
+            "data.generate_test=16".into(),
+            "train.batch_prompts=16".into(),
+            "train.mini_batch=8".into(),
+            "train.micro_batch=4".into(),
+            "train.rollout_batch=16".into(),
+            "train.max_response_tokens=16".into(),
+            "train.lr=1e-2".into(),
+            "algo.beta2=0.05".into(),
+            "algo.n_vstar=2".into(),
+            "train.eval_every=2".into(),
+            "train.save_every=2".into(),
+            "train.eval_pass_k=0".into(),
+            "train.sample_every=1".into(),
+            format!("train.steps={steps}"),
+        ]
+        .into_iter()
+        .flat_map(|s| ["--set".to_string(), s])
+        .collect()
+    };
+    let run = |args: &[String]| {
+        let a: Vec<&str> = std::iter::once("train").chain(args.iter().map(String::as_str)).collect();
+        tz(&a, None)
+    };
+    let o = run(&common("straight", 4));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run(&common("split", 2));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=4"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        assert!(Path::new(&format!("{out}/split/checkpoints/step-000004/{f}")).is_file(), "{f}");
+    }
+    let a = std::fs::read(format!("{out}/straight/final/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(format!("{out}/split/final/adapter_model.safetensors")).unwrap();
+    assert!(a == b, "the resumed LoRA run differs from the uninterrupted one");
+    // Two data-parallel thread ranks: the same rollouts, adapters within 1e-5.
+    let mut w2 = vec!["--world-size".to_string(), "2".to_string()];
+    w2.extend(common("w2", 4));
+    let o = run(&w2);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let read = |run: &str, f: &str| std::fs::read_to_string(format!("{out}/{run}/{f}")).unwrap();
+    assert_eq!(read("straight", "samples.jsonl"), read("w2", "samples.jsonl"));
+    let base_cfg = |run: &str| -> tz_engine::model::Qwen2Config {
+        let c: serde_json::Value = serde_json::from_str(&read(run, "final/adapter_config.json")).unwrap();
+        tz_engine::model::load::load_config(Path::new(c["base_model_name_or_path"].as_str().unwrap())).unwrap()
+    };
+    let adapters = |run: &str| tz_engine::model::peft::load_adapter(&Path::new(&out).join(run).join("final"), &base_cfg(run)).unwrap().1;
+    let (x, y) = (adapters("straight"), adapters("w2"));
+    let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5 && x.iter().any(|&v| v != 0.0), "2 ranks' adapters differ by {worst}");
+
+    // The base the run trained on (the preset's, built once and reused).
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{out}/split/final/adapter_config.json")).unwrap()).unwrap();
+    let base = cfg["base_model_name_or_path"].as_str().unwrap().to_string();
+    assert_eq!((cfg["r"].as_u64(), cfg["lora_alpha"].as_f64(), cfg["peft_type"].as_str()), (Some(4), Some(8.0), Some("LORA")));
+    let adapter = format!("{out}/split/final");
+    let merged = format!("{out}/merged");
+    let o = tz(&["merge", "--model", &base, "--adapter", &adapter, "--out", &merged], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let input =
+        "{\"prompt\":\"Using the numbers [3, 5, 7]\",\"response\":\" <answer>3+5+7</answer>\"}\n{\"prompt\":\"hi\",\"response\":\" 12\"}\n";
+    let score = |args: &[&str]| -> Vec<f64> {
+        let mut a = vec!["score", "--input", "-"];
+        a.extend_from_slice(args);
+        let o = tz(&a, Some(input));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout)
+            .lines()
+            .flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprobs"].as_array().unwrap().clone())
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let adapted = score(&["--model", &base, "--adapter", &adapter]);
+    let via_merge = score(&["--model", &merged]);
+    let plain = score(&["--model", &base]);
+    let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+    assert!(diff(&adapted, &via_merge) < 1e-4, "adapter vs merged: {}", diff(&adapted, &via_merge));
+    assert!(diff(&adapted, &plain) > 1e-4, "the adapters did not change the model");
+    let o =
+        tz(&["generate", "--model", &base, "--adapter", &adapter, "--input", "-", "--max-new-tokens", "4"], Some("{\"prompt\":\"hi\"}\n"));
+    assert!(o.status.success() && text(&o.stdout).contains("response_tokens"), "{}", text(&o.stderr));
+    let test = format!("{out}/test.jsonl");
+    let o = tz(&["data", "countdown", "--n", "4", "--out", &test], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tz(&["eval", "--model", &base, "--adapter", &adapter, "--data", &test, "--template", "compact", "--max-new-tokens", "8"], None);
+    assert!(o.status.success() && text(&o.stdout).contains("solve_rate"), "{}", text(&o.stderr));
+
+    // Bad adapters.
+    let o = tz(&["score", "--model", &base, "--adapter", &format!("{out}/nope"), "--input", "-"], Some(input));
+    assert_clean_error(&o, "adapter_config.json");
+    let broken = format!("{out}/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(format!("{adapter}/adapter_config.json"), format!("{broken}/adapter_config.json")).unwrap();
+    std::fs::write(format!("{broken}/adapter_model.safetensors"), &a[..a.len() / 3]).unwrap();
+    assert_clean_error(&tz(&["score", "--model", &base, "--adapter", &broken, "--input", "-"], Some(input)), "truncated");
+    assert_clean_error(&tz(&["merge", "--model", &base, "--adapter", &broken, "--out", &format!("{out}/m2")], None), "truncated");
+    // Bad [model.lora] settings.
+    for (set, needle) in [
+        ("model.lora.rank=0", "rank"),
+        ("model.lora.dropout=0.1", "dropout"),
+        ("model.lora.bogus=1", "bogus"),
+        ("model.lora.targets=[\"qkv\"]", "qkv"),
+        ("dist.shard_params=true", "shard_params"),
+    ] {
+        let mut a = common("bad", 1);
+        a.extend(["--set".to_string(), set.to_string()]);
+        assert_clean_error(&run(&a), needle);
+    }
 }

@@ -9,7 +9,7 @@ mod common;
 use common::lora::{case, lora_side, Case, LoraSide};
 use tz_engine::backend::cpu::CpuBackend;
 use tz_engine::model::lora::{Place, Target};
-use tz_engine::model::{GradDtype, Grads, Keep, LogprobWorkspace, Lora, ParamLayout, Qwen2, Resident, WithAdapters};
+use tz_engine::model::{GradDtype, Grads, Keep, LogprobWorkspace, Lora, ParamLayout, Qwen2, WithAdapters};
 
 fn side(c: &Case, adapters: &[f32], keep: Keep) -> LoraSide {
     lora_side(&CpuBackend::new(), &c.cfg, &c.host, &c.layout, adapters, &c.batch, &c.w, keep)
@@ -156,6 +156,6 @@ fn a_workspace_without_adapter_scratch_is_an_error() {
     let b = &c.batch;
     let mut ws = LogprobWorkspace::new(&be, &c.cfg, b.n_rows(), b.n_seqs(), b.n_targets(), Keep::Nothing).unwrap();
     ws.load(&be, &c.cfg, b).unwrap();
-    let e = model.forward_logprobs_from(&be, &ws, false, &WithAdapters { base: &Resident(&model), lora: &lora }).unwrap_err();
+    let e = model.forward_logprobs_from(&be, &ws, false, &WithAdapters::resident(&model, &lora)).unwrap_err();
     assert!(e.to_string().contains("without adapter scratch"), "{e}");
 }

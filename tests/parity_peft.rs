@@ -41,7 +41,7 @@ fn logprobs(
             .unwrap();
     ws.load(be, cfg, batch).unwrap();
     let res = Resident(model);
-    let with = lora.map(|lora| WithAdapters { base: &res, lora });
+    let with = lora.map(|lora| WithAdapters::resident(model, lora));
     let src: &dyn tz_engine::model::ParamSource<CpuBackend> = match &with {
         Some(w) => w,
         None => &res,

@@ -97,7 +97,7 @@ fn score<B: Backend>(be: &B, args: &ScoreArgs) -> Result<i32> {
         lora.as_ref().map(|l| &l.layout),
     )?;
     let resident = crate::model::Resident(&model);
-    let with = lora.as_ref().map(|lora| crate::model::WithAdapters { base: &resident, lora });
+    let with = lora.as_ref().map(|lora| crate::model::WithAdapters::resident(&model, lora));
     let src: &dyn crate::model::ParamSource<B> = match &with {
         Some(w) => w,
         None => &resident,

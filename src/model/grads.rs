@@ -189,6 +189,17 @@ impl<B: Backend> Grads<B> {
         Self::padded(be, layout, dtype, 1)
     }
 
+    /// `for_adapters` in a slot of `arena` (`crate::train::plan`'s adapter gradients).
+    pub fn adapters_in_arena(arena: &Arena<B>, lora: &super::lora::LoraLayout, slot: Slot) -> Result<Self> {
+        let n = lora.total;
+        let view = arena.view(slot);
+        if view.len() < n {
+            bail!("the adapter gradient slot holds {} elements, fewer than the adapters' {n}", view.len());
+        }
+        let region = Region { buf: view.buf().clone(), off: view.off(), len: view.len() };
+        Ok(Grads { full: region, low: None, places: places_of(&lora.entries, GradDtype::F32), total: n, lens: (n, 0) })
+    }
+
     /// F32 gradients of low-rank adapters (`super::lora`), in their layout's order.
     pub fn for_adapters(be: &B, lora: &super::lora::LoraLayout) -> Result<Self> {
         let places = places_of(&lora.entries, GradDtype::F32);

@@ -21,9 +21,13 @@ pub fn save_adapter(dir: &Path, layout: &LoraLayout, params: &[f32], dtype: Save
     if params.len() != layout.total {
         bail!("save_adapter: {} parameters for an adapter layout of {}", params.len(), layout.total);
     }
+    replace_dir(dir, |tmp| write_adapter_files(tmp, layout, params, dtype, base_model))
+}
+
+fn adapter_config(layout: &LoraLayout, base_model: Option<&str>) -> Value {
     let c = &layout.cfg;
     let targets: Vec<&str> = c.targets.iter().map(|t| t.peft_name()).collect();
-    let config = json!({
+    json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
@@ -41,11 +45,17 @@ pub fn save_adapter(dir: &Path, layout: &LoraLayout, params: &[f32], dtype: Save
         "layers_to_transform": null,
         "rank_pattern": {},
         "alpha_pattern": {},
-    });
-    replace_dir(dir, |tmp| {
-        write_tensors(&tmp.join(WEIGHTS_FILE), &layout.entries, params, dtype)?;
-        write_synced(&tmp.join(CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())
     })
+}
+
+/// The two files of an adapter, written into the existing directory `dir` (a checkpoint's
+/// temporary directory: a LoRA run's checkpoint is itself an adapter directory).
+pub fn write_adapter_files(dir: &Path, layout: &LoraLayout, params: &[f32], dtype: SaveDtype, base_model: Option<&str>) -> Result<()> {
+    if params.len() != layout.total {
+        bail!("save_adapter: {} parameters for an adapter layout of {}", params.len(), layout.total);
+    }
+    write_tensors(&dir.join(WEIGHTS_FILE), &layout.entries, params, dtype)?;
+    write_synced(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&adapter_config(layout, base_model))?.as_bytes())
 }
 
 /// The adapter's config from `adapter_config.json` (extra fields ignored, unsupported options

@@ -55,8 +55,15 @@ pub trait ParamSource<B: Backend> {
 /// Another source's parameters with adapters added: the graph of a LoRA model. The same
 /// source without the wrapper is the base model (a LoRA run's reference policy).
 pub struct WithAdapters<'a, B: Backend> {
-    pub base: &'a dyn ParamSource<B>,
+    pub base: Box<dyn ParamSource<B> + 'a>,
     pub lora: &'a Lora<B>,
+}
+
+impl<'a, B: Backend> WithAdapters<'a, B> {
+    /// `model` (every parameter resident) with `lora` added.
+    pub fn resident(model: &'a Qwen2<B>, lora: &'a Lora<B>) -> Self {
+        WithAdapters { base: Box::new(Resident(model)), lora }
+    }
 }
 
 impl<B: Backend> ParamSource<B> for WithAdapters<'_, B> {

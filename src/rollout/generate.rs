@@ -178,7 +178,7 @@ impl<B: Backend> Generator<B> {
         decode: &dyn Fn(&[u32]) -> String,
     ) -> Result<Vec<Generation>> {
         let resident = Resident(model);
-        let with = adapters.map(|lora| WithAdapters { base: &resident, lora });
+        let with = adapters.map(|lora| WithAdapters::resident(model, lora));
         let src: &dyn ParamSource<B> = match &with {
             Some(w) => w,
             None => &resident,

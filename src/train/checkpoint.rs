@@ -7,7 +7,7 @@
 //! directory's step) and falls back to the newest older intact one, saying why.
 use super::optim::OptimizerState;
 use crate::model::weights::{save_model, SaveDtype};
-use crate::model::{ParamLayout, Qwen2Config};
+use crate::model::{LoraLayout, ParamLayout, Qwen2Config};
 use crate::rng::Rng;
 use crate::util::fs::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
@@ -104,12 +104,27 @@ fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a checkpoint holds of the policy.
+pub enum PolicyWeights<'a> {
+    /// The whole model (config.json, model.safetensors, tokenizer.json), f32.
+    Model { cfg: &'a Qwen2Config, layout: &'a ParamLayout, params: &'a [f32] },
+    /// A LoRA run's adapters (the base is the run's base model): peft's two files, f32, so
+    /// the checkpoint directory is itself an adapter directory (`--adapter`).
+    Adapter { layout: &'a LoraLayout, params: &'a [f32] },
+}
+
+impl PolicyWeights<'_> {
+    fn len(&self) -> usize {
+        match self {
+            PolicyWeights::Model { layout, .. } => layout.total,
+            PolicyWeights::Adapter { layout, .. } => layout.total,
+        }
+    }
+}
+
 pub fn save(
     run_dir: &Path,
-    cfg: &Qwen2Config,
-    layout: &ParamLayout,
-    params: &[f32],
+    policy: PolicyWeights,
     tokenizer_json: &str,
     opt: &OptimizerState,
     critic: Option<(&[f32], &OptimizerState)>,
@@ -123,14 +138,20 @@ pub fn save(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    save_model(&tmp, cfg, layout, params, SaveDtype::F32, Some(tokenizer_json))?;
+    match &policy {
+        PolicyWeights::Model { cfg, layout, params } => save_model(&tmp, cfg, layout, params, SaveDtype::F32, Some(tokenizer_json))?,
+        PolicyWeights::Adapter { layout, params } => {
+            std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            crate::model::peft::write_adapter_files(&tmp, layout, params, SaveDtype::F32, None)?;
+        }
+    }
     let n = opt.m.len();
     state_file(&tmp.join("optimizer.safetensors"), opt, None)?;
     if let Some((params, copt)) = critic {
         state_file(&tmp.join(CRITIC_FILE), copt, Some(params))?;
     }
     write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
-    debug_assert_eq!(n, layout.total);
+    debug_assert_eq!(n, policy.len());
     let mut sums = std::collections::BTreeMap::new();
     for e in std::fs::read_dir(&tmp).with_context(|| format!("cannot list {}", tmp.display()))? {
         let e = e?;

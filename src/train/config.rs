@@ -54,6 +54,9 @@ pub struct ModelSection {
     /// A Hugging Face model directory. Empty: build one from `preset` (init + SFT warm start).
     pub path: PathBuf,
     pub preset: String,
+    /// Train low-rank adapters instead of every parameter (`[model.lora]`: rank, alpha,
+    /// targets; `crate::model::lora`). The base stays frozen and is also the reference policy.
+    pub lora: Option<crate::model::LoraConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,7 +178,7 @@ impl Default for TrainConfig {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { path: PathBuf::new(), preset: "tiny".into() }
+        ModelSection { path: PathBuf::new(), preset: "tiny".into(), lora: None }
     }
 }
 
@@ -278,6 +281,15 @@ impl TrainConfig {
         let t = &self.train;
         if self.dist.timeout_s == 0 {
             bail!("dist.timeout_s must be positive");
+        }
+        if let Some(l) = &self.model.lora {
+            l.validate()?;
+            if self.dist.shard_params {
+                bail!("model.lora with dist.shard_params: the frozen base is not sharded yet (adapters need no sharding): drop dist.shard_params");
+            }
+            if t.grad_dtype != crate::model::GradDtype::F32 {
+                bail!("train.grad_dtype = \"bf16\" applies to a full model's gradients; a LoRA run's adapter gradients are f32: drop it");
+            }
         }
         if self.dist.shard_params {
             if self.algo.has_critic() {

@@ -44,6 +44,40 @@ impl Default for AdamWConfig {
     }
 }
 
+/// What an optimizer of whole parameters updates in place: a flat act-dtype buffer of
+/// `n_params` parameters in layout order from element 0 (a model's, or a LoRA run's adapters').
+pub trait Trainable<B: Backend> {
+    fn param_buf(&self) -> &B::Buf;
+    fn n_params(&self) -> usize;
+    /// The parameters on the host as f32 (where there is no master copy).
+    fn params_host(&self, be: &B) -> Result<Vec<f32>>;
+}
+
+impl<B: Backend> Trainable<B> for Qwen2<B> {
+    fn param_buf(&self) -> &B::Buf {
+        debug_assert_eq!(self.all_params().off(), 0, "an optimizer updates a model that owns its buffer");
+        &self.params
+    }
+    fn n_params(&self) -> usize {
+        self.layout.total
+    }
+    fn params_host(&self, be: &B) -> Result<Vec<f32>> {
+        self.to_host(be)
+    }
+}
+
+impl<B: Backend> Trainable<B> for crate::model::Lora<B> {
+    fn param_buf(&self) -> &B::Buf {
+        &self.params
+    }
+    fn n_params(&self) -> usize {
+        self.layout.total
+    }
+    fn params_host(&self, be: &B) -> Result<Vec<f32>> {
+        self.to_host(be)
+    }
+}
+
 pub struct Optimizer<B: Backend> {
     pub cfg: AdamWConfig,
     pub grads: Grads<B>,
@@ -122,7 +156,7 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// As `sharded`, with gradient buffers placed by the caller (padded for `world`).
-    pub fn with_grads(be: &B, model: &Qwen2<B>, cfg: AdamWConfig, grads: Grads<B>, world: usize, rank: usize) -> Result<Self> {
+    pub fn with_grads(be: &B, model: &dyn Trainable<B>, cfg: AdamWConfig, grads: Grads<B>, world: usize, rank: usize) -> Result<Self> {
         anyhow::ensure!(world > 0 && rank < world, "rank {rank} of a world of {world}");
         let (f, l) = grads.lens();
         let mut parts = vec![Part { low: false, shard: ShardLayout::new(f, world, rank), base: 0 }];
@@ -130,7 +164,7 @@ impl<B: Backend> Optimizer<B> {
             parts.push(Part { low: true, shard: ShardLayout::new(l, world, rank), base: parts[0].shard.len() });
         }
         let local = parts.iter().map(|p| p.shard.len()).sum::<usize>().max(1);
-        let n_params = model.layout.total;
+        let n_params = model.n_params();
         let opt = Optimizer {
             cfg,
             m: be.alloc(DType::F32, local)?,
@@ -148,7 +182,7 @@ impl<B: Backend> Optimizer<B> {
         };
         if let Some(mw) = &opt.master {
             for o in opt.owned(rank, false) {
-                be.copy(part(mw, o.local, o.len), part(&model.params, o.param, o.len))?;
+                be.copy(part(mw, o.local, o.len), part(model.param_buf(), o.param, o.len))?;
             }
         }
         Ok(opt)
@@ -274,16 +308,16 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// The parameters at full precision on the host: the master copy where there is one.
-    pub fn params_to_host(&self, be: &B, model: &Qwen2<B>) -> Result<Vec<f32>> {
+    pub fn params_to_host(&self, be: &B, model: &dyn Trainable<B>) -> Result<Vec<f32>> {
         self.params_to_host_in(be, model, &Single)
     }
 
     /// `params_to_host` on one rank of `comm` (a collective: every rank calls it).
-    pub fn params_to_host_in(&self, be: &B, model: &Qwen2<B>, comm: &dyn HostComm) -> Result<Vec<f32>> {
+    pub fn params_to_host_in(&self, be: &B, model: &dyn Trainable<B>, comm: &dyn HostComm) -> Result<Vec<f32>> {
         match (&self.master, &self.units) {
             (Some(mw), _) => self.gather(be, mw, comm),
             (None, Some(u)) => self.gather(be, &u.params, comm),
-            (None, None) => model.to_host(be),
+            (None, None) => model.params_host(be),
         }
     }
 
@@ -296,7 +330,7 @@ impl<B: Backend> Optimizer<B> {
 
     /// Clips by global norm and applies one AdamW update with learning rate `lr`, unless the
     /// gradients are not finite, in which case they are dropped and the step is skipped.
-    pub fn step(&mut self, be: &B, model: &Qwen2<B>, lr: f32) -> Result<StepOutcome> {
+    pub fn step(&mut self, be: &B, model: &dyn Trainable<B>, lr: f32) -> Result<StepOutcome> {
         self.step_in(be, model, lr, &Single)
     }
 
@@ -306,7 +340,7 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// `step` on one rank of `comm`: every rank calls it with its part of the gradients.
-    pub fn step_in(&mut self, be: &B, model: &Qwen2<B>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
+    pub fn step_in(&mut self, be: &B, model: &dyn Trainable<B>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
         self.update(be, Some(model), lr, comm)
     }
 
@@ -316,7 +350,7 @@ impl<B: Backend> Optimizer<B> {
         self.update(be, None, lr, comm)
     }
 
-    fn update(&mut self, be: &B, model: Option<&Qwen2<B>>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
+    fn update(&mut self, be: &B, model: Option<&dyn Trainable<B>>, lr: f32, comm: &dyn Comm<B>) -> Result<StepOutcome> {
         let whole = || model.ok_or_else(|| anyhow::anyhow!("the optimizer of whole parameters needs the model"));
         anyhow::ensure!(
             comm.world() == self.world && comm.rank() == self.rank,
@@ -367,7 +401,7 @@ impl<B: Backend> Optimizer<B> {
             let p = AdamWParams { weight_decay: if o.decays { self.cfg.weight_decay } else { 0.0 }, ..p };
             let (params, grad) = match &self.units {
                 Some(u) => (part(&u.params, o.local, o.len), part(&u.acc, o.at, o.len)),
-                None => (part(&whole()?.params, o.param, o.len), self.buf(o.low)?.slice(o.at, o.len)),
+                None => (part(whole()?.param_buf(), o.param, o.len), self.buf(o.low)?.slice(o.at, o.len)),
             };
             be.adamw(
                 params,
@@ -385,21 +419,21 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// Every rank's updated parameters on every rank.
-    fn gather_params(&self, be: &B, model: &Qwen2<B>, comm: &dyn Comm<B>) -> Result<()> {
+    fn gather_params(&self, be: &B, model: &dyn Trainable<B>, comm: &dyn Comm<B>) -> Result<()> {
         if self.parts.len() == 1 {
             // One gradient buffer in layout order: the shards are ranges of the parameters.
-            return comm.all_gather(be, View::all(&model.params).slice(0, self.grads.lens().0), self.parts[0].shard.chunk());
+            return comm.all_gather(be, View::all(model.param_buf()).slice(0, self.grads.lens().0), self.parts[0].shard.chunk());
         }
         // Through the gradient buffers (the gradients are spent): this rank's parameters into
         // its part of each, gather, and every parameter back.
         for p in &self.parts {
             let buf = self.buf(p.low)?;
             for o in self.owned(self.rank, false).iter().filter(|o| o.low == p.low) {
-                be.copy(buf.slice(o.at, o.len), part(&model.params, o.param, o.len))?;
+                be.copy(buf.slice(o.at, o.len), part(model.param_buf(), o.param, o.len))?;
             }
             comm.all_gather(be, buf, p.shard.chunk())?;
             for s in self.segments.iter().filter(|s| s.low == p.low) {
-                be.copy(part(&model.params, s.off, s.len), buf.slice(s.at, s.len))?;
+                be.copy(part(model.param_buf(), s.off, s.len), buf.slice(s.at, s.len))?;
             }
         }
         Ok(())

@@ -169,6 +169,9 @@ pub enum GradPlan {
     /// generation in the rollout phase (`full`), one gathered unit (`staging`) and the
     /// gradient buckets in the training phase.
     PerUnit { full: crate::model::arena::Slot, staging: crate::model::arena::Slot, buckets: crate::model::grads::BucketSlots },
+    /// A LoRA run (`model.lora`): the adapters' f32 gradients (padded for the ranks) in the
+    /// training phase, and a critic's (PPO) whole gradient slots beside them.
+    Adapters { adapters: crate::model::arena::Slot, critic: Option<crate::model::grads::GradSlots> },
 }
 
 impl RunPlan {
@@ -182,6 +185,9 @@ impl RunPlan {
         let layout = ParamLayout::new(model);
         if cfg.dist.shard_params {
             return Self::per_unit(cfg, model, act, master, workspace, shape, layout);
+        }
+        if let Some(lc) = &cfg.model.lora {
+            return Self::lora(cfg, model, act, master, workspace, shape, layout, &crate::model::LoraLayout::new(model, lc)?);
         }
         let n = layout.total;
         let a = act.size_bytes();
@@ -312,6 +318,75 @@ impl RunPlan {
         lines.push(line("activations, gathered units, gradients (shared)", ArenaPlan::shared_bytes(&[&rp, &tp])));
         let traffic = per_unit_traffic(cfg, &layout, &shards, a);
         let grads = GradPlan::PerUnit { full, staging, buckets };
+        Ok(Self::finish(cfg, model, workspace, shape, lines, traffic, (rp, gen), (tp, ws), grads))
+    }
+
+    /// The plan of a LoRA run (`model.lora`): the base once (frozen, in the act dtype, no
+    /// master copy, no moments, no gradient; with its adapters disabled it is the reference
+    /// policy), the adapters with their f32 moments (and master weights) split over the ranks
+    /// like a whole model's, their gradients in the training phase, adapter scratch in both
+    /// phases.
+    #[allow(clippy::too_many_arguments)]
+    fn lora(
+        cfg: &TrainConfig,
+        model: &Qwen2Config,
+        act: DType,
+        master: bool,
+        workspace: Workspace,
+        shape: RunShape,
+        layout: ParamLayout,
+        lora: &crate::model::LoraLayout,
+    ) -> Result<Self> {
+        let (world, a) = (shape.world, act.size_bytes());
+        let pad = |x: usize| x.div_ceil(world) * world;
+        let local = pad(lora.total) / world;
+        let part = if world > 1 { format!(", 1/{world}") } else { String::new() };
+        let mut lines = vec![
+            line("base parameters (frozen; also the reference)", layout.total * a),
+            line(&format!("adapter parameters (rank {})", lora.rank()), lora.total * a),
+            line(&format!("adapter Adam moments (f32, two{part})"), 2 * local.max(1) * 4),
+        ];
+        if master {
+            lines.push(line(&format!("adapter master weights (f32{part})"), local.max(1) * 4));
+        }
+        let critic_layout = ParamLayout::with_value_head(model);
+        let (cf, cl) = crate::model::grads::grad_elements(&critic_layout, cfg.train.grad_dtype);
+        if cfg.algo.has_critic() {
+            let local = cf.div_ceil(world) + cl.div_ceil(world);
+            lines.push(line("critic parameters", critic_layout.total * a));
+            lines.push(line(&format!("critic Adam moments (f32, two{part})"), 2 * local.max(1) * 4));
+            if master {
+                lines.push(line(&format!("critic master weights (f32{part})"), local.max(1) * 4));
+            }
+        }
+        let mut rp = ArenaPlan::new(act);
+        let gen = GenLayout::plan_with(&mut rp, model, shape.slots, shape.max_prompt, shape.t_max, Some(lora))?;
+        let mut tp = ArenaPlan::new(act);
+        let rows = shape.micro_batch * shape.t_max;
+        let ws = LogprobPlan::new_with(&mut tp, model, rows, shape.micro_batch, shape.max_targets, shape.keep, Some(lora));
+        let adapters = tp.f32("gradients", pad(lora.total).max(1));
+        let critic = cfg.algo.has_critic().then(|| crate::model::grads::plan_slots(&mut tp, &critic_layout, cfg.train.grad_dtype, world));
+        lines.push(line("activations, gradients (shared by phases)", ArenaPlan::shared_bytes(&[&rp, &tp])));
+        let traffic = if world > 1 {
+            let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
+            let ring = |b: usize| b / world * (world - 1);
+            let (g, p) = (4 * pad(lora.total), lora.total * a);
+            let critic = if cfg.algo.has_critic() {
+                let g = 4 * pad(cf) + a * pad(cl);
+                ring(g) + ring(if cl > 0 { g } else { critic_layout.total * a })
+            } else {
+                0
+            };
+            StepTraffic {
+                updates,
+                reduce_scatter_bytes: g,
+                all_gather_bytes: p,
+                sent_per_rank_bytes: updates * (ring(g) + ring(p) + critic),
+            }
+        } else {
+            StepTraffic::default()
+        };
+        let grads = GradPlan::Adapters { adapters, critic };
         Ok(Self::finish(cfg, model, workspace, shape, lines, traffic, (rp, gen), (tp, ws), grads))
     }
 

@@ -29,7 +29,7 @@ use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::dist::{self, split_range, Comm};
 use crate::model::arena::{Arena, ArenaPlan};
 use crate::model::load::load_model;
-use crate::model::{LogprobWorkspace, PackedBatch, ParamSource, Qwen2, Resident};
+use crate::model::{LogprobWorkspace, Lora, PackedBatch, ParamSource, Qwen2, Resident};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::rollout::{Finish, GenConfig, Generator, PromptSet, Rollout, RolloutCtx};
@@ -95,6 +95,13 @@ pub struct Trainer<'a, B: Backend> {
     reference: Qwen2<B>,
     /// Parameters sharded per unit (`dist.shard_params`).
     zero3: Option<Zero3<B>>,
+    /// A LoRA run's adapters (`model.lora`): what the optimizer trains; `policy` is then the
+    /// frozen base, and `reference` the same parameters (no second copy).
+    lora: Option<Lora<B>>,
+    base_dir: PathBuf,
+    /// The base parameters' checksum at load (a LoRA run checks at the end that training
+    /// left them bit-unchanged).
+    base_sum: Option<u64>,
     opt: Optimizer<B>,
     /// The objective's critic, if it has one (PPO).
     critic: Option<Critic<B>>,
@@ -193,6 +200,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // Whole models on the device, or (sharded per unit) this rank's part of each, loaded
         // from host values: the whole model never sits on one device outside generation.
         let (models, tok) = match plan.grads {
+            GradPlan::Adapters { .. } => {
+                // One copy of the base: the policy's frozen part and, adapters disabled, the
+                // reference.
+                let (base, tok) = load_model(be, base_dir)?;
+                let alias = Qwen2::in_region(base.cfg.clone(), base.layout.clone(), base.params.clone(), 0)?;
+                (Loaded::Whole(base, alias), tok)
+            }
             GradPlan::Whole(_) => {
                 let (reference, tok) = load_model(be, base_dir)?;
                 (Loaded::Whole(load_model(be, policy_dir)?.0, reference), tok)
@@ -248,7 +262,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let z = Zero3 { policy, reference, region: region.clone(), full, staging };
                 (gathered()?, gathered()?, Some(z))
             }
-            (Loaded::Sharded(..), GradPlan::Whole(_)) => unreachable!("sharded models come from a per-unit plan"),
+            (Loaded::Sharded(..), _) => unreachable!("sharded models come from a per-unit plan"),
+        };
+        let lora = match &cfg.model.lora {
+            None => None,
+            Some(lc) => {
+                let layout = crate::model::LoraLayout::new(&model_cfg, lc)?;
+                let host = match &ckpt {
+                    Some(c) => {
+                        let (saved, host) = crate::model::peft::load_adapter(&c.dir, &model_cfg)?;
+                        if saved.cfg.rank != lc.rank || saved.cfg.targets != lc.targets || saved.scale() != layout.scale() {
+                            bail!(
+                                "{}: the checkpoint's adapter (rank {}, {:?}) is not model.lora's",
+                                c.dir.display(),
+                                saved.cfg.rank,
+                                saved.cfg.targets
+                            );
+                        }
+                        host
+                    }
+                    None => layout.init_params(crate::rng::derive_seed(cfg.seed, 0x10a, 0)),
+                };
+                Some(Lora::from_host(be, layout, &host).map_err(|e| oom_hint(e, "adapters", 0, "model.lora.rank"))?)
+            }
+        };
+        let base_sum = match &lora {
+            Some(_) => Some(params_checksum(be, &policy)?),
+            None => None,
         };
         let (mb, max_targets) = (shape.micro_batch, shape.max_targets);
         let objective = cfg.algo.build(be, mb, max_targets)?;
@@ -258,6 +298,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         be.reserve_scratch(&shape.scratch_needs(&policy.cfg))?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, clip: t.grad_clip, ..AdamWConfig::default() };
         let mut opt = match (&grad_slots, &zero3) {
+            (GradPlan::Adapters { adapters, .. }, _) => {
+                let lora = lora.as_ref().expect("a LoRA plan has adapters");
+                let grads = crate::model::Grads::adapters_in_arena(&region, &lora.layout, *adapters)?;
+                Optimizer::with_grads(be, lora, adam, grads, comm.world(), comm.rank())
+            }
             (GradPlan::Whole(slots), _) => {
                 let grads = crate::model::Grads::in_arena(&region, &policy.layout, *slots)?;
                 Optimizer::with_grads(be, &policy, adam, grads, comm.world(), comm.rank())
@@ -270,8 +315,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         .map_err(|e| oom_hint(e, "optimizer state", 16 * policy.layout.total / comm.world(), "the model size"))?;
         if ckpt.is_none() && opt.master.is_some() {
-            let layout = crate::model::ParamLayout::new(&policy.cfg);
-            opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
+            match &lora {
+                // The adapters were uploaded from these f32 values (rounded to bf16).
+                Some(l) => opt.init_master(be, &l.layout.init_params(crate::rng::derive_seed(cfg.seed, 0x10a, 0)))?,
+                None => {
+                    let layout = crate::model::ParamLayout::new(&policy.cfg);
+                    opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
+                }
+            }
         }
         let critic = match objective.critic() {
             None => None,
@@ -294,7 +345,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     }
                 };
                 let layout = crate::model::ParamLayout::with_value_head(&policy.cfg);
-                let GradPlan::Whole(slots) = grad_slots else { bail!("a critic with dist.shard_params") };
+                let slots = match grad_slots {
+                    GradPlan::Whole(s) | GradPlan::Adapters { critic: Some(s), .. } => s,
+                    _ => bail!("a critic with dist.shard_params"),
+                };
                 let grads = crate::model::Grads::in_arena(&region, &layout, slots)?;
                 let mut c = Critic::new(be, &policy.cfg, &host, grads, adam, settings, comm.world(), comm.rank())
                     .map_err(|e| oom_hint(e, "critic", 16 * layout.total, "the model size"))?;
@@ -352,6 +406,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             policy,
             reference,
             zero3,
+            lora,
+            base_dir: base_dir.to_path_buf(),
+            base_sum,
             opt,
             critic,
             gen,
@@ -509,17 +566,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
             final_reward_mean: final_eval.overall.reward_mean,
             final_eval,
         };
-        let params = self.opt.params_to_host_in(self.be, &self.policy, self.comm)?;
+        let params = self.opt.params_to_host_in(self.be, self.trainable(), self.comm)?;
+        if let Some(want) = self.base_sum {
+            if params_checksum(self.be, &self.policy)? != want {
+                bail!("the frozen base parameters changed during a LoRA run (a bug): the adapters are saved in the checkpoints");
+            }
+        }
         if root {
             crate::util::fs::write_atomic(&self.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-            crate::model::weights::save_model(
-                &self.run_dir.join("final"),
-                &self.policy.cfg,
-                &self.policy.layout,
-                &params,
-                crate::model::weights::SaveDtype::F32,
-                Some(&self.tokenizer_json),
-            )?;
+            let final_dir = self.run_dir.join("final");
+            match &self.lora {
+                // The adapters in peft format; `tz-engine merge` makes a plain model of them.
+                Some(l) => crate::model::peft::save_adapter(
+                    &final_dir,
+                    &l.layout,
+                    &params,
+                    crate::model::weights::SaveDtype::F32,
+                    Some(&self.base_dir.display().to_string()),
+                )?,
+                None => crate::model::weights::save_model(
+                    &final_dir,
+                    &self.policy.cfg,
+                    &self.policy.layout,
+                    &params,
+                    crate::model::weights::SaveDtype::F32,
+                    Some(&self.tokenizer_json),
+                )?,
+            }
             if let Err(e) = super::plot::plot_run(&self.run_dir) {
                 eprintln!("warning: could not draw learning curves: {e:#}");
             }
@@ -537,10 +610,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
         model.gather_all(self.be, self.comm, z.region.view(z.full))
     }
 
+    /// What the optimizer updates: the adapters of a LoRA run, else the policy.
+    fn trainable(&self) -> &dyn super::optim::Trainable<B> {
+        match &self.lora {
+            Some(l) => l,
+            None => &self.policy,
+        }
+    }
+
     /// Where a scoring or training pass of the policy (or the reference) reads its
     /// parameters: the model itself, or its shards gathered unit by unit (the policy's
     /// gradients reduce-scattered into the optimizer's accumulator).
     fn source(&self, policy: bool) -> Box<dyn ParamSource<B> + '_> {
+        if let (true, Some(lora)) = (policy, &self.lora) {
+            return Box::new(crate::model::WithAdapters::resident(&self.policy, lora));
+        }
         match &self.zero3 {
             None => Box::new(Resident(if policy { &self.policy } else { &self.reference })),
             Some(z) => Box::new(ShardedSource {
@@ -564,9 +648,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Generate-and-score with the policy and the training rollout settings.
     fn policy_ctx(&self) -> RolloutCtx<'_, B> {
         RolloutCtx {
-            adapters: None,
             be: self.be,
             model: &self.policy,
+            adapters: self.lora.as_ref(),
             gen: &self.gen,
             tok: &self.tok,
             settings: self.rollout_settings.clone(),
@@ -703,7 +787,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let o = {
                     let _r = nvtx::range("optimizer");
                     match self.zero3 {
-                        None => self.opt.step_in(self.be, &self.policy, t.lr, self.comm)?,
+                        None => {
+                            let trainable: &dyn super::optim::Trainable<B> = match &self.lora {
+                                Some(l) => l,
+                                None => &self.policy,
+                            };
+                            self.opt.step_in(self.be, trainable, t.lr, self.comm)?
+                        }
                         Some(_) => self.opt.step_shards(self.be, t.lr, self.comm)?,
                     }
                 };
@@ -922,7 +1012,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     fn save(&mut self) -> Result<()> {
         // Collectives first (every rank), then rank 0 writes the whole state.
-        let params = self.opt.params_to_host_in(self.be, &self.policy, self.comm)?;
+        let params = self.opt.params_to_host_in(self.be, self.trainable(), self.comm)?;
         let opt = self.opt.state_to_host_in(self.be, self.comm)?;
         let critic = match &self.critic {
             Some(c) => Some((c.opt.params_to_host_in(self.be, &c.model, self.comm)?, c.opt.state_to_host_in(self.be, self.comm)?)),
@@ -932,16 +1022,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Ok(());
         }
         self.state.world_size = self.comm.world();
-        checkpoint::save(
-            &self.run_dir,
-            &self.policy.cfg,
-            &self.policy.layout,
-            &params,
-            &self.tokenizer_json,
-            &opt,
-            critic.as_ref().map(|(p, s)| (p.as_slice(), s)),
-            &self.state,
-        )?;
+        let policy = match &self.lora {
+            Some(l) => checkpoint::PolicyWeights::Adapter { layout: &l.layout, params: &params },
+            None => checkpoint::PolicyWeights::Model { cfg: &self.policy.cfg, layout: &self.policy.layout, params: &params },
+        };
+        checkpoint::save(&self.run_dir, policy, &self.tokenizer_json, &opt, critic.as_ref().map(|(p, s)| (p.as_slice(), s)), &self.state)?;
         checkpoint::prune(&self.run_dir, self.cfg.train.keep_checkpoints)?;
         Ok(())
     }
@@ -987,4 +1072,20 @@ fn merge_owned<B: Backend>(comm: &dyn Comm<B>, local: &[Vec<f32>], mine: &[usize
         }
     }
     Ok(out)
+}
+
+/// A checksum of a model's parameters as the device holds them, read in chunks (no whole
+/// host copy of a large model).
+fn params_checksum<B: Backend>(be: &B, model: &Qwen2<B>) -> Result<u64> {
+    const CHUNK: usize = 1 << 22;
+    let all = model.all_params();
+    let (mut h, mut host) = (crate::util::FNV_OFFSET, vec![0f32; CHUNK.min(all.len())]);
+    let mut at = 0;
+    while at < all.len() {
+        let n = CHUNK.min(all.len() - at);
+        be.download_f32(all.slice(at, n), &mut host[..n])?;
+        h = host[..n].iter().fold(h, |h, x| crate::util::fnv1a(h, &x.to_bits().to_le_bytes()));
+        at += n;
+    }
+    Ok(h)
 }

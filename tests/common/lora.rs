@@ -36,7 +36,7 @@ pub fn lora_side<B: Backend>(
     let lora = Lora::from_host(be, layout.clone(), adapters).unwrap();
     let mut ws = LogprobWorkspace::new_with(be, cfg, batch.n_rows(), batch.n_seqs(), batch.n_targets(), keep, Some(layout)).unwrap();
     ws.load(be, cfg, batch).unwrap();
-    let src = WithAdapters { base: &Resident(&model), lora: &lora };
+    let src = WithAdapters::resident(&model, &lora);
     let grads = Grads::for_adapters(be, layout).unwrap();
     grads.zero(be).unwrap();
     model.forward_logprobs_from(be, &ws, false, &src).unwrap();
