@@ -73,6 +73,22 @@ plan_matches_trace() {
   fi
 }
 plan_matches_trace "$run_dir/s3.log"
+# A LoRA run (rank 8 on every projection, the base frozen and also the reference): 3 steps, no
+# device allocation after the first step, live memory = its plan.
+echo "emu-check: tz-engine train --device cuda with model.lora, 3 steps"
+TZ_EMU_TRACE_ALLOC=1 "$bin" train --set device=cuda --set out_dir="$run_dir/lora" \
+  --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 \
+  --set data.generate_train=8 --set data.generate_test=8 --set algo.n_vstar=2 \
+  --set train.steps=3 --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=4 \
+  --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.sample_every=1 \
+  --set train.recompute=layers --set model.lora.rank=8 --set model.lora.alpha=16 --set train.lr=1e-2 2> "$run_dir/lora.log"
+test -s "$run_dir/lora/tiny-astarpo/final/adapter_model.safetensors"
+late=$(awk '/^step 1:/ {on=1} on && /cuda-emu: alloc/ {n++} END {print n + 0}' "$run_dir/lora.log")
+if [ "$late" != 0 ]; then
+  echo "emu-check: FAILED: the LoRA run allocated device memory $late times after its first step" >&2
+  exit 1
+fi
+plan_matches_trace "$run_dir/lora.log"
 # `tz-engine plan` with the same settings prints the same total (the base model is built now).
 plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
   --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers --set train.grad_dtype=bf16 |

@@ -219,28 +219,10 @@ impl RunPlan {
             }
         }
         let grad_bytes = 4 * pad(grads_full) + a * pad(grads_low);
-        let traffic = if world > 1 {
-            let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
-            // The parameters travel in place when the gradients are one buffer, else inside
-            // the gradient buffers.
-            let gather = if grads_low > 0 { grad_bytes } else { n * a };
-            let ring = |b: usize| b / world * (world - 1);
-            // The critic's updates move its own gradients and parameters the same way.
-            let critic = if cfg.algo.has_critic() {
-                let g = 4 * pad(critic_full) + a * pad(critic_low);
-                ring(g) + ring(if critic_low > 0 { g } else { grad_layout.total * a })
-            } else {
-                0
-            };
-            StepTraffic {
-                updates,
-                reduce_scatter_bytes: grad_bytes,
-                all_gather_bytes: gather,
-                sent_per_rank_bytes: updates * (ring(grad_bytes) + ring(gather) + critic),
-            }
-        } else {
-            StepTraffic::default()
-        };
+        // The parameters travel in place when the gradients are one buffer, else inside the
+        // gradient buffers.
+        let gather = if grads_low > 0 { grad_bytes } else { n * a };
+        let traffic = ring_traffic(cfg, world, a, grad_bytes, gather, cfg.algo.has_critic().then_some(&grad_layout));
         let mut rp = ArenaPlan::new(act);
         let gen = GenLayout::plan(&mut rp, model, shape.slots, shape.max_prompt, shape.t_max)?;
         let mut tp = ArenaPlan::new(act);
@@ -367,31 +349,43 @@ impl RunPlan {
         let adapters = tp.f32("gradients", pad(lora.total).max(1));
         let critic = cfg.algo.has_critic().then(|| crate::model::grads::plan_slots(&mut tp, &critic_layout, cfg.train.grad_dtype, world));
         lines.push(line("activations, gradients (shared by phases)", ArenaPlan::shared_bytes(&[&rp, &tp])));
-        let traffic = if world > 1 {
-            let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
-            let ring = |b: usize| b / world * (world - 1);
-            let (g, p) = (4 * pad(lora.total), lora.total * a);
-            let critic = if cfg.algo.has_critic() {
-                let g = 4 * pad(cf) + a * pad(cl);
-                ring(g) + ring(if cl > 0 { g } else { critic_layout.total * a })
-            } else {
-                0
-            };
-            StepTraffic {
-                updates,
-                reduce_scatter_bytes: g,
-                all_gather_bytes: p,
-                sent_per_rank_bytes: updates * (ring(g) + ring(p) + critic),
-            }
-        } else {
-            StepTraffic::default()
-        };
+        let traffic = ring_traffic(cfg, world, a, 4 * pad(lora.total), lora.total * a, cfg.algo.has_critic().then_some(&critic_layout));
         let grads = GradPlan::Adapters { adapters, critic };
         Ok(Self::finish(cfg, model, workspace, shape, lines, traffic, (rp, gen), (tp, ws), grads))
     }
 
     pub fn total(&self) -> usize {
         self.lines.iter().map(|l| l.bytes).sum()
+    }
+}
+
+/// What one rank sends per step (zero on one rank) when each update reduce-scatters
+/// `grad_bytes` of gradients and all-gathers `gather_bytes`, plus a critic's (PPO, of layout
+/// `critic`) updates, which move its own gradients and parameters the same way.
+fn ring_traffic(
+    cfg: &TrainConfig,
+    world: usize,
+    a: usize,
+    grad_bytes: usize,
+    gather_bytes: usize,
+    critic: Option<&ParamLayout>,
+) -> StepTraffic {
+    if world <= 1 {
+        return StepTraffic::default();
+    }
+    let updates = (cfg.train.batch_prompts * cfg.algo.samples_per_prompt()).div_ceil(cfg.train.mini_batch);
+    let ring = |b: usize| b / world * (world - 1);
+    let pad = |x: usize| x.div_ceil(world) * world;
+    let critic = critic.map_or(0, |l| {
+        let (f, low) = crate::model::grads::grad_elements(l, cfg.train.grad_dtype);
+        let g = 4 * pad(f) + a * pad(low);
+        ring(g) + ring(if low > 0 { g } else { l.total * a })
+    });
+    StepTraffic {
+        updates,
+        reduce_scatter_bytes: grad_bytes,
+        all_gather_bytes: gather_bytes,
+        sent_per_rank_bytes: updates * (ring(grad_bytes) + ring(gather_bytes) + critic),
     }
 }
 
