@@ -73,6 +73,12 @@ plan_matches_trace() {
   fi
 }
 plan_matches_trace "$run_dir/s3.log"
+# `tz-engine plan` with the same settings prints the same total (the base model is built now).
+plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
+  --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers --set train.grad_dtype=bf16 |
+  grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
+echo "emu-check: tz-engine plan: $plan_total bytes"
+[ "$plan_total" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan and the run disagree" >&2; exit 1; }
 # A LoRA run (rank 8 on every projection, the base frozen and also the reference): 3 steps, no
 # device allocation after the first step, live memory = its plan.
 echo "emu-check: tz-engine train --device cuda with model.lora, 3 steps"
@@ -89,12 +95,10 @@ if [ "$late" != 0 ]; then
   exit 1
 fi
 plan_matches_trace "$run_dir/lora.log"
-# `tz-engine plan` with the same settings prints the same total (the base model is built now).
-plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
-  --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers --set train.grad_dtype=bf16 |
-  grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
-echo "emu-check: tz-engine plan: $plan_total bytes"
-[ "$plan_total" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan and the run disagree" >&2; exit 1; }
+lora_plan=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/lora" --set sft.steps=3 --set sft.examples=200 \
+  --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers \
+  --set model.lora.rank=8 --set model.lora.alpha=16 | grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
+[ "$lora_plan" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan ($lora_plan) and the LoRA run ($planned) disagree" >&2; exit 1; }
 # PPO: the critic (a second model with a value head, its optimizer state, its values and
 # value-loss backward through the GEMM/bias kernels at width 1) on the emulated GPU, two
 # steps and a resume, with the allocations its plan lists.
