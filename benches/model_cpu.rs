@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
         stop_token_ids: vec![],
         stop_strings: vec![],
+        turn_tokens: 0,
     };
     g.throughput(Throughput::Elements(64 * 40));
     g.bench_function("generate_64x40_new_tokens", |b| b.iter(|| gen.generate(&be, &m, &prompts, &seeds, &gc, &|_| String::new()).unwrap()));

@@ -5,7 +5,7 @@ use tz_engine::backend::cpu::CpuBackend;
 use tz_engine::backend::{Backend, SamplingParams, View};
 use tz_engine::model::{GradDtype, Grads, Keep, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
 use tz_engine::rng::Rng;
-use tz_engine::rollout::{GenConfig, Generator};
+use tz_engine::rollout::{Finish, GenConfig, Generator};
 
 mod common;
 
@@ -190,6 +190,7 @@ fn gen_cfg(temperature: f32, max_new: usize) -> GenConfig {
         sampling: SamplingParams { temperature, top_k: 0, top_p: 1.0 },
         stop_token_ids: vec![],
         stop_strings: vec![],
+        turn_tokens: 0,
     }
 }
 
@@ -253,5 +254,54 @@ fn sampling_is_batch_independent() {
 fn weight_decay_only_on_matrices() {
     for tied in [true, false] {
         common::check_weight_decay_only_on_matrices(&CpuBackend::new(), &tiny_cfg(tied));
+    }
+}
+
+/// Multi-turn generation keeps the KV cache across turns: after each reply the environment's
+/// tokens go through the layers as extra decode rows (more of them than the generator has
+/// slots, so they take several passes), and every next reply is the one a fresh generation
+/// from the whole history (re-prefilled) would give. The environment spans mark exactly the
+/// appended tokens, which are not targets of the packed batch.
+#[test]
+fn multi_turn_generation_matches_reprefilling_the_history() {
+    let be = CpuBackend::new();
+    let cfg = tiny_cfg(true);
+    let model = Qwen2::from_host(&be, cfg.clone(), &random_params(&cfg, 8)).unwrap();
+    let prompts = vec![vec![1u32, 2, 3], vec![7u32], vec![4u32, 9, 9, 1, 0, 22]];
+    // Two slots, observations of 3 tokens: the appended rows overflow one pass.
+    let gen = Generator::new(&be, &cfg, 2, 6, 40).unwrap();
+    let gc = GenConfig { turn_tokens: 4, ..gen_cfg(0.0, 30) };
+    let obs = |i: usize, turn: usize| vec![(10 + i + turn) as u32, 5, (20 + turn) as u32];
+    let mut turns = vec![0usize; prompts.len()];
+    let mut replies: Vec<Vec<Vec<u32>>> = vec![vec![]; prompts.len()];
+    let mut next = |i: usize, reply: &[u32], f: Finish| -> anyhow::Result<Option<Vec<u32>>> {
+        assert_eq!(f, Finish::Length, "no stop rules: each reply ends at the turn limit");
+        assert_eq!(reply.len(), 4);
+        replies[i].push(reply.to_vec());
+        turns[i] += 1;
+        Ok((turns[i] < 3).then(|| obs(i, turns[i])))
+    };
+    let outs = gen.generate_turns(&be, &model, None, &prompts, &[1, 2, 3], &gc, &|_| String::new(), &mut next).unwrap();
+    let single = Generator::new(&be, &cfg, 1, 30, 40).unwrap();
+    for (i, (p, o)) in prompts.iter().zip(&outs).enumerate() {
+        assert_eq!(replies[i].len(), 3, "sequence {i} ends after its third reply");
+        assert_eq!(o.tokens.len(), 3 * 4 + 2 * 3);
+        assert_eq!(o.env_spans, vec![[4, 7], [11, 14]]);
+        // Each reply again, from the history re-prefilled.
+        let mut history = p.clone();
+        for (turn, reply) in replies[i].iter().enumerate() {
+            let fresh = single.generate(&be, &model, &[history.clone()], &[1 + i as u64], &gen_cfg(0.0, 4), &|_| String::new()).unwrap();
+            assert_eq!(&fresh[0].tokens, reply, "sequence {i}, turn {turn}");
+            history.extend_from_slice(reply);
+            if turn < 2 {
+                history.extend(obs(i, turn + 1));
+            }
+        }
+        assert_eq!(&history[p.len()..], o.tokens.as_slice());
+        let b = PackedBatch::from_pairs(&[(p.as_slice(), o.tokens.as_slice(), o.env_spans.as_slice())]).unwrap();
+        assert_eq!(b.n_targets(), 12, "only the replies are targets");
+        assert_eq!(tz_engine::model::agent_tokens(o.tokens.len(), &o.env_spans), 12);
+        let want: Vec<u32> = replies[i].concat();
+        assert_eq!(b.target_tok, want);
     }
 }

@@ -88,6 +88,7 @@ fn run_side<B: Backend>(
         sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
         stop_token_ids: vec![],
         stop_strings: vec![],
+        turn_tokens: 0,
     };
     let seeds = vec![0u64; prompts.len()];
     let greedy = gen.generate(be, &model, prompts, &seeds, &gc, &|_| String::new()).unwrap().into_iter().map(|g| g.tokens).collect();

@@ -102,6 +102,7 @@ fn check_case(case: &str) {
             sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
             stop_token_ids: vec![],
             stop_strings: vec![],
+            turn_tokens: 0,
         };
         let out = gen.generate(&be, &model, std::slice::from_ref(&gi.prompt_ids), &[0], &gc, &|_| String::new()).unwrap();
         assert_eq!(out[0].tokens, gi.tokens, "{case}: greedy continuation {k}");

@@ -79,6 +79,7 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
         sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
         stop_token_ids: tok.eos_ids(&model.cfg.eos_token_ids),
         stop_strings,
+        turn_tokens: 0,
     };
     args.reward.check(set.problems[0].task().name())?;
     let reward = args.reward.for_responses(args.max_new_tokens);

@@ -103,6 +103,7 @@ fn generate<B: Backend>(be: &B, args: &GenerateArgs) -> Result<i32> {
         sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
         stop_token_ids: tok.eos_ids(&model.cfg.eos_token_ids),
         stop_strings: args.stop.clone(),
+        turn_tokens: 0,
     };
     let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
     let outs = gen.generate_with(be, &model, lora.as_ref(), &prompts, &seeds, &gc, &decode)?;

@@ -31,20 +31,71 @@ pub struct PackedBatch {
     pub target_cu: Vec<u32>,
 }
 
+/// One sequence of a batch: a prompt, a response, and the ranges `[start, end)` of the
+/// response an environment wrote (multi-turn episodes), which are context but not targets.
+pub trait SeqPair {
+    fn prompt(&self) -> &[u32];
+    fn response(&self) -> &[u32];
+    fn env_spans(&self) -> &[[u32; 2]] {
+        &[]
+    }
+}
+
+impl<P: AsRef<[u32]>, R: AsRef<[u32]>> SeqPair for (P, R) {
+    fn prompt(&self) -> &[u32] {
+        self.0.as_ref()
+    }
+    fn response(&self) -> &[u32] {
+        self.1.as_ref()
+    }
+}
+
+impl<P: AsRef<[u32]>, R: AsRef<[u32]>, E: AsRef<[[u32; 2]]>> SeqPair for (P, R, E) {
+    fn prompt(&self) -> &[u32] {
+        self.0.as_ref()
+    }
+    fn response(&self) -> &[u32] {
+        self.1.as_ref()
+    }
+    fn env_spans(&self) -> &[[u32; 2]] {
+        self.2.as_ref()
+    }
+}
+
+/// Response tokens outside the environment's spans (the ones a policy is trained on).
+pub fn agent_tokens(response_len: usize, env_spans: &[[u32; 2]]) -> usize {
+    response_len - env_spans.iter().map(|s| (s[1].min(response_len as u32)).saturating_sub(s[0]) as usize).sum::<usize>()
+}
+
 impl PackedBatch {
-    /// Each sequence is `prompt ++ response`; the targets are every response token.
-    pub fn from_pairs<P: AsRef<[u32]>, R: AsRef<[u32]>>(pairs: &[(P, R)]) -> Result<Self> {
+    /// Each sequence is `prompt ++ response`; the targets are every response token outside the
+    /// sequence's environment spans (all of them for single-turn pairs).
+    pub fn from_pairs<S: SeqPair>(pairs: &[S]) -> Result<Self> {
         let mut b = PackedBatch { cu: vec![0], target_cu: vec![0], ..Default::default() };
-        for (i, (prompt, response)) in pairs.iter().enumerate() {
-            let (prompt, response) = (prompt.as_ref(), response.as_ref());
+        for (i, pair) in pairs.iter().enumerate() {
+            let (prompt, response, spans) = (pair.prompt(), pair.response(), pair.env_spans());
             if prompt.is_empty() {
                 bail!("sequence {i}: the prompt is empty, so the first response token has no context");
+            }
+            let mut prev = 0;
+            for s in spans {
+                if s[0] < prev || s[0] > s[1] || s[1] as usize > response.len() {
+                    bail!("sequence {i}: environment span {s:?} is not an ordered range within its {} response tokens", response.len());
+                }
+                prev = s[1];
             }
             let start = b.tokens.len() as u32;
             b.tokens.extend_from_slice(prompt);
             b.tokens.extend_from_slice(response);
             b.pos.extend(0..(prompt.len() + response.len()) as u32);
+            let mut span = spans.iter().peekable();
             for (k, &t) in response.iter().enumerate() {
+                while span.peek().is_some_and(|s| s[1] as usize <= k) {
+                    span.next();
+                }
+                if span.peek().is_some_and(|s| s[0] as usize <= k) {
+                    continue;
+                }
                 b.target_row.push(start + (prompt.len() + k) as u32 - 1);
                 b.target_tok.push(t);
             }

@@ -19,6 +19,8 @@ pub struct GenConfig {
     /// Generation stops once the decoded response contains one of these; the tokens that
     /// complete it are kept (the reward parser needs a closing `</answer>`).
     pub stop_strings: Vec<String>,
+    /// Multi-turn generation: a reply ends after this many tokens (0: no per-turn limit).
+    pub turn_tokens: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +37,9 @@ pub enum Finish {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish: Finish,
+    /// Ranges `[start, end)` of `tokens` that an environment appended (multi-turn), in order;
+    /// empty for single-turn generation.
+    pub env_spans: Vec<[u32; 2]>,
 }
 
 struct GenPlan {
@@ -128,7 +133,13 @@ struct Live {
     index: usize,
     slot: u32,
     prompt_len: usize,
+    /// Response tokens so far: replies and appended observations.
     tokens: Vec<u32>,
+    /// Response tokens already in the KV cache.
+    fed: usize,
+    /// Where the current reply starts in `tokens`.
+    turn_start: usize,
+    env_spans: Vec<[u32; 2]>,
 }
 
 impl<B: Backend> Generator<B> {
@@ -177,6 +188,30 @@ impl<B: Backend> Generator<B> {
         gc: &GenConfig,
         decode: &dyn Fn(&[u32]) -> String,
     ) -> Result<Vec<Generation>> {
+        self.generate_turns(be, model, adapters, prompts, seeds, gc, decode, &mut |_, _, _| Ok(None))
+    }
+
+    /// Multi-turn generation. Whenever sequence i ends a reply (a stop token or string, or
+    /// `gc.turn_tokens` tokens), `next_turn(i, reply, finish)` says how it goes on: `Some(tokens)`
+    /// (the environment's next observation, possibly empty) is appended and the sequence
+    /// generates its next reply; `None` ends it. The KV cache is kept across turns: appended
+    /// tokens go through the layers once, as extra decode rows, and the history is never
+    /// prefilled again. Appended tokens count against the response limit; a sequence that
+    /// would exceed it ends with `Finish::Length`.
+    ///
+    /// Single-turn generation is the case where `next_turn` always ends the sequence.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_turns(
+        &self,
+        be: &B,
+        model: &Qwen2<B>,
+        adapters: Option<&Lora<B>>,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        gc: &GenConfig,
+        decode: &dyn Fn(&[u32]) -> String,
+        next_turn: &mut NextTurn,
+    ) -> Result<Vec<Generation>> {
         let resident = Resident(model);
         let with = adapters.map(|lora| WithAdapters::resident(model, lora));
         let src: &dyn ParamSource<B> = match &with {
@@ -202,25 +237,14 @@ impl<B: Backend> Generator<B> {
         let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
         for wave_start in (0..prompts.len()).step_by(self.slots) {
             let wave: Vec<usize> = (wave_start..(wave_start + self.slots).min(prompts.len())).collect();
-            self.run_wave(be, model, src, prompts, seeds, &wave, gc, max_new, decode, &mut out)?;
+            let w = Wave { src, prompts, seeds, wave: &wave, gc, max_new, decode };
+            self.run_wave(be, model, &w, next_turn, &mut out)?;
         }
         Ok(out.into_iter().map(|g| g.expect("every prompt generated")).collect())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_wave(
-        &self,
-        be: &B,
-        model: &Qwen2<B>,
-        src: &dyn ParamSource<B>,
-        prompts: &[Vec<u32>],
-        seeds: &[u64],
-        wave: &[usize],
-        gc: &GenConfig,
-        max_new: usize,
-        decode: &dyn Fn(&[u32]) -> String,
-        out: &mut [Option<Generation>],
-    ) -> Result<()> {
+    fn run_wave(&self, be: &B, model: &Qwen2<B>, w: &Wave<B>, next_turn: &mut NextTurn, out: &mut [Option<Generation>]) -> Result<()> {
+        let Wave { src, prompts, seeds, wave, gc, max_new, decode } = *w;
         let (a, p) = (&self.arena, &self.plan);
         let c = model.cfg.hidden_size;
         let vocab = model.cfg.vocab_size;
@@ -265,75 +289,155 @@ impl<B: Backend> Generator<B> {
         let mut live: Vec<Live> = wave
             .iter()
             .enumerate()
-            .map(|(k, &i)| Live { index: i, slot: k as u32, prompt_len: prompts[i].len(), tokens: Vec::with_capacity(max_new) })
+            .map(|(k, &i)| Live {
+                index: i,
+                slot: k as u32,
+                prompt_len: prompts[i].len(),
+                tokens: Vec::with_capacity(max_new),
+                fed: 0,
+                turn_start: 0,
+                env_spans: vec![],
+            })
             .collect();
+        // Live sequences whose logits row is ready, in logits-row order (all of them after the
+        // prefill; later, those whose pending tokens all went through the last pass).
+        let mut ready: Vec<usize> = (0..b).collect();
         let mut sampled = vec![0u32; b];
         let mut row_seeds = Vec::with_capacity(b);
         let mut counters = Vec::with_capacity(b);
-        let (mut ids, mut pos, mut slot, mut len) = (vec![], vec![], vec![], vec![]);
-        let mut logits_rows = b;
-        let mut keep: Vec<Live> = Vec::with_capacity(b);
+        let (mut ids, mut pos, mut slot, mut len, mut last) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut done = vec![false; b];
         while !live.is_empty() {
-            // Sample the next token of every live sequence from its logits row.
+            // Sample the next token of every ready sequence from its logits row.
             row_seeds.clear();
             counters.clear();
-            for l in &live {
-                row_seeds.push(seeds[l.index]);
-                counters.push(l.tokens.len() as u64);
+            for &k in &ready {
+                row_seeds.push(seeds[live[k].index]);
+                counters.push(live[k].tokens.len() as u64);
             }
-            let nl = live.len();
-            debug_assert_eq!(nl, logits_rows);
-            be.sample(a.prefix(p.tokens, nl), a.prefix(p.logits, nl * vocab), nl, vocab, &gc.sampling, &row_seeds, &counters)?;
-            be.download_u32(a.prefix(p.tokens, nl), &mut sampled[..nl])?;
-            keep.clear();
-            for (l, &tok) in live.drain(..).zip(&sampled[..nl]) {
-                let mut l = l;
+            let nr = ready.len();
+            if nr > 0 {
+                be.sample(a.prefix(p.tokens, nr), a.prefix(p.logits, nr * vocab), nr, vocab, &gc.sampling, &row_seeds, &counters)?;
+                be.download_u32(a.prefix(p.tokens, nr), &mut sampled[..nr])?;
+            }
+            for (&k, &tok) in ready.iter().zip(&sampled[..nr]) {
+                let l = &mut live[k];
                 l.tokens.push(tok);
-                let finish = if gc.stop_token_ids.contains(&tok) {
+                let reply = &l.tokens[l.turn_start..];
+                let turn_end = if gc.stop_token_ids.contains(&tok) {
                     Some(Finish::Eos)
-                } else if hits_stop_string(&l.tokens, &gc.stop_strings, decode) {
+                } else if hits_stop_string(reply, &gc.stop_strings, decode) {
                     Some(Finish::StopString)
-                } else if l.tokens.len() >= max_new {
+                } else if l.tokens.len() >= max_new || (gc.turn_tokens > 0 && reply.len() >= gc.turn_tokens) {
                     Some(Finish::Length)
                 } else {
                     None
                 };
-                match finish {
-                    Some(f) => out[l.index] = Some(Generation { tokens: std::mem::take(&mut l.tokens), finish: f }),
-                    None => keep.push(l),
+                let Some(f) = turn_end else { continue };
+                let finish = match next_turn(l.index, reply, f)? {
+                    Some(_) if l.tokens.len() >= max_new => Some(Finish::Length),
+                    Some(obs) if l.tokens.len() + obs.len() >= max_new => Some(Finish::Length),
+                    Some(obs) => {
+                        if let Some(&t) = obs.iter().find(|&&t| t as usize >= vocab) {
+                            bail!("an environment observation holds token id {t}, beyond the vocabulary ({vocab})");
+                        }
+                        let at = l.tokens.len() as u32;
+                        l.tokens.extend_from_slice(&obs);
+                        if !obs.is_empty() {
+                            l.env_spans.push([at, l.tokens.len() as u32]);
+                        }
+                        l.turn_start = l.tokens.len();
+                        None
+                    }
+                    None => Some(f),
+                };
+                if let Some(f) = finish {
+                    let (tokens, env_spans) = (std::mem::take(&mut l.tokens), std::mem::take(&mut l.env_spans));
+                    out[l.index] = Some(Generation { tokens, finish: f, env_spans });
+                    done[k] = true;
                 }
             }
-            std::mem::swap(&mut live, &mut keep);
+            if done.iter().any(|&d| d) {
+                let mut k = 0;
+                live.retain(|_| {
+                    k += 1;
+                    !done[k - 1]
+                });
+                done.clear();
+                done.resize(live.len(), false);
+            }
             if live.is_empty() {
                 break;
             }
-            // Decode step: one row per live sequence, its newest token at the next position.
+            // Decode pass: every live sequence's pending tokens (its newest sampled token, then
+            // any observation appended after it) as rows at their next positions, at most
+            // `slots` rows (what decode attention's scratch is planned for). k/v of all rows
+            // are stored before attention, so a sequence's later rows see its earlier ones.
             ids.clear();
             pos.clear();
             slot.clear();
             len.clear();
+            last.clear();
+            ready.clear();
             let mut max_len = 0;
-            for l in &live {
-                let p_new = l.prompt_len + l.tokens.len() - 1;
-                ids.push(*l.tokens.last().expect("sampled"));
-                pos.push(p_new as u32);
-                slot.push(l.slot);
-                len.push(p_new as u32 + 1);
-                max_len = max_len.max(p_new + 1);
+            for (k, l) in live.iter_mut().enumerate() {
+                let room = self.slots - ids.len();
+                let take = (l.tokens.len() - l.fed).min(room);
+                for t in 0..take {
+                    let p_new = l.prompt_len + l.fed + t;
+                    ids.push(l.tokens[l.fed + t]);
+                    pos.push(p_new as u32);
+                    slot.push(l.slot);
+                    len.push(p_new as u32 + 1);
+                    max_len = max_len.max(p_new + 1);
+                }
+                l.fed += take;
+                if take > 0 && l.fed == l.tokens.len() {
+                    ready.push(k);
+                    last.push(ids.len() as u32 - 1);
+                }
             }
-            let n = live.len();
+            let n = ids.len();
             be.upload_u32(a.prefix(p.fwd.ids, n), &ids)?;
             be.upload_u32(a.prefix(p.fwd.pos, n), &pos)?;
             be.upload_u32(a.prefix(p.slot, n), &slot)?;
             be.upload_u32(a.prefix(p.len, n), &len)?;
             let kv = KvStore { kcache: &kc, vcache: &vc, slot: a.prefix(p.slot, n), pos: a.prefix(p.fwd.pos, n), t_max: self.t_max };
             model.forward_layers_from(be, a, &p.fwd, n, &AttnMode::Decode { kv, len: a.prefix(p.len, n), max_len }, src)?;
-            model.lm_head(be, a.prefix(p.logits, n * vocab), a.prefix(p.fwd.lnf, n * c), n)?;
-            logits_rows = n;
+            let nr = ready.len();
+            if nr == n {
+                // One row per sequence (plain decoding): the rows are the logits rows.
+                model.lm_head(be, a.prefix(p.logits, n * vocab), a.prefix(p.fwd.lnf, n * c), n)?;
+            } else if nr > 0 {
+                be.upload_u32(a.prefix(p.last_rows, nr), &last)?;
+                be.gather_rows(a.prefix(p.hsel, nr * c), a.prefix(p.fwd.lnf, n * c), a.prefix(p.last_rows, nr), nr, c)?;
+                model.lm_head(be, a.prefix(p.logits, nr * vocab), a.prefix(p.hsel, nr * c), nr)?;
+            }
         }
         Ok(())
     }
 }
+
+/// What a multi-turn generation does when a sequence ends a reply (`Generator::generate_turns`).
+pub type NextTurn<'f> = dyn FnMut(usize, &[u32], Finish) -> Result<Option<Vec<u32>>> + 'f;
+
+/// One wave's inputs.
+struct Wave<'w, B: Backend> {
+    src: &'w dyn ParamSource<B>,
+    prompts: &'w [Vec<u32>],
+    seeds: &'w [u64],
+    wave: &'w [usize],
+    gc: &'w GenConfig,
+    max_new: usize,
+    decode: &'w dyn Fn(&[u32]) -> String,
+}
+
+impl<B: Backend> Clone for Wave<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Wave<'_, B> {}
 
 /// Whether the response's newest tokens complete a stop string. Only a short tail is decoded
 /// (enough tokens to cover the longest stop string), keeping the check O(1) per token.

@@ -391,6 +391,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             sampling: SamplingParams { temperature: t.temperature, top_k: 0, top_p: t.top_p },
             stop_token_ids: tok.eos_ids(&policy.cfg.eos_token_ids),
             stop_strings: crate::task::by_name(&cfg.task.name)?.stop_strings(),
+            turn_tokens: 0,
         };
         let tokenizer_json = tok.to_json_string()?;
         let n = train.len();
