@@ -81,12 +81,12 @@ fn templates_match_tinyzero() {
 
 #[test]
 fn generators_are_seeded_solvable_and_distinct() {
-    let spec = task::CountdownSpec::default();
+    let spec = task::ProblemSpec::default();
     let a = task::generate_countdown(200, 7, &spec).unwrap();
     assert_eq!(a, task::generate_countdown(200, 7, &spec).unwrap());
     assert_ne!(a, task::generate_countdown(200, 8, &spec).unwrap());
     // Ranges are honoured.
-    let small = task::CountdownSpec { counts: vec![4], max_number: 9, max_target: 30 };
+    let small = task::ProblemSpec { counts: vec![4], max_number: 9, max_target: 30, ..Default::default() };
     for p in task::generate_countdown(100, 3, &small).unwrap() {
         let task::Problem::Countdown { nums, target } = p else { panic!("not countdown") };
         assert_eq!(nums.len(), 4);

@@ -88,7 +88,7 @@ pub fn run(args: DataArgs) -> Result<i32> {
                     task::generate_countdown(
                         n,
                         a.seed,
-                        &task::CountdownSpec { counts, max_number: a.max_number, max_target: a.max_target },
+                        &task::ProblemSpec { counts, max_number: a.max_number, max_target: a.max_target, ..Default::default() },
                     )?
                 }
                 (None, None) => bail!("give --n N (generate) or --from-parquet FILE (convert)"),

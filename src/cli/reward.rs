@@ -68,7 +68,7 @@ pub fn run(args: RewardArgs) -> Result<i32> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (mut n, mut bad) = (0usize, 0usize);
     let cosine = CosineParams { max_len: args.cosine_max_len.max(1), ..CosineParams::default() };
-    let default_reward = args.reward.clone().with_params(RewardParams { cosine });
+    let default_reward = args.reward.clone().with_params(RewardParams { cosine, ..Default::default() });
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.map_err(|e| anyhow!("{}: {e}", args.input.display()))?;
         let text = String::from_utf8_lossy(&line);

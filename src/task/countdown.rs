@@ -3,27 +3,11 @@
 use super::reward::{self, RewardKind, Score};
 use super::solver::solve_countdown;
 use super::template::{Template, SYSTEM};
-use super::{Problem, Task};
+use super::{Problem, ProblemSpec, Task};
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, Result};
 
 pub struct Countdown;
-
-/// How generated Countdown problems look: how many numbers (chosen uniformly among `counts`),
-/// numbers uniform in 1..=max_number, targets uniform in 1..=max_target. TinyZero's dataset uses
-/// 3 or 4 numbers and targets below 100; smaller ranges make an easier curriculum for tiny models.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CountdownSpec {
-    pub counts: Vec<usize>,
-    pub max_number: i64,
-    pub max_target: i64,
-}
-
-impl Default for CountdownSpec {
-    fn default() -> Self {
-        CountdownSpec { counts: vec![3, 4], max_number: 99, max_target: 99 }
-    }
-}
 
 /// Countdown problems drawn from `spec`, kept only when the solver finds a solution; sizes are
 /// uniform over `spec.counts`.
@@ -33,7 +17,7 @@ impl Default for CountdownSpec {
 const DRAWS_PER_PROBLEM: usize = 200;
 const MIN_DRAWS: usize = 5_000;
 
-pub fn generate_countdown(n: usize, seed: u64, spec: &CountdownSpec) -> Result<Vec<Problem>> {
+pub fn generate_countdown(n: usize, seed: u64, spec: &ProblemSpec) -> Result<Vec<Problem>> {
     let counts: Vec<usize> = if spec.counts.is_empty() { vec![3, 4] } else { spec.counts.clone() };
     let (max_number, max_target) = (spec.max_number.max(1) as u64, spec.max_target.max(1) as u64);
     let mut rng = Rng::new(seed);
@@ -89,7 +73,7 @@ impl Task for Countdown {
         "countdown"
     }
 
-    fn generate(&self, n: usize, seed: u64, spec: &CountdownSpec) -> Result<Vec<Problem>> {
+    fn generate(&self, n: usize, seed: u64, spec: &ProblemSpec) -> Result<Vec<Problem>> {
         generate_countdown(n, seed, spec)
     }
 

@@ -6,8 +6,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::ops::Range;
 use std::path::Path;
 
-pub use super::countdown::{generate_countdown, CountdownSpec};
+pub use super::countdown::generate_countdown;
 pub use super::multiply::generate_multiply;
+pub use super::ProblemSpec;
 
 /// Parses "a..b" into a row range; empty means none.
 pub fn parse_rows(s: &str) -> Result<Option<Range<usize>>> {

@@ -1,5 +1,6 @@
-//! Tasks: Countdown and 3-digit multiplication — problems, prompt templates, TinyZero-exact
-//! rewards, an exhaustive solver, and datasets (parquet, JSON lines, seeded generators).
+//! Tasks: Countdown, 3-digit multiplication and FrozenLake — problems, prompt templates,
+//! TinyZero-exact rewards, an exhaustive solver, environments played over several turns
+//! (`env`), and datasets (parquet, JSON lines, seeded generators).
 //!
 //! A task is one implementation of [`Task`] registered in [`TASKS`]; the trainer, the SFT warm
 //! start and the commands reach tasks only through that trait and [`by_name`] (no string
@@ -15,14 +16,18 @@
 //! ```
 pub mod countdown;
 pub mod data;
+pub mod env;
 pub mod expr;
+pub mod frozenlake;
 pub mod multiply;
 pub mod reward;
 pub mod rewards;
 pub mod solver;
 pub mod template;
 
-pub use data::{generate_countdown, generate_multiply, load_problems, parse_rows, write_countdown_parquet, CountdownSpec};
+pub use data::{generate_countdown, generate_multiply, load_problems, parse_rows, write_countdown_parquet};
+pub use env::{Environment, Episode, Outcome, Reference};
+pub use frozenlake::{Lake, LakeSpec};
 pub use reward::{Reason, RewardKind, Score};
 pub use solver::solve_countdown;
 pub use template::Template;
@@ -34,14 +39,34 @@ use anyhow::{bail, Result};
 pub enum Problem {
     Countdown { nums: Vec<i64>, target: i64 },
     Multiply { a: i64, b: i64 },
+    FrozenLake(Lake),
+}
+
+/// The generators' settings. Countdown: how many numbers (chosen uniformly among `counts`),
+/// numbers uniform in 1..=max_number, targets uniform in 1..=max_target (TinyZero's dataset uses
+/// 3 or 4 numbers and targets below 100; smaller ranges make an easier curriculum for tiny
+/// models). FrozenLake: `lake`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProblemSpec {
+    pub counts: Vec<usize>,
+    pub max_number: i64,
+    pub max_target: i64,
+    pub lake: LakeSpec,
+}
+
+impl Default for ProblemSpec {
+    fn default() -> Self {
+        ProblemSpec { counts: vec![3, 4], max_number: 99, max_target: 99, lake: LakeSpec::default() }
+    }
 }
 
 /// One task: how its problems are made and read, prompted, answered and scored.
 pub trait Task: Send + Sync {
     /// The name configs and data lines use (`task.name`, `"task"`).
     fn name(&self) -> &'static str;
-    /// `n` seeded problems. `spec` holds Countdown's ranges; tasks without ranges ignore it.
-    fn generate(&self, n: usize, seed: u64, spec: &CountdownSpec) -> Result<Vec<Problem>>;
+    /// `n` seeded problems. `spec` holds the generators' settings (Countdown's ranges,
+    /// FrozenLake's map sizes); each task reads its own.
+    fn generate(&self, n: usize, seed: u64, spec: &ProblemSpec) -> Result<Vec<Problem>>;
     /// This task's problem from one data record (a JSON object; parquet rows arrive as one),
     /// or `None` when the record is not shaped like this task's. Fields the task does not use
     /// are ignored.
@@ -63,10 +88,20 @@ pub trait Task: Send + Sync {
     }
     /// The group a problem is reported under in evaluations ("3 numbers").
     fn difficulty(&self, p: &Problem) -> &'static str;
+    /// What makes two problems the same for held-out sets (FrozenLake: the map, whatever
+    /// the seed).
+    fn identity(&self, p: &Problem) -> String {
+        format!("{p:?}")
+    }
+    /// The environment that plays this task's problems over several turns; `None` for a
+    /// single-turn task (one response, scored by `score`).
+    fn environment(&self) -> Option<&'static dyn Environment> {
+        None
+    }
 }
 
 /// Every task, once.
-pub static TASKS: &[&dyn Task] = &[&countdown::Countdown, &multiply::Multiply];
+pub static TASKS: &[&dyn Task] = &[&countdown::Countdown, &multiply::Multiply, &frozenlake::FrozenLake];
 
 /// The registered task called `name`.
 pub fn by_name(name: &str) -> Result<&'static dyn Task> {
@@ -97,6 +132,7 @@ impl Problem {
         match self {
             Problem::Countdown { .. } => &countdown::Countdown,
             Problem::Multiply { .. } => &multiply::Multiply,
+            Problem::FrozenLake(_) => &frozenlake::FrozenLake,
         }
     }
 
@@ -124,7 +160,7 @@ pub fn sft_response(p: &Problem, t: Template) -> Option<String> {
 pub fn tokenizer_corpus(seed: u64) -> Vec<String> {
     let mut out = vec![];
     // The default ranges always fill (about two draws per problem).
-    for p in generate_countdown(2000, seed, &CountdownSpec::default()).unwrap_or_default() {
+    for p in generate_countdown(2000, seed, &ProblemSpec::default()).unwrap_or_default() {
         for t in [Template::Compact, Template::Base] {
             let r = sft_response(&p, t).unwrap_or_default();
             out.push(format!("{}{}", render_prompt(&p, t), r));

@@ -1,7 +1,7 @@
 //! 3-digit multiplication (TinyZero's second task): the product as an integer.
 use super::reward::{self, RewardKind, Score};
 use super::template::Template;
-use super::{CountdownSpec, Problem, Task};
+use super::{Problem, ProblemSpec, Task};
 use crate::rng::Rng;
 use anyhow::{anyhow, Result};
 
@@ -34,7 +34,7 @@ impl Task for Multiply {
         "multiply"
     }
 
-    fn generate(&self, n: usize, seed: u64, _spec: &CountdownSpec) -> Result<Vec<Problem>> {
+    fn generate(&self, n: usize, seed: u64, _spec: &ProblemSpec) -> Result<Vec<Problem>> {
         Ok(generate_multiply(n, seed))
     }
 

@@ -33,6 +33,10 @@ pub enum Reason {
     EvalError,
     WrongValue,
     NotAnInteger,
+    /// An episode ended in a hole (FrozenLake).
+    Hole,
+    /// An episode ran out of turns (or of response tokens) before its goal.
+    TurnLimit,
     Correct,
 }
 

@@ -81,10 +81,19 @@ pub fn by_name(name: &str) -> Result<&'static dyn Reward> {
 }
 
 /// Settings of the rewards that have any (`task.cosine`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RewardParams {
     pub cosine: CosineParams,
+    /// Environments: the return lost for each reply that names no action
+    /// (`task.frozenlake.invalid_penalty`).
+    pub invalid_move_penalty: f32,
+}
+
+impl Default for RewardParams {
+    fn default() -> Self {
+        RewardParams { cosine: CosineParams::default(), invalid_move_penalty: 0.1 }
+    }
 }
 
 /// A weighted sum of rewards: `task.reward = "tinyzero"`, `"equation,strict_format"`,

@@ -71,12 +71,15 @@ pub struct TaskSection {
     pub reward: RewardSpec,
     /// The `cosine` reward's settings.
     pub cosine: CosineParams,
+    /// FrozenLake's maps and episodes (`[task.frozenlake]`, `crate::task::LakeSpec`).
+    pub frozenlake: crate::task::LakeSpec,
 }
 
 impl TaskSection {
     /// The run's reward with its settings, for responses of at most `max_response` tokens.
     pub fn reward_spec(&self, max_response: usize) -> RewardSpec {
-        self.reward.clone().with_params(RewardParams { cosine: self.cosine.clone() }).for_responses(max_response)
+        let params = RewardParams { cosine: self.cosine.clone(), invalid_move_penalty: self.frozenlake.invalid_penalty };
+        self.reward.clone().with_params(params).for_responses(max_response)
     }
 }
 
@@ -189,6 +192,7 @@ impl Default for TaskSection {
             template: Template::Compact,
             reward: RewardSpec::default(),
             cosine: CosineParams::default(),
+            frozenlake: Default::default(),
         }
     }
 }
@@ -328,7 +332,11 @@ impl TrainConfig {
                 1 << 24,
             )?;
         }
-        crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?;
+        let task = crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?;
+        self.task.frozenlake.validate()?;
+        if task.environment().is_some() && self.task.reward != RewardSpec::default() {
+            bail!("task.reward: {} scores an episode by its return; leave task.reward at \"tinyzero\"", task.name());
+        }
         self.task.reward_spec(t.max_response_tokens).check(&self.task.name).map_err(|e| anyhow!("task.reward: {e}"))?;
         if self.model.path.as_os_str().is_empty() {
             // Checked now, not after minutes of data generation.
@@ -351,9 +359,14 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The generator settings for Countdown problems with `counts` numbers.
-    pub fn countdown_spec(&self, counts: &[usize]) -> crate::task::CountdownSpec {
-        crate::task::CountdownSpec { counts: counts.to_vec(), max_number: self.data.max_number, max_target: self.data.max_target }
+    /// The generators' settings, with Countdown problems of `counts` numbers.
+    pub fn problem_spec(&self, counts: &[usize]) -> crate::task::ProblemSpec {
+        crate::task::ProblemSpec {
+            counts: counts.to_vec(),
+            max_number: self.data.max_number,
+            max_target: self.data.max_target,
+            lake: self.task.frozenlake.clone(),
+        }
     }
 
     pub fn run_dir(&self) -> PathBuf {

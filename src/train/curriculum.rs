@@ -7,7 +7,7 @@
 //! problems are generated for each stage from its ranges; with a data file, its problems are
 //! sorted into the stages (those fitting none are not trained on). The stage and the rolling
 //! solve rates are in the checkpoint.
-use crate::task::{CountdownSpec, Problem};
+use crate::task::{Problem, ProblemSpec};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +31,8 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub fn spec(&self) -> CountdownSpec {
-        CountdownSpec { counts: self.counts.clone(), max_number: self.max_number, max_target: self.max_target }
+    pub fn spec(&self) -> ProblemSpec {
+        ProblemSpec { counts: self.counts.clone(), max_number: self.max_number, max_target: self.max_target, ..ProblemSpec::default() }
     }
 
     fn fits(&self, p: &Problem) -> bool {

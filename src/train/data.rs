@@ -11,7 +11,7 @@ pub fn load_problems(cfg: &TrainConfig) -> Result<(Vec<Problem>, Vec<Problem>)> 
     let task = task::by_name(&cfg.task.name)?;
     let generate = |n: usize, salt: u64| -> Result<Vec<Problem>> {
         let seed = crate::rng::derive_seed(cfg.seed, salt, 0x5eed);
-        task.generate(n, seed, &cfg.countdown_spec(&d.counts))
+        task.generate(n, seed, &cfg.problem_spec(&d.counts))
     };
     let train = if d.train.as_os_str().is_empty() && cfg.curriculum.enabled() {
         // Each stage's share from its own ranges (`crate::train::curriculum`).
@@ -28,8 +28,8 @@ pub fn load_problems(cfg: &TrainConfig) -> Result<(Vec<Problem>, Vec<Problem>)> 
     };
     let test = if d.test.as_os_str().is_empty() {
         if d.train.as_os_str().is_empty() {
-            let seen: std::collections::HashSet<String> = train.iter().map(|p| format!("{p:?}")).collect();
-            generate(d.generate_test * 2, 2)?.into_iter().filter(|p| !seen.contains(&format!("{p:?}"))).take(d.generate_test).collect()
+            let seen: std::collections::HashSet<String> = train.iter().map(|p| p.task().identity(p)).collect();
+            generate(d.generate_test * 2, 2)?.into_iter().filter(|p| !seen.contains(&p.task().identity(p))).take(d.generate_test).collect()
         } else {
             // TinyZero's split: the test rows come from the same file.
             let rows = parse_rows(&d.test_rows)?;

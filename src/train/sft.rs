@@ -142,7 +142,7 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let template = cfg.task.template;
     let s = &cfg.sft;
     let task = crate::task::by_name(&cfg.task.name)?;
-    let problems = task.generate(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.countdown_spec(&s.counts))?;
+    let problems = task.generate(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.problem_spec(&s.counts))?;
     let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
     let texts: Vec<(String, String)> = problems
         .iter()
