@@ -1038,3 +1038,64 @@ fn lora_runs_resume_and_adapters_serve_score_merge() {
         assert_clean_error(&run(&a), needle);
     }
 }
+
+/// FrozenLake end to end at toy size: the preset's config trains (SFT on demonstrated
+/// episodes, V*, A*PO over episodes), writes whole episodes to samples.jsonl and episode
+/// statistics with references to the eval, `play` prints an episode turn by turn, and bad
+/// maps or a reward the environment cannot use are one-line config errors.
+#[test]
+fn frozenlake_trains_plays_and_rejects_bad_maps() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    let sets = [
+        format!("out_dir={out}"),
+        "name=lake".into(),
+        "model.preset=tiny-2l".into(),
+        "sft.steps=6".into(),
+        "sft.examples=200".into(),
+        "data.generate_train=16".into(),
+        "data.generate_test=8".into(),
+        "train.batch_prompts=8".into(),
+        "train.mini_batch=8".into(),
+        "train.micro_batch=4".into(),
+        "train.rollout_batch=16".into(),
+        "algo.n_vstar=2".into(),
+        "train.steps=2".into(),
+        "train.eval_every=2".into(),
+        "train.sample_every=1".into(),
+        "task.frozenlake.max_turns=6".into(),
+    ];
+    let mut args: Vec<&str> = vec!["train", "--config", "configs/tiny-frozenlake.toml"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let o = tz(&args, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let samples = std::fs::read_to_string(format!("{out}/lake/samples.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+    assert!(first["turns"].as_u64().unwrap() >= 1 && first["outcome"].is_string(), "{first}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{out}/lake/summary.json")).unwrap()).unwrap();
+    let e = &summary["final_eval"];
+    assert_eq!(e["optimal_solve_rate"], 1.0, "{e}");
+    assert!(e["random_solve_rate"].as_f64().unwrap() < 1.0 && e["by_difficulty"]["4x4"].is_object(), "{e}");
+    assert!(e["invalid_rate"].is_number() && e["steps_to_goal_mean"].is_number(), "{e}");
+    let model = format!("{out}/lake/final");
+    let o = tz(&["play", "--env", "frozenlake", "--model", &model, "--seed", "4", "--max-turns", "4"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let shown = text(&o.stdout);
+    assert!(shown.contains("[turn 1] model:") && shown.contains("outcome:") && shown.contains(" P "), "{shown}");
+    assert_clean_error(&tz(&["play", "--env", "countdown", "--model", &model], None), "single-turn");
+    assert_clean_error(&tz(&["play", "--env", "frozenlake", "--model", &model, "--map", "SFF/FG"], None), "rectangular");
+    for (set, needle) in [
+        ("task.frozenlake.map=[\"SFX\", \"FFG\"]", "cells are S, F, H or G"),
+        ("task.frozenlake.map=[\"SH\", \"HG\"]", "no path"),
+        ("task.frozenlake.map=[\"FF\", \"FG\"]", "exactly one start"),
+        ("task.frozenlake.sizes=[1]", "task.frozenlake.sizes"),
+        ("task.reward=equation", "return"),
+        ("task.frozenlake.colour=1", "colour"),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--set", set]);
+        assert_clean_error(&tz(&a, None), needle);
+    }
+}

@@ -196,3 +196,75 @@ fn parquet_and_jsonl_load() {
     std::fs::write(dir.path().join("bad.parquet"), b"PAR1 not really").unwrap();
     assert!(task::load_problems(&dir.path().join("bad.parquet"), None).is_err());
 }
+
+/// FrozenLake episodes through the real rollout path: a random tiny model (its replies are
+/// mostly junk) plays random maps; each environment span decodes to the observation the lake
+/// gave, the live outcome equals the task's replay of the same text, and only the replies
+/// are training targets.
+#[test]
+fn frozenlake_episodes_through_the_rollout_match_the_replayed_check() {
+    use tz_engine::backend::cpu::CpuBackend;
+    use tz_engine::backend::SamplingParams;
+    use tz_engine::model::presets::{init_params, preset, train_tiny_tokenizer};
+    use tz_engine::model::{PackedBatch, Qwen2};
+    use tz_engine::rollout::{GenConfig, Generator, PromptSet, RolloutCtx};
+    use tz_engine::task::rewards::RewardSpec;
+    use tz_engine::task::{LakeSpec, ProblemSpec};
+    use tz_engine::tokenizer::Tokenizer;
+    let spec = ProblemSpec { lake: LakeSpec { max_turns: 4, slippery: true, ..LakeSpec::default() }, ..ProblemSpec::default() };
+    let lake_task = task::by_name("frozenlake").unwrap();
+    let env = lake_task.environment().unwrap();
+    let problems = lake_task.generate(6, 11, &spec).unwrap();
+    // A tokenizer that knows the game's text, and a random model over it.
+    let corpus: Vec<String> = problems
+        .iter()
+        .map(|p| env.demonstration(p, Template::Compact, 0, 0.5).iter().fold(lake_task.prompt(p, Template::Compact), |a, (s, _)| a + s))
+        .collect();
+    let tok = Tokenizer::from_tokenizers(train_tiny_tokenizer(&corpus, 300).unwrap());
+    let be = CpuBackend::new();
+    let mut cfg = preset("tiny-2l").unwrap().cfg;
+    cfg.vocab_size = tok.vocab_size();
+    let model = Qwen2::from_host(&be, cfg.clone(), &init_params(&cfg, 3)).unwrap();
+    let set = PromptSet::new(problems, Template::Compact, &tok, 128).unwrap();
+    assert_eq!(set.len(), 6);
+    let gen = Generator::new(&be, &cfg, 4, set.max_prompt_len(), set.max_prompt_len() + 200).unwrap();
+    let settings = GenConfig {
+        max_new_tokens: 200,
+        sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
+        stop_token_ids: vec![],
+        stop_strings: vec!["</answer>".into()],
+        turn_tokens: 6,
+    };
+    let reward = RewardSpec::default();
+    let ctx = RolloutCtx { be: &be, model: &model, adapters: None, gen: &gen, tok: &tok, settings, reward: &reward };
+    let seeds = [1u64, 2, 3, 4, 5, 6];
+    let outs = ctx.rollout(&set, &[0, 1, 2, 3, 4, 5], &seeds).unwrap();
+    for o in &outs {
+        let p = &set.problems[o.idx];
+        assert!((1..=4).contains(&o.turns), "{} turns", o.turns);
+        assert_eq!(o.env_spans.len() as u32, o.turns - 1, "an observation after every turn but the last");
+        for s in &o.env_spans {
+            let obs = tok.decode(&o.tokens[s[0] as usize..s[1] as usize], true).unwrap();
+            assert!(obs.contains('P') && obs.starts_with('\n'), "{obs:?}");
+        }
+        // The same episode again, fed the rollout's replies one by one (the text between
+        // observations): each observation is the one in the trajectory, and so is the end.
+        let mut replay = env.reset(p, Template::Compact, seeds[o.idx], &reward.params);
+        let mut at = 0usize;
+        for s in o.env_spans.iter().map(|s| Some(*s)).chain([None]) {
+            let end = s.map_or(o.tokens.len(), |s| s[0] as usize);
+            let obs = replay.step(&tok.decode(&o.tokens[at..end], true).unwrap());
+            match s {
+                Some(s) => {
+                    assert_eq!(obs.map(|t| tok.encode(&t).unwrap()).as_deref(), Some(&o.tokens[s[0] as usize..s[1] as usize]));
+                    at = s[1] as usize;
+                }
+                None => assert!(obs.is_none() || o.finish == tz_engine::rollout::Finish::Length),
+            }
+        }
+        assert_eq!(replay.outcome(), tz_engine::task::Outcome { score: o.score, turns: o.turns, invalid: o.invalid });
+        let b = PackedBatch::from_pairs(&[(set.tokens[o.idx].as_slice(), o.tokens.as_slice(), o.env_spans.as_slice())]).unwrap();
+        assert_eq!(b.n_targets(), o.agent_tokens());
+        assert!(o.agent_tokens() <= 6 * o.turns as usize);
+    }
+}

@@ -244,6 +244,9 @@ mod tests {
             text: String::new(),
             score: Score { score, reason: Reason::WrongValue },
             finish: Finish::Eos,
+            env_spans: vec![],
+            turns: 0,
+            invalid: 0,
         };
         let outs = [ro(0, 1.0), ro(0, 0.0), ro(5, 0.1), ro(5, 0.1)];
         let t = online_targets(&outs, 2, 0.5);

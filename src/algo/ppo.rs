@@ -167,7 +167,8 @@ impl<B: Backend> Objective<B> for Ppo<B> {
         let c = &self.cfg;
         let (mut advantages, mut returns) = (Vec::with_capacity(rollouts.len()), Vec::with_capacity(rollouts.len()));
         for (i, o) in rollouts.iter().enumerate() {
-            let n = o.tokens.len();
+            // Log-probs and values cover the policy's tokens only (not observations).
+            let n = o.agent_tokens();
             ensure!(
                 ref_lp[i].len() == n && old_lp[i].len() == n && values[i].len() == n,
                 "ppo: sequence {i} has {n} tokens but {}/{}/{} log-probs/values",
@@ -250,6 +251,9 @@ mod tests {
             text: String::new(),
             score: Score { score: 1.0, reason: Reason::Correct },
             finish: Finish::Eos,
+            env_spans: vec![],
+            turns: 0,
+            invalid: 0,
         };
         let (old, reference, values) = (vec![vec![-1.0f32, -2.0]], vec![vec![-1.5f32, -2.0]], vec![vec![0.25f32, 0.5]]);
         let t = <Ppo<_> as Objective<crate::backend::cpu::CpuBackend>>::token_targets(&ppo, &[o], &reference, &old, &values).unwrap();

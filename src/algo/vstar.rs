@@ -25,7 +25,10 @@ pub struct VstarTable {
     pub from_cache: bool,
 }
 
-pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_new: usize, seed: u64) -> String {
+/// `scoring`: how responses are scored and episodes played (the reward and its settings, the
+/// per-reply limit): a FrozenLake prompt does not show its turn limit or slipperiness, so the
+/// problems are hashed too.
+pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_new: usize, seed: u64, scoring: &str) -> String {
     let mut h = FNV_OFFSET;
     for t in &set.tokens {
         for x in t {
@@ -36,6 +39,10 @@ pub fn cache_key(set: &PromptSet, ref_params: &[f32], n: usize, beta1: f32, max_
     for p in &set.prompts {
         h = fnv1a(h, p.as_bytes());
     }
+    for p in &set.problems {
+        h = fnv1a(h, format!("{p:?}").as_bytes());
+    }
+    h = fnv1a(h, scoring.as_bytes());
     for x in ref_params {
         h = fnv1a(h, &x.to_bits().to_le_bytes());
     }
@@ -61,7 +68,8 @@ pub fn compute_or_load<B: Backend>(
     comm: &dyn HostComm,
 ) -> Result<VstarTable> {
     let ref_host = reference.model.to_host(reference.be)?;
-    let key = cache_key(set, &ref_host, n, beta1, reference.settings.max_new_tokens, seed);
+    let scoring = format!("{:?}|{}", reference.reward, reference.settings.turn_tokens);
+    let key = cache_key(set, &ref_host, n, beta1, reference.settings.max_new_tokens, seed, &scoring);
     let path = cache_dir.join(format!("vstar-{key}.json"));
     let cached = std::fs::read_to_string(&path)
         .ok()

@@ -36,6 +36,9 @@ pub struct EvalArgs {
     pub k: usize,
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens: usize,
+    /// Environments (FrozenLake): tokens per reply; a longer reply ends its turn.
+    #[arg(long, default_value_t = 16)]
+    pub reply_tokens: usize,
     #[arg(long, default_value_t = 256)]
     pub max_prompt_tokens: usize,
     #[arg(long, default_value_t = 64)]
@@ -79,7 +82,7 @@ fn eval<B: Backend>(be: &B, args: &EvalArgs) -> Result<i32> {
         sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
         stop_token_ids: tok.eos_ids(&model.cfg.eos_token_ids),
         stop_strings,
-        turn_tokens: 0,
+        turn_tokens: args.reply_tokens,
     };
     args.reward.check(set.problems[0].task().name())?;
     let reward = args.reward.for_responses(args.max_new_tokens);

@@ -10,6 +10,7 @@ pub mod init;
 pub mod launch;
 pub mod merge;
 pub mod plan;
+pub mod play;
 pub mod plot;
 pub mod reward;
 pub mod score;
@@ -48,6 +49,8 @@ pub enum Command {
     Sft(sft::SftArgs),
     /// Evaluate a model on a task dataset: mean reward, solve rate, pass@k.
     Eval(eval::EvalArgs),
+    /// Play one episode of an environment (FrozenLake) with a model, printed turn by turn.
+    Play(play::PlayArgs),
     /// Draw a run's learning curves (curves.png, curves.svg).
     Plot(plot::PlotArgs),
     /// Print the planned device memory for a model, batch and sequence length.
@@ -78,6 +81,7 @@ pub fn main() -> i32 {
         Some(Command::Merge(a)) => merge::run(a),
         Some(Command::Sft(a)) => sft::run(a),
         Some(Command::Eval(a)) => eval::run(a),
+        Some(Command::Play(a)) => play::run(a),
         Some(Command::Plot(a)) => plot::run(a),
         Some(Command::Plan(a)) => plan::run(a),
         Some(Command::Bench(a)) => bench::run(a),

@@ -57,7 +57,7 @@ fn sft<B: Backend>(be: &B, cfg: &crate::train::TrainConfig) -> Result<i32> {
     if pairs.is_empty() {
         bail!("{}: no prompt/response pairs to train on", cfg.sft.data.display());
     }
-    if let Some((i, _)) = pairs.iter().enumerate().find(|(_, (p, r))| p.len() + r.len() > model.cfg.max_position_embeddings) {
+    if let Some((i, _)) = pairs.iter().enumerate().find(|(_, (p, r, _))| p.len() + r.len() > model.cfg.max_position_embeddings) {
         bail!("{}: item {}: longer than the model's context ({})", cfg.sft.data.display(), i + 1, model.cfg.max_position_embeddings);
     }
     let (loss, trained) = sft_train(be, &model, Some(&host), &pairs, cfg.sft.steps, cfg.sft.lr, cfg.sft.batch, cfg.seed, "SFT")?;

@@ -62,6 +62,22 @@ impl<P: AsRef<[u32]>, R: AsRef<[u32]>, E: AsRef<[[u32; 2]]>> SeqPair for (P, R, 
     }
 }
 
+impl<S: SeqPair> SeqPair for &S {
+    fn prompt(&self) -> &[u32] {
+        (*self).prompt()
+    }
+    fn response(&self) -> &[u32] {
+        (*self).response()
+    }
+    fn env_spans(&self) -> &[[u32; 2]] {
+        (*self).env_spans()
+    }
+}
+
+/// A trajectory to train on: prompt, response (with any environment observations) and the
+/// observations' spans in the response.
+pub type Trajectory = (Vec<u32>, Vec<u32>, Vec<[u32; 2]>);
+
 /// Response tokens outside the environment's spans (the ones a policy is trained on).
 pub fn agent_tokens(response_len: usize, env_spans: &[[u32; 2]]) -> usize {
     response_len - env_spans.iter().map(|s| (s[1].min(response_len as u32)).saturating_sub(s[0]) as usize).sum::<usize>()

@@ -18,7 +18,7 @@ pub use config::Qwen2Config;
 pub use grads::{GradDtype, Grads};
 pub use layout::ParamLayout;
 pub use layout::Unit;
-pub use logprob::{agent_tokens, LogprobWorkspace, PackedBatch, SeqPair};
+pub use logprob::{agent_tokens, LogprobWorkspace, PackedBatch, SeqPair, Trajectory};
 pub use lora::{Lora, LoraConfig, LoraLayout};
 pub use qwen2::{Keep, Qwen2};
 pub use source::{ParamSource, Resident, Weights, WithAdapters};

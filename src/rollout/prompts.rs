@@ -10,11 +10,13 @@ pub struct PromptSet {
     pub prompts: Vec<String>,
     pub tokens: Vec<Vec<u32>>,
     pub dropped_too_long: usize,
+    /// The template the prompts are in (environments write their observations in it too).
+    pub template: Template,
 }
 
 impl PromptSet {
     pub fn new(problems: Vec<Problem>, template: Template, tok: &Tokenizer, max_prompt_tokens: usize) -> Result<Self> {
-        let mut s = PromptSet { problems: vec![], prompts: vec![], tokens: vec![], dropped_too_long: 0 };
+        let mut s = PromptSet { problems: vec![], prompts: vec![], tokens: vec![], dropped_too_long: 0, template };
         for p in problems {
             let text = p.task().prompt(&p, template);
             let ids = tok.encode(&text)?;

@@ -76,6 +76,14 @@ pub struct TaskSection {
 }
 
 impl TaskSection {
+    /// Tokens per reply of an episode (0: single-turn, no per-reply limit).
+    pub fn turn_tokens(&self) -> Result<usize> {
+        Ok(match crate::task::by_name(&self.name)?.environment() {
+            Some(_) => self.frozenlake.reply_tokens,
+            None => 0,
+        })
+    }
+
     /// The run's reward with its settings, for responses of at most `max_response` tokens.
     pub fn reward_spec(&self, max_response: usize) -> RewardSpec {
         let params = RewardParams { cosine: self.cosine.clone(), invalid_move_penalty: self.frozenlake.invalid_penalty };
@@ -155,6 +163,9 @@ pub struct SftSection {
     /// base language models often answer. TinyZero's reward scores those as format-only (the
     /// target joins the numbers used), so RL must discover the bare-equation style.
     pub equals_fraction: f32,
+    /// Environments: the chance that a demonstrated move is replaced by a random one (the
+    /// warm start then sometimes errs, leaving RL something to fix).
+    pub random_moves: f32,
     /// `tz-engine sft`: JSONL of {"prompt", "response"} to train on.
     pub data: PathBuf,
 }
@@ -243,7 +254,16 @@ impl Default for TrainSection {
 
 impl Default for SftSection {
     fn default() -> Self {
-        SftSection { steps: 0, lr: 1e-3, batch: 64, counts: vec![3], examples: 20000, equals_fraction: 0.0, data: PathBuf::new() }
+        SftSection {
+            steps: 0,
+            lr: 1e-3,
+            batch: 64,
+            counts: vec![3],
+            examples: 20000,
+            equals_fraction: 0.0,
+            random_moves: 0.0,
+            data: PathBuf::new(),
+        }
     }
 }
 
@@ -347,6 +367,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.sft.equals_fraction) {
             bail!("sft.equals_fraction must lie in [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.sft.random_moves) {
+            bail!("sft.random_moves must lie in [0, 1]");
         }
         if !(1..=1_000_000).contains(&self.data.max_number) || !(1..=1_000_000).contains(&self.data.max_target) {
             bail!("data.max_number and data.max_target must lie in 1..=1000000");

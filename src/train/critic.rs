@@ -9,7 +9,7 @@ use crate::algo::ppo::value_loss_terms;
 use crate::algo::CriticSettings;
 use crate::backend::Backend;
 use crate::dist::Comm;
-use crate::model::{Grads, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config};
+use crate::model::{agent_tokens, Grads, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2, Qwen2Config, Trajectory};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -79,13 +79,13 @@ impl<B: Backend> Critic<B> {
         &self,
         be: &B,
         ws: &mut LogprobWorkspace<B>,
-        pairs: &[(Vec<u32>, Vec<u32>)],
+        pairs: &[Trajectory],
         which: &[usize],
         micro_batch: usize,
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::new(); pairs.len()];
         for chunk in which.chunks(micro_batch) {
-            let sub: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
+            let sub: Vec<&Trajectory> = chunk.iter().map(|&i| &pairs[i]).collect();
             let batch = PackedBatch::from_pairs(&sub)?;
             ws.load(be, &self.model.cfg, &batch)?;
             let mut v = vec![0f32; batch.n_targets()];
@@ -104,13 +104,13 @@ impl<B: Backend> Critic<B> {
         &self,
         be: &B,
         ws: &mut LogprobWorkspace<B>,
-        pairs: &[(Vec<u32>, Vec<u32>)],
+        pairs: &[Trajectory],
         micro: &[usize],
         old_values: &[Vec<f32>],
         returns: &[Vec<f32>],
         mini_tokens: usize,
     ) -> Result<ValueLoss> {
-        let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
+        let sub: Vec<&Trajectory> = micro.iter().map(|&i| &pairs[i]).collect();
         let batch = PackedBatch::from_pairs(&sub)?;
         ws.load(be, &self.model.cfg, &batch)?;
         let mut v = vec![0f32; batch.n_targets()];
@@ -139,7 +139,7 @@ impl<B: Backend> Critic<B> {
         &mut self,
         be: &B,
         ws: &mut LogprobWorkspace<B>,
-        pairs: &[(Vec<u32>, Vec<u32>)],
+        pairs: &[Trajectory],
         order: &[usize],
         values: &[Vec<f32>],
         returns: &[Vec<f32>],
@@ -152,7 +152,7 @@ impl<B: Backend> Critic<B> {
         for _ in 0..epochs {
             for mini in order.chunks(mini_batch.max(1)) {
                 self.opt.zero_grad(be)?;
-                let ntok: usize = mini.iter().map(|&i| pairs[i].1.len()).sum();
+                let ntok: usize = mini.iter().map(|&i| agent_tokens(pairs[i].1.len(), &pairs[i].2)).sum();
                 for micro in mini[crate::dist::split_range(mini.len(), world, rank)].chunks(micro_batch.max(1)) {
                     let v = self.accumulate(be, ws, pairs, micro, values, returns, ntok)?;
                     loss += v.loss;
@@ -164,7 +164,7 @@ impl<B: Backend> Critic<B> {
         }
         let mut sums = [loss, clipped];
         comm.all_reduce_f64(&mut sums)?;
-        let tokens: usize = order.iter().map(|&i| pairs[i].1.len()).sum::<usize>() * epochs;
+        let tokens: usize = order.iter().map(|&i| agent_tokens(pairs[i].1.len(), &pairs[i].2)).sum::<usize>() * epochs;
         let (v, r): (Vec<f64>, Vec<f64>) =
             values.iter().flatten().zip(returns.iter().flatten()).map(|(&v, &r)| (v as f64, r as f64)).unzip();
         Ok(CriticStats {

@@ -1,8 +1,11 @@
 //! Held-out evaluation: greedy mean reward, exact-solve rate, format rate and pass@k, overall
-//! and by difficulty.
+//! and by difficulty. Episodes (tasks with an environment) also report mean turns to the
+//! goal, the invalid-reply rate, and the success of the environment's optimal and uniformly
+//! random policies on the same problems, as references.
 use crate::backend::{Backend, SamplingParams};
 use crate::dist::{all_gather_json, split_range, HostComm};
 use crate::rollout::{PromptSet, Rollout, RolloutCtx};
+use crate::task::Reference;
 use crate::util::progress::Progress;
 use anyhow::Result;
 use serde::Serialize;
@@ -19,6 +22,21 @@ pub struct EvalGroup {
     /// Sampled pass@1 at temperature 1: the solve rate over the pass@k samples.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampled_solve_rate: Option<f32>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub episodes: Option<EpisodeStats>,
+}
+
+/// Episode statistics of greedy evaluation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EpisodeStats {
+    /// Mean turns of the episodes that reached the goal (0 when none did).
+    pub steps_to_goal_mean: f32,
+    /// Replies that named no action, over all turns taken.
+    pub invalid_rate: f32,
+    /// Success of the environment's shortest-path policy on the same problems.
+    pub optimal_solve_rate: f32,
+    /// Success of uniformly random moves on the same problems.
+    pub random_solve_rate: f32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -40,6 +58,13 @@ struct Acc {
     /// Solved samples and samples drawn (pass@k).
     sampled_solved: usize,
     sampled: usize,
+    /// Episodes: turns of solved episodes, all turns, invalid replies, reference successes.
+    episodes: bool,
+    goal_turns: u64,
+    turns: u64,
+    invalid: u64,
+    optimal: usize,
+    random: usize,
 }
 
 impl Acc {
@@ -52,6 +77,12 @@ impl Acc {
             format_rate: self.formatted as f32 / n,
             pass_at_k: with_pass.then(|| self.pass as f32 / n),
             sampled_solve_rate: with_pass.then(|| self.sampled_solved as f32 / self.sampled.max(1) as f32),
+            episodes: self.episodes.then(|| EpisodeStats {
+                steps_to_goal_mean: self.goal_turns as f32 / self.solved.max(1) as f32,
+                invalid_rate: self.invalid as f32 / self.turns.max(1) as f32,
+                optimal_solve_rate: self.optimal as f32 / n,
+                random_solve_rate: self.random as f32 / n,
+            }),
         }
     }
 }
@@ -129,9 +160,22 @@ pub fn evaluate<B: Backend>(
     };
     let mut all = Acc::default();
     let mut by: BTreeMap<String, Acc> = BTreeMap::new();
+    let params = &ctx.reward.params;
     for r in &outs {
-        let label = set.problems[r.idx].difficulty_label();
+        let p = &set.problems[r.idx];
+        let label = p.difficulty_label();
+        let env = p.task().environment();
+        let reference = |policy| env.is_some_and(|e| e.reference(p, policy, 0, params).score.solved());
+        let (optimal, random) = (reference(Reference::Optimal), reference(Reference::Random));
         for acc in [&mut all, by.entry(label.to_string()).or_default()] {
+            if env.is_some() {
+                acc.episodes = true;
+                acc.goal_turns += if r.score.solved() { r.turns as u64 } else { 0 };
+                acc.turns += r.turns as u64;
+                acc.invalid += r.invalid as u64;
+                acc.optimal += optimal as usize;
+                acc.random += random as usize;
+            }
             acc.n += 1;
             acc.reward += r.score.score as f64;
             acc.solved += r.score.solved() as usize;

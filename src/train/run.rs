@@ -29,7 +29,7 @@ use crate::backend::{Backend, DType, SamplingParams, View};
 use crate::dist::{self, split_range, Comm};
 use crate::model::arena::{Arena, ArenaPlan};
 use crate::model::load::load_model;
-use crate::model::{LogprobWorkspace, Lora, PackedBatch, ParamSource, Qwen2, Resident};
+use crate::model::{LogprobWorkspace, Lora, PackedBatch, ParamSource, Qwen2, Resident, Trajectory};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::rollout::{Finish, GenConfig, Generator, PromptSet, Rollout, RolloutCtx};
@@ -391,7 +391,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             sampling: SamplingParams { temperature: t.temperature, top_k: 0, top_p: t.top_p },
             stop_token_ids: tok.eos_ids(&policy.cfg.eos_token_ids),
             stop_strings: crate::task::by_name(&cfg.task.name)?.stop_strings(),
-            turn_tokens: 0,
+            turn_tokens: cfg.task.turn_tokens()?,
         };
         let tokenizer_json = tok.to_json_string()?;
         let n = train.len();
@@ -727,7 +727,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let t_rollout = t0.elapsed().as_secs_f32();
 
         let rewards: Vec<f32> = outs.iter().map(|o| o.score.score).collect();
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = outs.iter().map(|o| (self.train.tokens[o.idx].clone(), o.tokens.clone())).collect();
+        let pairs: Vec<Trajectory> =
+            outs.iter().map(|o| (self.train.tokens[o.idx].clone(), o.tokens.clone(), o.env_spans.clone())).collect();
         // Reference (and, where the objective needs them, behaviour-policy) log-probs of this
         // rank's responses (the others' stay empty).
         let t1 = Instant::now();
@@ -770,7 +771,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             for mini in order.chunks(t.mini_batch) {
                 self.opt.zero_grad(self.be)?;
                 // Losses are means over the whole (global) mini-batch; this rank adds its part.
-                let ntok_mini: usize = mini.iter().map(|&i| outs[i].tokens.len()).sum();
+                let ntok_mini: usize = mini.iter().map(|&i| outs[i].agent_tokens()).sum();
                 let mine = &mini[split_range(mini.len(), world, rank)];
                 // Sharded parameters: a rank with fewer micro-batches than another joins its
                 // extra passes' collectives without sequences (adding nothing).
@@ -858,7 +859,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             resp_len_max: lens.iter().copied().max().unwrap_or(0),
             truncated_frac: outs.iter().filter(|o| o.finish == Finish::Length).count() as f32 / n,
             rollout_tok_s: lens.iter().sum::<usize>() as f32 / t_rollout.max(1e-6),
-            train_tok_s: pairs.iter().map(|(p, r)| p.len() + r.len()).sum::<usize>() as f32 / t_update.max(1e-6),
+            train_tok_s: pairs.iter().map(|(p, r, _)| p.len() + r.len()).sum::<usize>() as f32 / t_update.max(1e-6),
             time_rollout_s: t_rollout,
             time_ref_s: t_ref,
             time_update_s: t_update,
@@ -900,7 +901,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     ///
     /// `passes`: with sharded parameters, the passes every rank makes (`lockstep_passes`); a
     /// rank with fewer micro-batches joins the rest without sequences.
-    fn logprobs_of(&mut self, pairs: &[(Vec<u32>, Vec<u32>)], which: &[usize], policy: bool, passes: usize) -> Result<Vec<Vec<f32>>> {
+    fn logprobs_of(&mut self, pairs: &[Trajectory], which: &[usize], policy: bool, passes: usize) -> Result<Vec<Vec<f32>>> {
         let mb = self.cfg.train.micro_batch;
         let mut mine = Vec::with_capacity(which.len());
         let mut host = vec![0f32; self.ws.plan.max_targets];
@@ -909,7 +910,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             crate::model::source::idle_forward_logprobs(self.be, &self.policy.layout, self.source(policy).as_ref())?;
         }
         for chunk in which.chunks(mb) {
-            let sub: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
+            let sub: Vec<&Trajectory> = chunk.iter().map(|&i| &pairs[i]).collect();
             let batch = PackedBatch::from_pairs(&sub)?;
             self.ws.load(self.be, &self.policy.cfg, &batch)?;
             let model = if policy { &self.policy } else { &self.reference };
@@ -939,7 +940,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     fn accumulate(
         &mut self,
         micro: &[usize],
-        pairs: &[(Vec<u32>, Vec<u32>)],
+        pairs: &[Trajectory],
         StepLogprobs { reference: ref_lp, old: old_lp, advantages: token_adv }: StepLogprobs,
         targets: &[f32],
         mini_seqs: usize,
@@ -947,7 +948,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         diag: Option<&mut TokenDiag>,
     ) -> Result<(f64, f64)> {
         let be = self.be;
-        let sub: Vec<(&[u32], &[u32])> = micro.iter().map(|&i| (pairs[i].0.as_slice(), pairs[i].1.as_slice())).collect();
+        let sub: Vec<&Trajectory> = micro.iter().map(|&i| &pairs[i]).collect();
         let batch = PackedBatch::from_pairs(&sub)?;
         let fwd = nvtx::range("forward");
         self.ws.load(be, &self.policy.cfg, &batch)?;
@@ -1038,7 +1039,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut f =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         for o in outs.iter().take(4) {
-            let line = serde_json::json!({"step": step, "prompt": self.train.prompts[o.idx], "response": o.text, "score": o.score.score});
+            let mut line =
+                serde_json::json!({"step": step, "prompt": self.train.prompts[o.idx], "response": o.text, "score": o.score.score});
+            if o.turns > 0 {
+                // An episode: the response holds every turn, the observations included.
+                line["turns"] = o.turns.into();
+                line["outcome"] = serde_json::to_value(o.score.reason)?;
+            }
             writeln!(f, "{line}")?;
         }
         Ok(())

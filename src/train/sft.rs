@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use super::optim::{AdamWConfig, Optimizer};
 use crate::backend::Backend;
 use crate::model::weights::{save_model, SaveDtype};
-use crate::model::{LogprobWorkspace, PackedBatch, Qwen2};
+use crate::model::{LogprobWorkspace, PackedBatch, Qwen2, Trajectory};
 use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::tokenizer::Tokenizer;
@@ -14,7 +14,8 @@ use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Trains `model` on (prompt, response) token pairs: `steps` AdamW updates of `batch`
+/// Trains `model` on (prompt, response, environment spans) trajectories (the spans' tokens
+/// are context, not targets): `steps` AdamW updates of `batch`
 /// sequences each, mean token cross-entropy, learning rate decayed from `lr` to `lr / 10` on a
 /// cosine. Returns the mean loss of the last 10% of steps (at least the last step).
 #[allow(clippy::too_many_arguments)]
@@ -24,7 +25,7 @@ pub fn sft_train<B: Backend>(
     be: &B,
     model: &Qwen2<B>,
     master: Option<&[f32]>,
-    pairs: &[(Vec<u32>, Vec<u32>)],
+    pairs: &[Trajectory],
     steps: usize,
     lr: f32,
     batch: usize,
@@ -35,8 +36,8 @@ pub fn sft_train<B: Backend>(
         return Ok((f32::NAN, model.to_host(be)?));
     }
     let batch = batch.min(pairs.len()).max(1);
-    let max_len = pairs.iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
-    let max_resp = pairs.iter().map(|(_, r)| r.len()).max().unwrap_or(1).max(1);
+    let max_len = pairs.iter().map(|(p, r, _)| p.len() + r.len()).max().unwrap_or(1);
+    let max_resp = pairs.iter().map(|(_, r, _)| r.len()).max().unwrap_or(1).max(1);
     let mut ws = LogprobWorkspace::new(be, &model.cfg, batch * max_len, batch, batch * max_resp, crate::model::Keep::AllLayers)?;
     // A warm start from random init: no weight decay, clip at 1.
     let mut opt = Optimizer::new(be, model, AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() })?;
@@ -62,8 +63,7 @@ pub fn sft_train<B: Backend>(
             sel.push(&pairs[order[cursor]]);
             cursor += 1;
         }
-        let sub: Vec<(&[u32], &[u32])> = sel.iter().map(|(p, r)| (p.as_slice(), r.as_slice())).collect();
-        let b = PackedBatch::from_pairs(&sub)?;
+        let b = PackedBatch::from_pairs(&sel)?;
         let fwd = nvtx::range("sft_forward");
         ws.load(be, &model.cfg, &b)?;
         opt.zero_grad(be)?;
@@ -104,7 +104,7 @@ pub fn sft_train<B: Backend>(
 }
 
 /// Tokenized (prompt, response) pairs from a JSONL file of `{"prompt":..., "response":...}`.
-pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<Trajectory>> {
     #[derive(serde::Deserialize)]
     struct Item {
         prompt: String,
@@ -118,9 +118,24 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer) -> Result<Vec<(Vec<u32>, Vec<u32
         if p.is_empty() || r.is_empty() {
             bail!("{}: item {}: prompt and response must both be non-empty", path.display(), i + 1);
         }
-        out.push((p, r));
+        out.push((p, r, vec![]));
     }
     Ok(out)
+}
+
+/// A prompt and response segments tokenized one by one (as a rollout appends observations),
+/// the environment's segments marked as spans.
+fn trajectory(tok: &Tokenizer, prompt: &str, segments: &[(String, bool)]) -> Result<Trajectory> {
+    let mut response = vec![];
+    let mut spans = vec![];
+    for (text, by_agent) in segments {
+        let at = response.len() as u32;
+        response.extend(tok.encode(text)?);
+        if !by_agent {
+            spans.push([at, response.len() as u32]);
+        }
+    }
+    Ok((tok.encode(prompt)?, response, spans))
 }
 
 /// The run's base model for a preset: `runs/<name>/base`, built once (tokenizer trained on task
@@ -144,20 +159,26 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let task = crate::task::by_name(&cfg.task.name)?;
     let problems = task.generate(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.problem_spec(&s.counts))?;
     let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
-    let texts: Vec<(String, String)> = problems
+    // (prompt, response segments): one segment written by the model for a single-turn task;
+    // an environment's demonstration alternates the agent's replies with observations.
+    let texts: Vec<(String, Vec<(String, bool)>)> = problems
         .iter()
-        .filter_map(|p| {
+        .enumerate()
+        .filter_map(|(i, p)| {
+            if let Some(env) = task.environment() {
+                return Some((task.prompt(p, template), env.demonstration(p, template, i as u64, s.random_moves)));
+            }
             let mut r = task.sft_response(p, template)?;
             if style.next_f64() < s.equals_fraction as f64 {
                 r = task.base_model_style(p, &r);
             }
-            Some((task.prompt(p, template), r))
+            Some((task.prompt(p, template), vec![(r, true)]))
         })
         .collect();
     if texts.is_empty() {
         bail!("no SFT examples could be written for task {}", cfg.task.name);
     }
-    let corpus: Vec<String> = texts.iter().map(|(p, r)| format!("{p}{r}")).collect();
+    let corpus: Vec<String> = texts.iter().map(|(p, r)| r.iter().fold(p.clone(), |acc, (seg, _)| acc + seg)).collect();
     let preset = crate::model::presets::preset(&cfg.model.preset)?;
     let tokenizer = crate::model::presets::train_tiny_tokenizer(&corpus, preset.tokenizer_vocab)?;
     let tok = Tokenizer::from_tokenizers(tokenizer);
@@ -166,14 +187,18 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     mcfg.eos_token_ids = tok.eos_ids(&[]);
     let host = crate::model::presets::init_params(&mcfg, cfg.seed);
     let model = Qwen2::from_host(be, mcfg.clone(), &host)?;
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().map(|(p, r)| Ok((tok.encode(p)?, tok.encode(r)?))).collect::<Result<_>>()?;
+    let pairs: Vec<Trajectory> = texts.iter().map(|(p, segments)| trajectory(&tok, p, segments)).collect::<Result<_>>()?;
+
     eprintln!(
-        "base model: preset {} ({} parameters, vocab {}), SFT on {} examples ({:?} numbers)",
+        "base model: preset {} ({} parameters, vocab {}), SFT on {} {}",
         cfg.model.preset,
         model.layout.total,
         mcfg.vocab_size,
         pairs.len(),
-        s.counts
+        match task.environment() {
+            Some(_) => format!("demonstrated episodes ({:.0}% random moves)", 100.0 * s.random_moves),
+            None => format!("examples ({:?} numbers)", s.counts),
+        }
     );
     let (_, trained) = sft_train(be, &model, Some(&host), &pairs, s.steps, s.lr, s.batch, cfg.seed, "SFT warm start")?;
     save_model(&dir, &mcfg, &model.layout, &trained, SaveDtype::F32, Some(&tok.to_json_string()?))?;

@@ -1,5 +1,6 @@
 //! Causal grouped-query attention on the CPU: packed variable-length prefill (forward and
-//! backward, one parallel task per sequence) and single-query decode over a KV cache.
+//! backward, one parallel task per sequence, GEMMs over each head's score matrix) and
+//! single-query decode over a KV cache.
 use super::{f, fm, u, CpuBackend};
 use crate::backend::{AttnShape, Seqs, View};
 use anyhow::{bail, Result};
@@ -7,8 +8,21 @@ use rayon::prelude::*;
 
 type V<'a> = View<'a, CpuBackend>;
 
+/// Eight partial sums: a single running sum is a chain of dependent adds the compiler may not
+/// reorder (so it cannot vectorize it); eight independent lanes vectorize, and attention's
+/// inner products are most of the CPU's time on long sequences.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Splits `data` (rows of `width`) into one mutable chunk per sequence.
@@ -25,9 +39,68 @@ fn split_rows<'a>(mut data: &'a mut [f32], cu: &[u32], width: usize) -> Result<V
     Ok(out)
 }
 
+/// C[m×n] = alpha · A[m×k] · B[k×n] + beta · C, each matrix given by its slice and its
+/// (row, column) strides, so heads are read and written in place inside the packed rows.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    (a, rsa, csa): (&[f32], usize, usize),
+    (b, rsb, csb): (&[f32], usize, usize),
+    beta: f32,
+    (c, rsc, csc): (&mut [f32], usize, usize),
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        last(m, k, rsa, csa) < a.len() && last(k, n, rsb, csb) < b.len() && last(m, n, rsc, csc) < c.len(),
+        "attention gemm out of bounds"
+    );
+    // SAFETY: the asserts above keep every addressed element inside its slice; C does not
+    // alias A or B (a mutable borrow).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            rsc as isize,
+            csc as isize,
+        );
+    }
+}
+
+/// Row i of `s` (scores scaled, length `len`) turned in place into the causal softmax
+/// exp(s_ij − lse_i) for j ≤ i and 0 after; returns lse_i.
+fn causal_softmax_row(s: &mut [f32], i: usize) -> f32 {
+    let m = s[..=i].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for v in &mut s[..=i] {
+        *v = (*v - m).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    s[..=i].iter_mut().for_each(|v| *v *= inv);
+    s[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+    m + sum.ln()
+}
+
+/// Per sequence and head: S = scale·Q Kᵀ, P = causal softmax(S), O = P V — three GEMMs over
+/// an L×L score matrix (the upper triangle computed and discarded: on a CPU the GEMM's speed
+/// outweighs the doubled work, against a scalar loop over the triangle).
 pub fn fwd(out: V, lse: V, qkv: V, seqs: Seqs<CpuBackend>, shape: AttnShape, scale: f32) -> Result<()> {
     let n = seqs.tokens();
-    let (d, hq, w, qw) = (shape.head_dim, shape.n_head, shape.qkv_width(), shape.q_width());
+    let (d, hq, w, qw, kw) = (shape.head_dim, shape.n_head, shape.qkv_width(), shape.q_width(), shape.kv_width());
     let group = hq / shape.n_kv_head;
     let x = f(qkv, n * w, "attention_fwd qkv")?;
     let outs = split_rows(fm(out, n * qw, "attention_fwd out")?, seqs.cu_host, qw)?;
@@ -35,38 +108,27 @@ pub fn fwd(out: V, lse: V, qkv: V, seqs: Seqs<CpuBackend>, shape: AttnShape, sca
     outs.into_par_iter().zip(lses).zip(seqs.cu_host.par_windows(2)).for_each(|((o, l), cw)| {
         let start = cw[0] as usize;
         let len = (cw[1] - cw[0]) as usize;
-        let row = |t: usize| &x[(start + t) * w..(start + t + 1) * w];
-        let mut p = vec![0f32; len];
-        for i in 0..len {
-            for h in 0..hq {
-                let g = h / group;
-                let q = &row(i)[h * d..(h + 1) * d];
-                let mut m = f32::NEG_INFINITY;
-                for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
-                    *pj = scale * dot(q, &row(j)[qw + g * d..qw + (g + 1) * d]);
-                    m = m.max(*pj);
-                }
-                let mut sum = 0f32;
-                for pj in p.iter_mut().take(i + 1) {
-                    *pj = (*pj - m).exp();
-                    sum += *pj;
-                }
-                let oh = &mut o[i * qw + h * d..i * qw + (h + 1) * d];
-                oh.iter_mut().for_each(|v| *v = 0.0);
-                let vo = qw + shape.kv_width() + g * d;
-                for (j, &pj) in p.iter().enumerate().take(i + 1) {
-                    let vj = &row(j)[vo..vo + d];
-                    for (a, b) in oh.iter_mut().zip(vj) {
-                        *a += pj / sum * b;
-                    }
-                }
-                l[i * hq + h] = m + sum.ln();
+        if len == 0 {
+            return;
+        }
+        let xs = &x[start * w..(start + len) * w];
+        let mut p = vec![0f32; len * len];
+        for h in 0..hq {
+            let g = h / group;
+            let (ko, vo) = (qw + g * d, qw + kw + g * d);
+            gemm_strided((len, d, len), scale, (&xs[h * d..], w, 1), (&xs[ko..], 1, w), 0.0, (&mut p, len, 1));
+            for (i, row) in p.chunks_mut(len).enumerate() {
+                l[i * hq + h] = causal_softmax_row(row, i);
             }
+            gemm_strided((len, len, d), 1.0, (&p, len, 1), (&xs[vo..], w, 1), 0.0, (&mut o[h * d..], qw, 1));
         }
     });
     Ok(())
 }
 
+/// Per sequence and head, from P recomputed with the saved lse: dP = dO Vᵀ,
+/// dS = P ∘ (dP − rowsum(dO ∘ O)), dQ = scale·dS K, dK += scale·dSᵀ Q, dV += Pᵀ dO (the K
+/// and V gradients summed over the heads of a group).
 #[allow(clippy::too_many_arguments)]
 pub fn bwd(dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<CpuBackend>, shape: AttnShape, scale: f32) -> Result<()> {
     let n = seqs.tokens();
@@ -83,35 +145,34 @@ pub fn bwd(dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<CpuBackend>, sha
         let start = cw[0] as usize;
         let len = (cw[1] - cw[0]) as usize;
         dx.iter_mut().for_each(|v| *v = 0.0);
-        let row = |t: usize| &x[(start + t) * w..(start + t + 1) * w];
-        let mut ds = vec![0f32; len];
+        if len == 0 {
+            return;
+        }
+        let xs = &x[start * w..(start + len) * w];
+        let (os, dos) = (&o[start * qw..(start + len) * qw], &dox[start * qw..(start + len) * qw]);
+        let (mut p, mut ds) = (vec![0f32; len * len], vec![0f32; len * len]);
         for h in 0..hq {
             let g = h / group;
             let (ko, vo) = (qw + g * d, qw + kw + g * d);
+            gemm_strided((len, d, len), scale, (&xs[h * d..], w, 1), (&xs[ko..], 1, w), 0.0, (&mut p, len, 1));
+            gemm_strided((len, d, len), 1.0, (&dos[h * d..], qw, 1), (&xs[vo..], 1, w), 0.0, (&mut ds, len, 1));
             for i in 0..len {
-                let t = start + i;
-                let q = &row(i)[h * d..(h + 1) * d];
-                let dor = &dox[t * qw + h * d..t * qw + (h + 1) * d];
-                let big_d = dot(dor, &o[t * qw + h * d..t * qw + (h + 1) * d]);
-                let l = ls[t * hq + h];
-                for j in 0..=i {
-                    let p = (scale * dot(q, &row(j)[ko..ko + d]) - l).exp();
-                    let dp = dot(dor, &row(j)[vo..vo + d]);
-                    ds[j] = p * (dp - big_d);
-                    // dV_j += p · dO_i
-                    for (a, b) in dx[j * w + vo..j * w + vo + d].iter_mut().zip(dor) {
-                        *a += p * b;
-                    }
-                }
-                for j in 0..=i {
-                    let s = scale * ds[j];
-                    let kj = &row(j)[ko..ko + d];
-                    for c in 0..d {
-                        dx[i * w + h * d + c] += s * kj[c];
-                        dx[j * w + ko + c] += s * q[c];
+                let l = ls[(start + i) * hq + h];
+                let big_d = dot(&dos[i * qw + h * d..i * qw + (h + 1) * d], &os[i * qw + h * d..i * qw + (h + 1) * d]);
+                let (pr, dr) = (&mut p[i * len..(i + 1) * len], &mut ds[i * len..(i + 1) * len]);
+                for j in 0..len {
+                    if j <= i {
+                        pr[j] = (pr[j] - l).exp();
+                        dr[j] = scale * pr[j] * (dr[j] - big_d);
+                    } else {
+                        pr[j] = 0.0;
+                        dr[j] = 0.0;
                     }
                 }
             }
+            gemm_strided((len, len, d), 1.0, (&ds, len, 1), (&xs[ko..], w, 1), 0.0, (&mut dx[h * d..], w, 1));
+            gemm_strided((len, len, d), 1.0, (&ds, 1, len), (&xs[h * d..], w, 1), 1.0, (&mut dx[ko..], w, 1));
+            gemm_strided((len, len, d), 1.0, (&p, 1, len), (&dos[h * d..], qw, 1), 1.0, (&mut dx[vo..], w, 1));
         }
     });
     Ok(())
