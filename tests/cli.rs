@@ -1085,7 +1085,11 @@ fn frozenlake_trains_plays_and_rejects_bad_maps() {
     let shown = text(&o.stdout);
     assert!(shown.contains("[turn 1] model:") && shown.contains("outcome:") && shown.contains(" P "), "{shown}");
     assert_clean_error(&tz(&["play", "--env", "countdown", "--model", &model], None), "single-turn");
-    assert_clean_error(&tz(&["play", "--env", "frozenlake", "--model", &model, "--map", "SFF/FG"], None), "rectangular");
+    let ragged = tz(&["play", "--env", "frozenlake", "--model", &model, "--map", "SFF/FG"], None);
+    assert_clean_error(&ragged, "rectangular");
+    assert_clean_error(&ragged, "--map: ");
+    assert_clean_error(&tz(&["play", "--env", "frozenlake", "--model", &model, "--hole-prob", "0.95"], None), "--hole-prob must");
+    assert_clean_error(&tz(&["play", "--env", "frozenlake", "--model", &model, "--size", "13"], None), "--size must");
     for (set, needle) in [
         ("task.frozenlake.map=[\"SFX\", \"FFG\"]", "cells are S, F, H or G"),
         ("task.frozenlake.map=[\"SH\", \"HG\"]", "no path"),

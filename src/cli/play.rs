@@ -71,7 +71,11 @@ fn play<B: Backend>(be: &B, args: &PlayArgs, task: &'static dyn crate::task::Tas
         map: args.map.as_deref().map(|m| m.split('/').map(str::to_string).collect()).unwrap_or_default(),
         ..LakeSpec::default()
     };
-    lake.validate()?;
+    // Errors name this command's flags, not the config keys the same settings have in `train`.
+    lake.validate_named(&|field| match field {
+        "sizes" => "--size".into(),
+        f => format!("--{}", f.replace('_', "-")),
+    })?;
     let problems = task.generate(1, args.seed, &ProblemSpec { lake, ..ProblemSpec::default() })?;
     let (model, tok) = load_model(be, &args.model)?;
     let lora = args.adapter.as_ref().map(|d| crate::model::load::load_adapter(be, d, &model.cfg)).transpose()?;

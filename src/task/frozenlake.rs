@@ -122,7 +122,10 @@ impl Grid {
         self.distances()[self.start()].is_some()
     }
 
-    /// The first action (in Gym's order) that shortens the way to the goal.
+    /// The first action (in Gym's order) that shortens the way to the goal. The demonstrations
+    /// keep this fixed tie-break: breaking ties at random left the tiny preset's SFT base with
+    /// no grid-reading at all (always Right, 0% held-out), where Gym's order gives a Down-first
+    /// policy that solves half the maps.
     pub fn optimal_action(&self, at: usize, d: &[Option<u32>]) -> Option<Action> {
         let here = d[at]?;
         ACTIONS.into_iter().find(|&a| d[self.moved(at, a)] == Some(here.wrapping_sub(1)))
@@ -271,39 +274,54 @@ impl Default for LakeSpec {
 impl LakeSpec {
     /// The fixed map, if any (Gym's maps by name), checked.
     pub fn fixed_map(&self) -> Result<Option<Vec<String>>> {
+        self.fixed_map_named(&config_key)
+    }
+
+    fn fixed_map_named(&self, key: &dyn Fn(&str) -> String) -> Result<Option<Vec<String>>> {
         let rows: Vec<String> = match self.map.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             [] => return Ok(None),
             ["4x4"] => GYM_4X4.iter().map(|r| r.to_string()).collect(),
             ["8x8"] => GYM_8X8.iter().map(|r| r.to_string()).collect(),
             _ => self.map.clone(),
         };
-        let g = Grid::parse(&rows).map_err(|e| anyhow!("task.frozenlake.map: {e}"))?;
+        let g = Grid::parse(&rows).map_err(|e| anyhow!("{}: {e}", key("map")))?;
         if !g.solvable() {
-            bail!("task.frozenlake.map: no path leads from S to G around the holes");
+            bail!("{}: no path leads from S to G around the holes", key("map"));
         }
         Ok(Some(rows))
     }
 
-    /// Every setting in range, as a one-line error naming the key.
+    /// Every setting in range, as a one-line error naming the config key.
     pub fn validate(&self) -> Result<()> {
+        self.validate_named(&config_key)
+    }
+
+    /// Every setting in range, as a one-line error naming the setting as `key(field)` calls
+    /// it (a command's flags, say).
+    pub fn validate_named(&self, key: &dyn Fn(&str) -> String) -> Result<()> {
         if self.sizes.is_empty() || self.sizes.iter().any(|s| !(2..=12).contains(s)) {
-            bail!("task.frozenlake.sizes must list map sizes between 2 and 12");
+            bail!("{} must name map sizes between 2 and 12", key("sizes"));
         }
         if !(0.0..0.9).contains(&self.hole_prob) {
-            bail!("task.frozenlake.hole_prob must lie in [0, 0.9)");
+            bail!("{} must lie in [0, 0.9)", key("hole_prob"));
         }
         if !(1..=100).contains(&self.max_turns) {
-            bail!("task.frozenlake.max_turns must lie in 1..=100");
+            bail!("{} must lie in 1..=100", key("max_turns"));
         }
         if !self.invalid_penalty.is_finite() || self.invalid_penalty < 0.0 {
-            bail!("task.frozenlake.invalid_penalty must be a finite number ≥ 0");
+            bail!("{} must be a finite number ≥ 0", key("invalid_penalty"));
         }
         if self.reply_tokens == 0 {
-            bail!("task.frozenlake.reply_tokens must be at least 1");
+            bail!("{} must be at least 1", key("reply_tokens"));
         }
-        self.fixed_map()?;
+        self.fixed_map_named(key)?;
         Ok(())
     }
+}
+
+/// A `LakeSpec` field's name in a config file.
+fn config_key(field: &str) -> String {
+    format!("task.frozenlake.{field}")
 }
 
 /// The problem's lake (problems reach this task through `Problem::task`).
@@ -514,7 +532,7 @@ impl Task for FrozenLake {
     fn score(&self, p: &Problem, response: &str, kind: RewardKind) -> Score {
         let l = lake(p);
         let mut w = walk(l, episode_seed(l, 0));
-        for a in answers(response) {
+        for a in super::reward::answers(response) {
             if w.status != Status::Running {
                 break;
             }
@@ -548,19 +566,6 @@ impl Task for FrozenLake {
     fn environment(&self) -> Option<&'static dyn Environment> {
         Some(&FrozenLake)
     }
-}
-
-/// Every `<answer>…</answer>` in `text`, in order, trimmed.
-fn answers(text: &str) -> Vec<&str> {
-    let mut out = vec![];
-    let mut rest = text;
-    while let Some(a) = rest.find("<answer>") {
-        let after = &rest[a + "<answer>".len()..];
-        let Some(b) = after.find("</answer>") else { break };
-        out.push(after[..b].trim());
-        rest = &after[b + "</answer>".len()..];
-    }
-    out
 }
 
 /// The reference policies' outcome, for the commands that report them.

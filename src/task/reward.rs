@@ -59,20 +59,21 @@ impl Score {
 /// The content of the last `<answer>…</answer>` in `text` (non-greedy matches, scanned left
 /// to right as Python's `re.finditer` does), trimmed.
 pub fn last_answer(text: &str) -> Option<&str> {
+    answers(text).last()
+}
+
+/// The content of every `<answer>…</answer>` in `text`, in order, trimmed (an unclosed tag
+/// ends the scan).
+pub fn answers(text: &str) -> impl Iterator<Item = &str> {
     let (open, close) = ("<answer>", "</answer>");
-    let mut last = None;
-    let mut from = 0;
-    while let Some(a) = text[from..].find(open) {
-        let start = from + a + open.len();
-        match text[start..].find(close) {
-            Some(b) => {
-                last = Some(&text[start..start + b]);
-                from = start + b + close.len();
-            }
-            None => break,
-        }
-    }
-    last.map(str::trim)
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let start = rest.find(open)? + open.len();
+        let len = rest[start..].find(close)?;
+        let found = &rest[start..start + len];
+        rest = &rest[start + len + close.len()..];
+        Some(found.trim())
+    })
 }
 
 /// Python's `str.split('\n')[-1]`.
