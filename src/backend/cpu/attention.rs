@@ -1,6 +1,7 @@
 //! Causal grouped-query attention on the CPU: packed variable-length prefill (forward and
 //! backward, one parallel task per sequence, GEMMs over each head's score matrix) and
 //! single-query decode over a KV cache.
+use super::sgemm::{sgemm, Operand};
 use super::{f, fm, u, CpuBackend};
 use crate::backend::{AttnShape, Seqs, View};
 use anyhow::{bail, Result};
@@ -61,22 +62,11 @@ fn gemm_strided(
     // SAFETY: the asserts above keep every addressed element inside its slice; C does not
     // alias A or B (a mutable borrow).
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            rsc as isize,
-            csc as isize,
+        let (a, b) = (
+            Operand { ptr: a.as_ptr(), rs: rsa as isize, cs: csa as isize },
+            Operand { ptr: b.as_ptr(), rs: rsb as isize, cs: csb as isize },
         );
+        sgemm(m, k, n, alpha, a, b, beta, c.as_mut_ptr(), rsc as isize, csc as isize);
     }
 }
 

@@ -6,6 +6,7 @@ mod attention;
 mod logprob;
 mod nn;
 mod optim;
+mod sgemm;
 
 use super::{check, AdamWParams, AttnShape, Backend, Buffer, DType, SamplingParams, Seqs, View};
 use anyhow::{bail, Result};

@@ -1,4 +1,5 @@
 //! Embedding, RMSNorm, GEMM, RoPE and SwiGLU on the CPU.
+use super::sgemm::{sgemm, Operand};
 use super::{f, fm, same, u, CpuBackend, ROWS_PER_TASK};
 use crate::backend::{AttnShape, View};
 use anyhow::{bail, Result};
@@ -136,7 +137,8 @@ pub fn gemm(
         // SAFETY: the slices hold at least m·k, k·n and m·n elements (checked above) and the
         // strides address exactly those elements.
         unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, av.as_ptr(), rsa, csa, bv.as_ptr(), rsb, csb, beta, cv.as_mut_ptr(), n as isize, 1);
+            let (a, b) = (Operand { ptr: av.as_ptr(), rs: rsa, cs: csa }, Operand { ptr: bv.as_ptr(), rs: rsb, cs: csb });
+            sgemm(m, k, n, alpha, a, b, beta, cv.as_mut_ptr(), n as isize, 1);
         }
     }
     if let Some(bias) = bias {
