@@ -434,6 +434,40 @@ fn bench_kernels() {
     assert_clean_error(&o, "--tokens must be positive");
 }
 
+/// `bench phases` times score, generate and a train step on a model directory, writes the JSON
+/// rows `tools/bench_cpu_vs_torch.sh` joins with PyTorch's, and rejects bad shapes in one line.
+#[test]
+fn bench_phases_times_score_generate_and_train() {
+    let d = tempfile::tempdir().unwrap();
+    init_tiny(d.path());
+    let model = d.path().to_str().unwrap();
+    let json = d.path().join("phases.jsonl");
+    let args = ["bench", "phases", "--model", model, "--batch", "4", "--seq", "16", "--gen-batch", "3", "--prompt-tokens", "5"];
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--new-tokens", "7", "--reps", "1", "--json", json.to_str().unwrap()]);
+    let o = tz(&a, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let phases: Vec<&str> = rows.iter().map(|r| r["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["load", "score", "generate", "train"]);
+    for r in &rows {
+        assert!(r["seconds"].as_f64().unwrap() > 0.0 && r["rate"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(rows[2]["shape"], "3 x (5 + 7 new) tokens");
+    // tok/s = tokens / seconds: the rows are consistent with their shapes.
+    let (s, rate) = (rows[1]["seconds"].as_f64().unwrap(), rows[1]["rate"].as_f64().unwrap());
+    assert!((s * rate - 64.0).abs() < 1e-6, "{}", rows[1]);
+    let bad = |extra: &[&str], needle: &str| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(extra);
+        assert_clean_error(&tz(&a, None), needle);
+    };
+    bad(&["--phases", "score,decode"], "unknown phase \"decode\"");
+    bad(&["--new-tokens", "100000"], "fit the model's context");
+    bad(&["--reps", "0"], "must be positive");
+    assert_clean_error(&tz(&["bench", "phases", "--model", "/nonexistent/model"], None), "/nonexistent/model");
+}
+
 /// The shipped Qwen2.5 configs' memory plans stay within their targets on one GPU (full
 /// parameters, f32 master weights and Adam moments): 0.5B ≤ 16 GiB, 1.5B ≤ 40 GiB, 3B ≤ 72 GiB.
 #[test]

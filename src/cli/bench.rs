@@ -18,6 +18,9 @@ pub struct BenchArgs {
 pub enum Suite {
     /// Every backend op: ms per call, GB/s or TFLOP/s, % of the measured copy bandwidth / GEMM rate.
     Kernels(KernelArgs),
+    /// Score, generate and train-step throughput of a model directory (load time apart), the
+    /// phases `tools/bench_cpu_torch.py` runs in PyTorch.
+    Phases(super::bench_phases::PhaseArgs),
 }
 
 #[derive(Args, Default)]
@@ -55,6 +58,7 @@ struct Row {
 pub fn run(args: BenchArgs) -> Result<i32> {
     match args.suite {
         Suite::Kernels(a) => kernels(a),
+        Suite::Phases(a) => super::bench_phases::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bench_phases;
 pub mod data;
 pub mod eval;
 pub mod generate;
