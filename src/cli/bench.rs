@@ -73,7 +73,7 @@ fn kernels(a: KernelArgs) -> Result<i32> {
 }
 
 /// Mean seconds per call of `f` over `reps` calls after a warm-up; synchronizes around it.
-fn time<B: Backend>(be: &B, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn time<B: Backend>(be: &B, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     be.synchronize()?;
     let t = Instant::now();

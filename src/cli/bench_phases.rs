@@ -9,6 +9,7 @@
 //! Token ids are seeded random draws from the vocabulary: the work of every phase depends on
 //! the shapes only. `tools/bench_cpu_torch.py` runs the same three phases with PyTorch and
 //! transformers on the same directory; `tools/bench_cpu_vs_torch.sh` puts the two side by side.
+use super::bench::time;
 use crate::backend::{Backend, Device, SamplingParams};
 use crate::model::{Keep, LogprobWorkspace, PackedBatch, ParamLayout, Qwen2};
 use crate::rng::Rng;
@@ -106,7 +107,7 @@ fn bench<B: Backend>(be: &B, a: &PhaseArgs, phases: &[&str]) -> Result<i32> {
             "score" => {
                 let mut ws = LogprobWorkspace::new(be, cfg, a.batch * a.seq, a.batch, a.batch * half, Keep::Nothing)?;
                 ws.load(be, cfg, &batch)?;
-                let s = timed(be, a.reps, || model.forward_logprobs(be, &ws, false))?;
+                let s = time(be, a.reps, || model.forward_logprobs(be, &ws, false))?;
                 PhaseRow {
                     engine: "tz-engine",
                     phase: phase.into(),
@@ -127,7 +128,7 @@ fn bench<B: Backend>(be: &B, a: &PhaseArgs, phases: &[&str]) -> Result<i32> {
                     stop_strings: vec![],
                     turn_tokens: 0,
                 };
-                let s = timed(be, a.reps, || gen.generate(be, &model, &prompts, &seeds, &gc, &|_| String::new()).map(drop))?;
+                let s = time(be, a.reps, || gen.generate(be, &model, &prompts, &seeds, &gc, &|_| String::new()).map(drop))?;
                 PhaseRow {
                     engine: "tz-engine",
                     phase: phase.into(),
@@ -142,7 +143,7 @@ fn bench<B: Backend>(be: &B, a: &PhaseArgs, phases: &[&str]) -> Result<i32> {
                 ws.load(be, cfg, &batch)?;
                 let mut opt = Optimizer::new(be, &model, AdamWConfig::default())?;
                 let nt = batch.n_targets();
-                let s = timed(be, a.reps, || {
+                let s = time(be, a.reps, || {
                     opt.zero_grad(be)?;
                     model.forward_logprobs(be, &ws, false)?;
                     be.fill(ws.dlogp(), -1.0 / nt as f32)?;
@@ -165,16 +166,4 @@ fn bench<B: Backend>(be: &B, a: &PhaseArgs, phases: &[&str]) -> Result<i32> {
         std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(0)
-}
-
-/// Mean seconds per call of `f` over `reps` calls after one warm-up call.
-fn timed<B: Backend>(be: &B, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    be.synchronize()?;
-    let t = Instant::now();
-    for _ in 0..reps {
-        f()?;
-    }
-    be.synchronize()?;
-    Ok(t.elapsed().as_secs_f64() / reps as f64)
 }
