@@ -343,7 +343,11 @@ fn bf16_matrix_gradients_accumulate_within_bound_cuda() {
         if t.decay && t.name.starts_with("model.layers.") {
             assert!(extra <= 1e-2, "{}: bf16 buffers differ from f32 buffers by {extra:.3e}", t.name);
         } else {
-            assert_eq!(extra, 0.0, "{}: not a layer matrix, so its gradient stays f32", t.name);
+            // Not a layer matrix, so its gradient buffer stays f32 in both runs: only the order of
+            // summation may differ (the embedding's backward adds rows with atomics, in whatever
+            // order a real GPU's blocks run; the emulator's fixed order made this exact). A bf16
+            // buffer would differ by ~1e-3.
+            assert!(extra <= 1e-6, "{}: not a layer matrix, so its gradient stays f32; differs by {extra:.3e}", t.name);
         }
         (worst_f32, worst_bf16, worst_extra) = (worst_f32.max(ef), worst_bf16.max(eb), worst_extra.max(extra));
     }

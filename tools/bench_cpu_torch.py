@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch + transformers twin of `tz-engine bench phases`: the same three phases on the same
-model directory and shapes, on the CPU, f32, loading timed apart.
+model directory and shapes, loading timed apart. On the CPU in f32 by default; `--device cuda
+--dtype bf16` runs them on a GPU (timed with the device synchronized), next to
+`tz-engine bench phases --device cuda`.
 
 - score: a forward pass and the response half's log-probs (log_softmax + gather), tok/s over
   whole sequences;
@@ -21,6 +23,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=64)
@@ -38,7 +42,15 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa")
+    dtype = torch.float32 if a.dtype == "f32" else torch.bfloat16
+    dev = torch.device(a.device)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa").to(dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    sync()
     load_s = time.perf_counter() - t
     vocab = model.config.vocab_size
     n_params = sum(p.numel() for p in model.parameters())
@@ -46,13 +58,15 @@ def main():
 
     def timed(fn):
         fn()
+        sync()
         t = time.perf_counter()
         for _ in range(a.reps):
             fn()
+        sync()
         return (time.perf_counter() - t) / a.reps
 
     g = torch.Generator().manual_seed(0x7E57)
-    seqs = torch.randint(0, vocab, (a.batch, a.seq), generator=g)
+    seqs = torch.randint(0, vocab, (a.batch, a.seq), generator=g).to(dev)
     half = a.seq // 2
     start = a.seq - half
     shape = f"{a.batch} x {a.seq} tokens"
@@ -69,7 +83,7 @@ def main():
             rows.append(dict(engine="pytorch", phase=phase, shape=shape, seconds=s, rate=a.batch * a.seq / s, unit="tok/s"))
         elif phase == "generate":
             model.eval()
-            prompts = torch.randint(0, vocab, (a.gen_batch, a.prompt_tokens), generator=g)
+            prompts = torch.randint(0, vocab, (a.gen_batch, a.prompt_tokens), generator=g).to(dev)
             mask = torch.ones_like(prompts)
 
             def gen():
@@ -102,7 +116,8 @@ def main():
             )
         elif phase == "train":
             model.train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-8)
+            # The fused CUDA implementation on a GPU (torch's fastest), the default one on the CPU.
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-8, fused=dev.type == "cuda")
 
             def step():
                 opt.zero_grad(set_to_none=True)
@@ -121,7 +136,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             for r in rows:
-                f.write(json.dumps(dict(r, torch=torch.__version__, transformers=transformers.__version__)) + "\n")
+                f.write(json.dumps(dict(r, torch=torch.__version__, transformers=transformers.__version__, device=a.device, dtype=a.dtype)) + "\n")
 
 
 if __name__ == "__main__":
