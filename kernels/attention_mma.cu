@@ -14,7 +14,7 @@
 //       domain) and this lane's partial running sum l (the 4 lanes of a row are summed once
 //       at the end: rescaling by α commutes with the sum).
 //   Loop over 64-key tiles up to the causal diagonal:
-//     1. K and V tiles → sK, sV [64][D+8], row-major, by 16-byte loads (element loads if
+//     1. K and V tiles → sK, sV [64][D+8], row-major, by 16-byte cp.async (element loads if
 //        qkv is not 16-byte aligned). B fragments of Kᵀ are single u32 loads; those of V
 //        come from ldmatrix.x4.trans (two d n-tiles per instruction). The +8 padding makes
 //        a row stride ≡ 4 words (mod 32 banks): the 8 rows × 4 words a fragment load or an
@@ -30,11 +30,13 @@
 //   what the backward kernel expects).
 // Shared memory: 2·64·(D+8)·2 bytes = 18.4 KB (D = 64), 34.8 KB (D = 128).
 //
-// Not yet done (performance): cp.async double-buffering of K/V, K/V tiles shared
-// by the query heads of a GQA group, wgmma on sm_90a. Logic (forward and backward) is
-// verified on the CPU emulator (tools/cuda-emu) against the CPU oracle, including mutation
-// checks; nothing here has run on a GPU yet. ptxas (sm_90a): fwd d64/d128 129/244
-// registers, bwd d64/d128 129/255 registers, no spills.
+// Tiles reach shared memory by cp.async (16-byte copies all in flight at once; the first
+// H200 run, 2026-12-04, measured the forward at 122 / 99 TFLOP/s (D = 128 / 64) and the
+// backward at ~50 with register load-then-store loops, and element loads in the backward).
+// Not yet done (performance): double-buffering of K/V, K/V tiles shared by the query heads
+// of a GQA group, wgmma on sm_90a. Logic (forward and backward) is verified against the CPU
+// oracle on the CPU emulator (tools/cuda-emu, including mutation checks) and on an H200
+// (tests/backend_ops, tests/parity_cuda, compute-sanitizer memcheck and racecheck clean).
 #include "mma.cuh"
 
 // ---- steps shared by the forward and the decode (one warp, 16 query rows, lane = 4g + t) ----
@@ -147,22 +149,29 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
     const float sl2 = scale * TZ_LOG2E;
 
     const int kend = min(q0 + BR, L);  // causal: keys [0, kend) matter to this tile
+    // 16-byte path: K and V of a tile are separate cp.async groups, so V's copies fly while
+    // S = Q·Kᵀ is computed and the next tile's K copies fly during softmax and P·V (one
+    // buffer each: a barrier after the last reader of sK / sV frees it for the next copies).
+    //   pending groups, per thread:  K(0) | +V(i) → wait ≤1 → K(i) done | S | barrier |
+    //   +K(i+1) → wait ≤1 (≤0 on the last tile) → V(i) done | P·V | barrier
+    auto copy_tile = [&](bf16* dst, int kb, u64 off) {
+#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
+        for (int it = 0; it < BC * CH / 128; ++it) {
+            const int e = tid + 128 * it;
+            const int r = e / CH, c = (e - r * CH) * 8;
+            const int kj = kb + r;
+            cp_async16(dst + r * KS + c, qkv + (u64)(start + (kj < L ? kj : 0)) * W + off + c, kj < L);
+        }
+        cp_async_commit();
+    };
+    if (vec) copy_tile(sK, 0, koff);
     for (int k0 = 0; k0 < kend; k0 += BC) {
-        __syncthreads();  // the previous tile's readers are done
+        const bool last = k0 + BC >= kend;
         if (vec) {
-            for (int e = tid; e < BC * CH; e += 128) {
-                const int r = e / CH, c = (e - r * CH) * 8;
-                const int kj = k0 + r;
-                uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
-                if (kj < L) {
-                    const bf16* row = qkv + (u64)(start + kj) * W;
-                    kv = *(const uint4*)(row + koff + c);
-                    vv = *(const uint4*)(row + voff + c);
-                }
-                *(uint4*)(sK + r * KS + c) = kv;
-                *(uint4*)(sV + r * KS + c) = vv;
-            }
+            copy_tile(sV, k0, voff);  // sV is free: the previous tile ended with a barrier
+            cp_async_wait<1>();       // K(k0) has landed (V(k0) may still be in flight)
         } else {
+            __syncthreads();  // the previous tile's readers are done
             for (int e = tid; e < BC * D; e += 128) {
                 const int r = e / D, d = e - r * D;
                 const int kj = k0 + r;
@@ -188,9 +197,21 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
                 sc[nt][i] = v;
                 mx[i >> 1] = fmaxf(mx[i >> 1], v);
             }
+        if (vec) {
+            __syncthreads();  // every warp is done reading sK
+            if (!last) copy_tile(sK, k0 + BC, koff);
+        }
         // 3. online softmax; 4. O += P·V
         online_softmax<8, DT>(sc, mx, m, l, o);
+        if (vec) {
+            if (last)
+                cp_async_wait<0>();
+            else
+                cp_async_wait<1>();  // V(k0) has landed (K(k0 + BC) may still be in flight)
+            __syncthreads();
+        }
         pv_accumulate<8, DT>(o, sc, sV, KS);
+        if (vec) __syncthreads();  // every warp is done reading sV
     }
 
     // Row sums over the 4 lanes of each row, then normalize and store.
@@ -219,7 +240,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_d64(bf16* out, fl
                                                                    int H, int KVH, float scale) {
     attn_fwd_mma_impl<64>(out, lse, qkv, cu, H, KVH, scale);
 }
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_d128(bf16* out, float* lse, const bf16* qkv,
+// At most 168 registers, so 3 blocks fit an SM (169 rounds up to 176 and leaves 2).
+extern "C" __global__ void __launch_bounds__(128, 3) attn_fwd_mma_d128(bf16* out, float* lse, const bf16* qkv,
                                                                     const u32* cu, int H, int KVH, float scale) {
     attn_fwd_mma_impl<128>(out, lse, qkv, cu, H, KVH, scale);
 }
@@ -277,10 +299,25 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
     // The two keys (within the sequence) this lane's fragments cover.
     const int kr0 = k0 + warp * 16 + g, kr1 = kr0 + 8;
 
-    for (int e = tid; e < BC * D; e += 128) {
-        const int r = e / D, d = e - r * D;
-        const int kj = k0 + r;
-        sK[r * KS + d] = kj < L ? qkv[(u64)(start + kj) * W + koff + d] : (bf16)0;
+    // 16-byte copies when qkv and dout are 16-byte aligned (row strides and head offsets are
+    // multiples of 8 elements), element loads otherwise.
+    const bool vec = aligned16(qkv) && aligned16(dout);
+    constexpr int CH = D / 8;  // 16-byte chunks of a row
+    if (vec) {
+#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
+        for (int it = 0; it < BC * CH / 128; ++it) {
+            const int e = tid + 128 * it;
+            const int r = e / CH, c = (e - r * CH) * 8;
+            const int kj = k0 + r;
+            cp_async16(sK + r * KS + c, qkv + (u64)(start + (kj < L ? kj : 0)) * W + koff + c, kj < L);
+        }
+        cp_async_wait_all();
+    } else {
+        for (int e = tid; e < BC * D; e += 128) {
+            const int r = e / D, d = e - r * D;
+            const int kj = k0 + r;
+            sK[r * KS + d] = kj < L ? qkv[(u64)(start + kj) * W + koff + d] : (bf16)0;
+        }
     }
     u32 va[KSTEPS][4];
     load_a_frags<KSTEPS>(va, kr0 < L ? qkv + (u64)(start + kr0) * W + voff : nullptr,
@@ -297,12 +334,26 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
         const u64 qoff = (u64)h * D;
         for (int q0 = k0; q0 < L; q0 += BR) {
             __syncthreads();  // previous tile's readers of sQ, sdO, sdS are done (first: sK visible)
-            for (int e = tid; e < BR * D; e += 128) {
-                const int r = e / D, d = e - r * D;
-                const int qi = q0 + r;
-                const bool ok = qi < L;
-                sQ[r * KS + d] = ok ? qkv[(u64)(start + qi) * W + qoff + d] : (bf16)0;
-                sdO[r * KS + d] = ok ? dout[(u64)(start + qi) * HD + qoff + d] : (bf16)0;
+            if (vec) {
+#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
+                for (int it = 0; it < BR * CH / 128; ++it) {
+                    const int e = tid + 128 * it;
+                    const int r = e / CH, c = (e - r * CH) * 8;
+                    const int qi = q0 + r;
+                    const bool ok = qi < L;
+                    const u64 row = (u64)(start + (ok ? qi : 0));
+                    cp_async16(sQ + r * KS + c, qkv + row * W + qoff + c, ok);
+                    cp_async16(sdO + r * KS + c, dout + row * HD + qoff + c, ok);
+                }
+                cp_async_wait_all();
+            } else {
+                for (int e = tid; e < BR * D; e += 128) {
+                    const int r = e / D, d = e - r * D;
+                    const int qi = q0 + r;
+                    const bool ok = qi < L;
+                    sQ[r * KS + d] = ok ? qkv[(u64)(start + qi) * W + qoff + d] : (bf16)0;
+                    sdO[r * KS + d] = ok ? dout[(u64)(start + qi) * HD + qoff + d] : (bf16)0;
+                }
             }
             if (tid < BR) {
                 const int qi = q0 + tid;
@@ -475,17 +526,16 @@ __device__ __forceinline__ void decode_mma_impl(float* part, const bf16* qkv, co
     for (int kt = k0 + 16 * w; kt < k1; kt += 16 * NW) {
         __syncwarp();  // the previous tile's readers (this warp only) are done
         if (vec) {
-            for (int e = lane; e < 16 * CH; e += 32) {
+#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
+            for (int it = 0; it < 16 * CH / 32; ++it) {
+                const int e = lane + 32 * it;
                 const int r = e / CH, c = (e - r * CH) * 8;
-                uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
-                if (kt + r < k1) {
-                    const u64 base = ((sl_i * t_max + kt + r) * KVH + grp) * D + c;
-                    kv = *(const uint4*)(kc + base);
-                    vv = *(const uint4*)(vc + base);
-                }
-                *(uint4*)(sK + r * KS + c) = kv;
-                *(uint4*)(sV + r * KS + c) = vv;
+                const bool ok = kt + r < k1;
+                const u64 base = ((sl_i * t_max + (ok ? kt + r : k0)) * KVH + grp) * D + c;
+                cp_async16(sK + r * KS + c, kc + base, ok);
+                cp_async16(sV + r * KS + c, vc + base, ok);
             }
+            cp_async_wait_all();
         } else {
             for (int e = lane; e < 16 * D; e += 32) {
                 const int r = e / D, d = e - r * D;

@@ -8,8 +8,8 @@
 //       entropy = −Σ p log p = log S − T/S with, relative to the running max m,
 //       S = Σ e^{z−m}, T = Σ e^{z−m}(z−m)  (well conditioned when p is peaked).
 //       One pass, online: each thread keeps (m, S, T) over its strided elements, rescaling
-//       when it sees a new max (one exp per element, a second one only on a new max); the
-//       states then merge across the block (warp shuffles + shared memory).
+//       when a chunk of 8 brings a new max (one exp per element, a second one only on a new
+//       max); the states then merge across the block (warp shuffles + shared memory).
 //   logprob_bwd_bf16{,_ent}(dlogits [n, v] bf16, logits, targets, lse, entropy | null,
 //                           dlogp [n], dentropy [n] | null, v, inv_temp)
 //       p_j = e^{z_j − lse};
@@ -47,6 +47,39 @@ __device__ __forceinline__ void ent_push(Ent& a, float z) {
     }
 }
 
+// Eight logits at once: one max and at most one rescale per 8 elements, then 8 independent
+// exps against a fixed max. Why: the element-at-a-time update above is a branch and a
+// dependent chain per element; on an H200 (2026-12-04) that held the forward to 53% of copy
+// bandwidth while the backward (a plain map) ran at ~90%. -inf and NaN still contribute
+// nothing.
+template <bool ENT>
+__device__ __forceinline__ void ent_push8(Ent& a, const float (&z)[8]) {
+    float cm = TZ_NEG_INF;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) cm = (z[i] > cm) ? z[i] : cm;  // NaN never wins
+    if (!(cm > TZ_NEG_INF)) return;
+    if (a.s == 0.f) {
+        a.m = cm;
+        a.t = 0.f;
+    } else if (cm > a.m) {
+        const float sc = __expf(a.m - cm);
+        if (ENT) a.t = (a.t + a.s * (a.m - cm)) * sc;
+        a.s *= sc;
+        a.m = cm;
+    }
+    float s = 0.f, t = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const bool live = z[i] > TZ_NEG_INF;
+        const float d = live ? z[i] - a.m : 0.f;
+        const float e = live ? __expf(d) : 0.f;
+        s += e;
+        if (ENT) t += e * d;
+    }
+    a.s += s;
+    if (ENT) a.t += t;
+}
+
 template <bool ENT>
 __device__ __forceinline__ Ent ent_merge(Ent a, Ent b) {
     if (a.s == 0.f) return b;
@@ -71,12 +104,29 @@ __device__ void logprob_fwd_impl(float* logp, float* lse, float* entropy, const 
     a.s = 0.f;
     a.t = 0.f;
     if ((v % 8 == 0) && (((u64)x) % 16 == 0)) {
+        // Four 16-byte loads issued before any of them is used: more bytes in flight per thread.
         const uint4* x4 = (const uint4*)x;
-        for (int k = threadIdx.x; k < v / 8; k += blockDim.x) {
+        const int nc = v / 8, step = blockDim.x;
+        int k = threadIdx.x;
+        for (; k + 3 * step < nc; k += 4 * step) {
+            uint4 q[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) q[u] = x4[k + u * step];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                float f[8];
+                unpack_bf16x8(q[u], f);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) f[i] *= inv_temp;
+                ent_push8<ENT>(a, f);
+            }
+        }
+        for (; k < nc; k += step) {
             float f[8];
             unpack_bf16x8(x4[k], f);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) ent_push<ENT>(a, f[i] * inv_temp);
+            for (int i = 0; i < 8; ++i) f[i] *= inv_temp;
+            ent_push8<ENT>(a, f);
         }
     } else {
         for (int j = threadIdx.x; j < v; j += blockDim.x) ent_push<ENT>(a, bf2f(x[j]) * inv_temp);

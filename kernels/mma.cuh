@@ -57,6 +57,45 @@ __device__ __forceinline__ void load_b_frags_x2(u32 (&b0)[2], u32 (&b1)[2], cons
     b1[1] = r[3];
 }
 
+// cp.async.cg (sm_80+): 16 bytes global → shared without passing through registers, so a
+// thread can have all of its tile's copies in flight at once (a load-then-store loop waits a
+// memory round trip per iteration unless the compiler unrolls and hoists it). `valid` false
+// writes 16 zero bytes and reads nothing (src-size 0; `gmem` must still be a mapped address).
+// Both addresses 16-byte aligned. The copies are complete, for this thread, after
+// cp_async_wait_all(); a barrier after that makes them visible to the others. The emulator
+// copies at once (an allowed completion order).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef TZ_EMU
+    if (valid)
+        std::memcpy(smem, gmem, 16);
+    else
+        std::memset(smem, 0, 16);
+#else
+    const u32 dst = (u32)__cvta_generic_to_shared(smem);
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(n) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifndef TZ_EMU
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+// Closes this thread's copies issued since the last commit into one group.
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef TZ_EMU
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of this thread's committed groups are still in flight (the oldest
+// complete first).
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef TZ_EMU
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 // Two floats → a u32 of two bf16 (round to nearest even), `lo` in the low half.
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 // Two bf16 from memory (any alignment) → a u32, p[0] in the low half.

@@ -267,8 +267,9 @@ fn rmsnorm_fwd_bwd<B: Backend>(be: &B) {
     let act = be.act_dtype();
     let mut rng = Rng::new(6);
     let eps = 1e-6f32;
-    // c = 200: the kernels' 16-byte path; c = 37: their element path.
-    for (n, c) in [(9usize, 200usize), (3, 37)] {
+    // CUDA: c ≤ 2048 take the warp-per-row forward (2048: every lane's 8 register chunks
+    // full), wider the block-per-row one; c % 8 == 0 the 16-byte paths, else the element ones.
+    for (n, c) in RMSNORM_SHAPES {
         let x = randn(be, &mut rng, n * c, 1.0);
         let w = randn(be, &mut rng, c, 1.0);
         let dout = randn(be, &mut rng, n * c, 1.0);
@@ -299,6 +300,9 @@ fn rmsnorm_fwd_bwd<B: Backend>(be: &B) {
     }
 }
 
+/// (rows, width) for the RMSNorm cases.
+const RMSNORM_SHAPES: [(usize, usize); 5] = [(9, 200), (3, 37), (9, 2048), (5, 2056), (2, 2051)];
+
 /// (out, rstd) of RMSNorm in f64.
 fn rmsnorm_ref(x: &[f32], w: &[f32], n: usize, c: usize, eps: f32) -> (Vec<f64>, Vec<f64>) {
     let mut out = vec![0f64; n * c];
@@ -320,7 +324,7 @@ fn residual_rmsnorm_fwd<B: Backend>(be: &B) {
     let act = be.act_dtype();
     let mut rng = Rng::new(5);
     let eps = 1e-6f32;
-    for (n, c) in [(9usize, 200usize), (3, 37)] {
+    for (n, c) in RMSNORM_SHAPES {
         let (ri, d, w) = (randn(be, &mut rng, n * c, 1.0), randn(be, &mut rng, n * c, 1.0), randn(be, &mut rng, c, 1.0));
         let sum: Vec<f32> = ri.iter().zip(&d).map(|(a, b)| rnd(be, a + b)).collect();
         let (want, rs) = rmsnorm_ref(&sum, &w, n, c, eps);
@@ -470,15 +474,18 @@ fn attn_ref(qkv: &[f32], cu: &[u32], s: AttnShape, scale: f32) -> (Vec<f64>, Vec
 }
 
 /// Causal varlen GQA attention forward (out, lse) and backward (dq, dk, dv) against the naive
-/// reference and its analytic gradient; head_dim 64 and 128, a 1-token sequence.
+/// reference and its analytic gradient; head_dim 64 and 128, a 1-token sequence, one of
+/// several key tiles.
 fn attention_fwd_bwd<B: Backend>(be: &B) {
     let act = be.act_dtype();
     let mut rng = Rng::new(20);
     for d in [64usize, 128] {
         let s = attn_shape(d);
         let (h, kvh, w) = (s.n_head, s.n_kv_head, s.qkv_width());
-        let cu = [0u32, 70, 103, 104];
-        let t = 104;
+        // 200: three 64-key tiles for every warp of the later query tiles (the CUDA forward
+        // copies tile i+1's keys while tile i is still being read).
+        let cu = [0u32, 70, 103, 104, 304];
+        let t = 304;
         let scale = 1.0 / (d as f32).sqrt();
         let qkv = randn(be, &mut rng, t * w, 1.0);
         let (qb, cud) = (up(be, act, &qkv), up_u32(be, &cu));
@@ -640,7 +647,9 @@ fn swiglu_fwd_bwd<B: Backend>(be: &B) {
 fn logprob_fwd_bwd<B: Backend>(be: &B) {
     let act = be.act_dtype();
     let mut rng = Rng::new(50);
-    for (v, with_entropy) in [(1000usize, true), (1003, true), (1003, false)] {
+    // 20000 and 16392: rows long enough for the CUDA forward's four-loads-per-iteration loop and
+    // its tail; 1003: the element path.
+    for (v, with_entropy) in [(1000usize, true), (1003, true), (1003, false), (20000, true), (16392, false)] {
         let what = format!("v={v} entropy={with_entropy}");
         let n = 6;
         let inv_t = 1.0 / 0.7f32;

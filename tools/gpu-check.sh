@@ -10,7 +10,7 @@
 # Then, as groups: `bench phases --device cuda` (score, decode at batch 256, train step) on
 # random Qwen2.5-0.5B/1.5B-shaped models next to the same phases in PyTorch/transformers bf16
 # on the same GPU, with peak device memory sampled; and the main job (`train`, tiny preset)
-# with --set device=cuda for a few RL steps.
+# with --set device=cuda (TZ_CHECK_TRAIN_STEPS=N: N RL steps only).
 # TZ_CHECK_GROUPS picks groups (default: tests bench torch phases train sanitizer criterion),
 # so a second device call can run what the first one's budget left out.
 # The whole run is budgeted (TZ_CHECK_BUDGET seconds, default 660: a device session gets
@@ -139,10 +139,15 @@ if want phases && [ -x "$bin/tz-engine" ]; then
 fi
 
 if want train && [ -x "$bin/tz-engine" ]; then
-  # The main job (tiny preset: SFT warm start, then A*PO) on the GPU, a few RL steps.
+  # The main job (tiny preset: SFT warm start, then A*PO) on the GPU, as the README runs it on
+  # the CPU; TZ_CHECK_TRAIN_STEPS=N: only N RL steps (held-out evaluation every N/2).
+  extra=()
+  if [ -n "${TZ_CHECK_TRAIN_STEPS:-}" ]; then
+    n=$TZ_CHECK_TRAIN_STEPS
+    extra=(--set train.steps="$n" --set train.eval_every=$(((n + 1) / 2)) --set train.save_every="$n")
+  fi
   mem_watch
-  step "train tiny preset --device cuda" 240 "$bin/tz-engine" train --set device=cuda --set out_dir=/tmp/tz-run \
-    --set train.steps="${TZ_CHECK_TRAIN_STEPS:-30}" --set train.eval_every=15 --set train.save_every=30
+  step "train tiny preset --device cuda" 240 "$bin/tz-engine" train --set device=cuda --set out_dir=/tmp/tz-run "${extra[@]}"
   mem_peak "train"
   cp /tmp/tz-run/tiny-astarpo/metrics.jsonl "$out/train-metrics.jsonl" 2>/dev/null
 fi
@@ -156,6 +161,10 @@ elif command -v compute-sanitizer >/dev/null 2>&1; then
         # Its cuda:: cases only (the cpu:: ones launch no kernels).
         step "memcheck $(basename "$exe")" 240 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --test-threads=1 cuda::
         step "racecheck $(basename "$exe")" 240 compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --test-threads=1 cuda::
+        ;;
+      model_cuda*)
+        # The whole model on the GPU (forward, backward, LoRA, AdamW) under memcheck.
+        step "memcheck $(basename "$exe")" 240 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --test-threads=1
         ;;
     esac
   done

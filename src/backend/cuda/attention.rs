@@ -192,9 +192,11 @@ pub(super) fn decode(
         (64, _) => ("attention", "attn_decode_partial_d64", 1),
         _ => ("attention", "attn_decode_partial_d128", 1),
     };
-    // Enough blocks to fill the GPU, chunks of at least 64 keys.
+    // Enough blocks for several waves (about 8 per SM; ~3 fit at once), chunks of at least 64
+    // keys. Why several: at rollout batch 256 with 2 kv heads, one block per (row, group) is
+    // 512 blocks, 1.3 waves of 3 per SM on an H200, and the last wave leaves most SMs idle.
     let base_blocks = b * (h / heads_per_block);
-    let want = (2 * be.sm_count as usize).div_ceil(base_blocks).max(1);
+    let want = (8 * be.sm_count as usize).div_ceil(base_blocks).max(1);
     let n_split = want.min(max_len.div_ceil(64)).clamp(1, crate::backend::workspace::MAX_DECODE_SPLITS);
     let chunk = max_len.div_ceil(n_split).max(1);
     let part = be.scratch(Scratch::Partials, b * h * n_split * (d + 2) * 4)?;

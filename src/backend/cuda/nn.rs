@@ -51,6 +51,16 @@ pub(super) fn rmsnorm_fwd(be: &CudaBackend, out: V, rstd: V, x: V, w: V, n: usiz
     if n == 0 {
         return Ok(());
     }
+    if c <= RMS_WARP_MAX_C {
+        let f = be.func("rmsnorm", "rmsnorm_fwd_warp_bf16")?;
+        return be.launch(
+            &f,
+            (grid_dim(n.div_ceil(RMS_ROWS_PER_BLOCK), "rmsnorm_fwd")?, 1, 1),
+            (32 * RMS_ROWS_PER_BLOCK as u32, 1, 1),
+            0,
+            args![vptr(&out), vptr(&rstd), vptr(&x), vptr(&w), int(n, "rmsnorm_fwd")?, int(c, "rmsnorm_fwd")?, eps],
+        );
+    }
     let f = be.func("rmsnorm", "rmsnorm_fwd_bf16")?;
     be.launch(
         &f,
@@ -60,6 +70,11 @@ pub(super) fn rmsnorm_fwd(be: &CudaBackend, out: V, rstd: V, x: V, w: V, n: usiz
         args![vptr(&out), vptr(&rstd), vptr(&x), vptr(&w), int(c, "rmsnorm_fwd")?, eps],
     )
 }
+
+/// Rows up to this width take the warp-per-row forwards (kernels/rmsnorm.cu: 8 chunks of 8
+/// bf16 per lane held in registers); wider ones a block per row.
+const RMS_WARP_MAX_C: usize = 2048;
+const RMS_ROWS_PER_BLOCK: usize = 8;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn residual_rmsnorm_fwd(
@@ -76,6 +91,26 @@ pub(super) fn residual_rmsnorm_fwd(
 ) -> Result<()> {
     if n == 0 {
         return Ok(());
+    }
+    if c <= RMS_WARP_MAX_C {
+        let f = be.func("rmsnorm", "residual_rmsnorm_fwd_warp_bf16")?;
+        return be.launch(
+            &f,
+            (grid_dim(n.div_ceil(RMS_ROWS_PER_BLOCK), "residual_rmsnorm_fwd")?, 1, 1),
+            (32 * RMS_ROWS_PER_BLOCK as u32, 1, 1),
+            0,
+            args![
+                vptr(&resid_out),
+                vptr(&out),
+                vptr(&rstd),
+                vptr(&resid_in),
+                vptr(&delta),
+                vptr(&w),
+                int(n, "residual_rmsnorm_fwd")?,
+                int(c, "residual_rmsnorm_fwd")?,
+                eps
+            ],
+        );
     }
     let f = be.func("rmsnorm", "residual_rmsnorm_fwd_bf16")?;
     be.launch(
