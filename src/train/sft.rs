@@ -11,6 +11,7 @@ use crate::nvtx;
 use crate::rng::{derive_seed, Rng};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -158,21 +159,28 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let s = &cfg.sft;
     let task = crate::task::by_name(&cfg.task.name)?;
     let problems = task.generate(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.problem_spec(&s.counts))?;
-    let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
     // (prompt, response segments): one segment written by the model for a single-turn task;
     // an environment's demonstration alternates the agent's replies with observations.
+    // Written in parallel (a solver run per problem), then the answer styles drawn in order
+    // from one stream, so the examples do not depend on the thread count.
+    let written: Vec<Option<(String, Vec<(String, bool)>)>> = problems
+        .par_iter()
+        .enumerate()
+        .map(|(i, p)| match task.environment() {
+            Some(env) => Some((task.prompt(p, template), env.demonstration(p, template, i as u64, s.random_moves))),
+            None => task.sft_response(p, template).map(|r| (task.prompt(p, template), vec![(r, true)])),
+        })
+        .collect();
+    let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
     let texts: Vec<(String, Vec<(String, bool)>)> = problems
         .iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
-            if let Some(env) = task.environment() {
-                return Some((task.prompt(p, template), env.demonstration(p, template, i as u64, s.random_moves)));
+        .zip(written)
+        .filter_map(|(p, w)| {
+            let (prompt, mut segments) = w?;
+            if task.environment().is_none() && style.next_f64() < s.equals_fraction as f64 {
+                segments[0].0 = task.base_model_style(p, &segments[0].0);
             }
-            let mut r = task.sft_response(p, template)?;
-            if style.next_f64() < s.equals_fraction as f64 {
-                r = task.base_model_style(p, &r);
-            }
-            Some((task.prompt(p, template), vec![(r, true)]))
+            Some((prompt, segments))
         })
         .collect();
     if texts.is_empty() {
@@ -187,7 +195,7 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     mcfg.eos_token_ids = tok.eos_ids(&[]);
     let host = crate::model::presets::init_params(&mcfg, cfg.seed);
     let model = Qwen2::from_host(be, mcfg.clone(), &host)?;
-    let pairs: Vec<Trajectory> = texts.iter().map(|(p, segments)| trajectory(&tok, p, segments)).collect::<Result<_>>()?;
+    let pairs: Vec<Trajectory> = texts.par_iter().map(|(p, segments)| trajectory(&tok, p, segments)).collect::<Result<_>>()?;
 
     eprintln!(
         "base model: preset {} ({} parameters, vocab {}), SFT on {} {}",
