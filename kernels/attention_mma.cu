@@ -35,8 +35,10 @@
 // backward at ~50 with register load-then-store loops, and element loads in the backward).
 // Not yet done (performance): double-buffering of K/V, K/V tiles shared by the query heads
 // of a GQA group, wgmma on sm_90a. Logic (forward and backward) is verified against the CPU
-// oracle on the CPU emulator (tools/cuda-emu, including mutation checks) and on an H200
-// (tests/backend_ops, tests/parity_cuda, compute-sanitizer memcheck and racecheck clean).
+// oracle on the CPU emulator (tools/cuda-emu, including mutation checks); the version before
+// the cp.async tiles (29525fd) also on an H200 (tests/backend_ops, tests/parity_cuda,
+// compute-sanitizer memcheck and racecheck clean). The emulator completes a cp.async at once:
+// a missing wait or barrier around one shows only on hardware.
 #include "mma.cuh"
 
 // ---- steps shared by the forward and the decode (one warp, 16 query rows, lane = 4g + t) ----
