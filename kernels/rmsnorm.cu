@@ -37,20 +37,31 @@
 // All math fp32; one bf16 rounding per stored value.
 #include "common.cuh"
 
-// Register path: c % 8 == 0, 16-byte aligned rows, c ≤ 8·RMS_VEC·blockDim (8192 at 256
-// threads). The row is read from global memory once, kept as RMS_VEC uint4 per thread.
-#define RMS_VEC 4
+// The forwards of one row, shared by the block-per-row and the warp-per-row kernels: the row's
+// threads are first, first + stride, … (threadIdx.x / blockDim.x, or lane / 32), and `reduce`
+// sums a value over them (block_sum or warp_sum). `vec`: c % 8 == 0, c/8 ≤ VEC·stride and
+// 16-byte aligned rows — each thread then holds its chunks of 8 bf16 in registers (VEC uint4),
+// all loaded before any is used, and the row is read from memory once; otherwise two
+// element-wise passes (the second re-reads the row from L1/L2).
+#define RMS_VEC 4       // block per row: 8192 columns at 256 threads
+#define RMS_WARP_VEC 8  // warp per row: 2048 columns
 
+__device__ __forceinline__ bool rms_aligned(const void* a, const void* b, const void* d, const void* e, const void* f) {
+    return aligned16(a) && aligned16(b) && aligned16(d) && aligned16(e) && aligned16(f);
+}
+
+// The block-per-row kernels' register path (the backward's too).
 __device__ __forceinline__ bool rms_vec_ok(int c, const void* a, const void* b, const void* d, const void* e) {
-    return c % 8 == 0 && c / 8 <= RMS_VEC * (int)blockDim.x && aligned16(a) && aligned16(b) && aligned16(d) &&
-           aligned16(e);
+    return c % 8 == 0 && c / 8 <= RMS_VEC * (int)blockDim.x && rms_aligned(a, b, d, e, e);
 }
 
 // out = bf16(x·r·w) for the chunks this thread holds.
-__device__ __forceinline__ void rms_scale_store(uint4* o, const uint4 (&xv)[RMS_VEC], const uint4* w, int nc, float r) {
+template <int VEC>
+__device__ __forceinline__ void rms_scale_store(uint4* o, const uint4 (&xv)[VEC], const uint4* w, int nc, int first, int stride,
+                                                float r) {
 #pragma unroll
-    for (int k = 0; k < RMS_VEC; ++k) {
-        const int ch = threadIdx.x + k * blockDim.x;
+    for (int k = 0; k < VEC; ++k) {
+        const int ch = first + k * stride;
         if (ch >= nc) break;
         float f[8], g[8];
         unpack_bf16x8(xv[k], f);
@@ -61,171 +72,63 @@ __device__ __forceinline__ void rms_scale_store(uint4* o, const uint4 (&xv)[RMS_
     }
 }
 
-extern "C" __global__ void rmsnorm_fwd_bf16(bf16* out, float* rstd, const bf16* x, const bf16* w, int c, float eps) {
-    __shared__ float sh[32];
-    const u64 row = blockIdx.x;
-    const bf16* xr = x + row * (u64)c;
-    bf16* o = out + row * (u64)c;
+// out = x·rstd·w, rstd = 1/sqrt(mean x² + eps), for one row.
+template <int VEC, class Reduce>
+__device__ __forceinline__ void rms_row_fwd(bf16* o, float* rstd, const bf16* xr, const bf16* w, int c, float eps, int first,
+                                            int stride, bool vec, Reduce reduce) {
     float ss = 0.f;
-    if (rms_vec_ok(c, x, w, out, x)) {
+    if (vec) {
         const int nc = c / 8;
-        uint4 xv[RMS_VEC];
+        uint4 xv[VEC];
 #pragma unroll
-        for (int k = 0; k < RMS_VEC; ++k) {
-            const int ch = threadIdx.x + k * blockDim.x;
-            if (ch >= nc) break;
-            xv[k] = ((const uint4*)xr)[ch];
-            float f[8];
-            unpack_bf16x8(xv[k], f);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
-        }
-        ss = block_sum(ss, sh);
-        const float r = rsqrtf(ss / (float)c + eps);
-        rms_scale_store((uint4*)o, xv, (const uint4*)w, nc, r);
-        if (threadIdx.x == 0) rstd[row] = r;
-        return;
-    }
-    for (int j = threadIdx.x; j < c; j += blockDim.x) {
-        const float v = bf2f(xr[j]);
-        ss += v * v;
-    }
-    ss = block_sum(ss, sh);
-    const float r = rsqrtf(ss / (float)c + eps);
-    for (int j = threadIdx.x; j < c; j += blockDim.x) o[j] = f2bf(bf2f(xr[j]) * r * bf2f(w[j]));
-    if (threadIdx.x == 0) rstd[row] = r;
-}
-
-extern "C" __global__ void residual_rmsnorm_fwd_bf16(bf16* resid_out, bf16* out, float* rstd, const bf16* resid_in,
-                                                     const bf16* delta, const bf16* w, int c, float eps) {
-    __shared__ float sh[32];
-    const u64 row = blockIdx.x;
-    const u64 base = row * (u64)c;
-    float ss = 0.f;
-    if (rms_vec_ok(c, resid_out, out, resid_in, delta) && aligned16(w)) {
-        const int nc = c / 8;
-        const uint4* a = (const uint4*)(resid_in + base);
-        const uint4* d = (const uint4*)(delta + base);
-        uint4* ro = (uint4*)(resid_out + base);
-        uint4 xv[RMS_VEC];
-#pragma unroll
-        for (int k = 0; k < RMS_VEC; ++k) {
-            const int ch = threadIdx.x + k * blockDim.x;
-            if (ch >= nc) break;
-            float fa[8], fd[8];
-            unpack_bf16x8(a[ch], fa);  // read before the (possibly aliased) write below
-            unpack_bf16x8(d[ch], fd);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) fa[i] += fd[i];
-            xv[k] = pack_bf16x8(fa);
-            ro[ch] = xv[k];
-            unpack_bf16x8(xv[k], fa);  // the rounded sum: what the backward reads back as x
-#pragma unroll
-            for (int i = 0; i < 8; ++i) ss += fa[i] * fa[i];
-        }
-        ss = block_sum(ss, sh);
-        const float r = rsqrtf(ss / (float)c + eps);
-        rms_scale_store((uint4*)(out + base), xv, (const uint4*)w, nc, r);
-        if (threadIdx.x == 0) rstd[row] = r;
-        return;
-    }
-    // Pass 1: each thread writes, then later re-reads, the same elements (alias-safe).
-    for (int j = threadIdx.x; j < c; j += blockDim.x) {
-        const bf16 r = f2bf(bf2f(resid_in[base + j]) + bf2f(delta[base + j]));
-        resid_out[base + j] = r;
-        const float v = bf2f(r);
-        ss += v * v;
-    }
-    ss = block_sum(ss, sh);
-    const float r = rsqrtf(ss / (float)c + eps);
-    for (int j = threadIdx.x; j < c; j += blockDim.x) out[base + j] = f2bf(bf2f(resid_out[base + j]) * r * bf2f(w[j]));
-    if (threadIdx.x == 0) rstd[row] = r;
-}
-
-// ---- One warp per row (c ≤ 8·32·RMS_WARP_VEC) -------------------------------------------------
-#define RMS_WARP_VEC 8
-
-__device__ __forceinline__ void rms_warp_scale_store(uint4* o, const uint4 (&xv)[RMS_WARP_VEC], const uint4* w, int nc,
-                                                     int lane, float r) {
-#pragma unroll
-    for (int k = 0; k < RMS_WARP_VEC; ++k) {
-        const int ch = lane + 32 * k;
-        if (ch >= nc) break;
-        float f[8], g[8];
-        unpack_bf16x8(xv[k], f);
-        unpack_bf16x8(w[ch], g);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) f[i] = f[i] * r * g[i];
-        o[ch] = pack_bf16x8(f);
-    }
-}
-
-extern "C" __global__ void rmsnorm_fwd_warp_bf16(bf16* out, float* rstd, const bf16* x, const bf16* w, int n, int c,
-                                                 float eps) {
-    const int lane = threadIdx.x & 31;
-    const u64 row = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= (u64)n) return;  // a whole warp leaves together: no block barrier below
-    const bf16* xr = x + row * (u64)c;
-    bf16* o = out + row * (u64)c;
-    float ss = 0.f;
-    if (c % 8 == 0 && aligned16(xr) && aligned16(o) && aligned16(w)) {
-        const int nc = c / 8;
-        uint4 xv[RMS_WARP_VEC];
-#pragma unroll
-        for (int k = 0; k < RMS_WARP_VEC; ++k) {
-            const int ch = lane + 32 * k;
+        for (int k = 0; k < VEC; ++k) {
+            const int ch = first + k * stride;
             if (ch < nc) xv[k] = ((const uint4*)xr)[ch];
         }
 #pragma unroll
-        for (int k = 0; k < RMS_WARP_VEC; ++k) {
-            const int ch = lane + 32 * k;
+        for (int k = 0; k < VEC; ++k) {
+            const int ch = first + k * stride;
             if (ch >= nc) break;
             float f[8];
             unpack_bf16x8(xv[k], f);
 #pragma unroll
             for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
         }
-        ss = warp_sum(ss);
-        const float r = rsqrtf(ss / (float)c + eps);
-        rms_warp_scale_store((uint4*)o, xv, (const uint4*)w, nc, lane, r);
-        if (lane == 0) rstd[row] = r;
+        const float r = rsqrtf(reduce(ss) / (float)c + eps);
+        rms_scale_store<VEC>((uint4*)o, xv, (const uint4*)w, nc, first, stride, r);
+        if (first == 0) *rstd = r;
         return;
     }
-    for (int j = lane; j < c; j += 32) {
+    for (int j = first; j < c; j += stride) {
         const float v = bf2f(xr[j]);
         ss += v * v;
     }
-    ss = warp_sum(ss);
-    const float r = rsqrtf(ss / (float)c + eps);
-    for (int j = lane; j < c; j += 32) o[j] = f2bf(bf2f(xr[j]) * r * bf2f(w[j]));
-    if (lane == 0) rstd[row] = r;
+    const float r = rsqrtf(reduce(ss) / (float)c + eps);
+    for (int j = first; j < c; j += stride) o[j] = f2bf(bf2f(xr[j]) * r * bf2f(w[j]));
+    if (first == 0) *rstd = r;
 }
 
-extern "C" __global__ void residual_rmsnorm_fwd_warp_bf16(bf16* resid_out, bf16* out, float* rstd, const bf16* resid_in,
-                                                          const bf16* delta, const bf16* w, int n, int c, float eps) {
-    const int lane = threadIdx.x & 31;
-    const u64 row = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= (u64)n) return;
-    const u64 base = row * (u64)c;
+// resid_out = bf16(resid_in + delta) (may alias resid_in), then the RMSNorm of the rounded sum,
+// for one row. Each thread reads its elements before writing them (alias-safe).
+template <int VEC, class Reduce>
+__device__ __forceinline__ void residual_rms_row_fwd(bf16* ro, bf16* o, float* rstd, const bf16* ri, const bf16* d,
+                                                     const bf16* w, int c, float eps, int first, int stride, bool vec,
+                                                     Reduce reduce) {
     float ss = 0.f;
-    if (c % 8 == 0 && aligned16(resid_out + base) && aligned16(out + base) && aligned16(resid_in + base) &&
-        aligned16(delta + base) && aligned16(w)) {
+    if (vec) {
         const int nc = c / 8;
-        const uint4* a = (const uint4*)(resid_in + base);
-        const uint4* d = (const uint4*)(delta + base);
-        uint4* ro = (uint4*)(resid_out + base);
-        uint4 av[RMS_WARP_VEC], dv[RMS_WARP_VEC];
+        uint4 av[VEC], dv[VEC];
 #pragma unroll
-        for (int k = 0; k < RMS_WARP_VEC; ++k) {
-            const int ch = lane + 32 * k;
+        for (int k = 0; k < VEC; ++k) {
+            const int ch = first + k * stride;
             if (ch < nc) {
-                av[k] = a[ch];  // every chunk read before any (possibly aliased) write below
-                dv[k] = d[ch];
+                av[k] = ((const uint4*)ri)[ch];  // every chunk read before any (possibly aliased) write below
+                dv[k] = ((const uint4*)d)[ch];
             }
         }
 #pragma unroll
-        for (int k = 0; k < RMS_WARP_VEC; ++k) {
-            const int ch = lane + 32 * k;
+        for (int k = 0; k < VEC; ++k) {
+            const int ch = first + k * stride;
             if (ch >= nc) break;
             float fa[8], fd[8];
             unpack_bf16x8(av[k], fa);
@@ -233,28 +136,65 @@ extern "C" __global__ void residual_rmsnorm_fwd_warp_bf16(bf16* resid_out, bf16*
 #pragma unroll
             for (int i = 0; i < 8; ++i) fa[i] += fd[i];
             av[k] = pack_bf16x8(fa);
-            ro[ch] = av[k];
+            ((uint4*)ro)[ch] = av[k];
             unpack_bf16x8(av[k], fa);  // the rounded sum: what the backward reads back as x
 #pragma unroll
             for (int i = 0; i < 8; ++i) ss += fa[i] * fa[i];
         }
-        ss = warp_sum(ss);
-        const float r = rsqrtf(ss / (float)c + eps);
-        rms_warp_scale_store((uint4*)(out + base), av, (const uint4*)w, nc, lane, r);
-        if (lane == 0) rstd[row] = r;
+        const float r = rsqrtf(reduce(ss) / (float)c + eps);
+        rms_scale_store<VEC>((uint4*)o, av, (const uint4*)w, nc, first, stride, r);
+        if (first == 0) *rstd = r;
         return;
     }
-    // Pass 1: each lane writes, then later re-reads, the same elements (alias-safe).
-    for (int j = lane; j < c; j += 32) {
-        const bf16 r = f2bf(bf2f(resid_in[base + j]) + bf2f(delta[base + j]));
-        resid_out[base + j] = r;
+    // Pass 1: each thread writes, then later re-reads, the same elements (alias-safe).
+    for (int j = first; j < c; j += stride) {
+        const bf16 r = f2bf(bf2f(ri[j]) + bf2f(d[j]));
+        ro[j] = r;
         const float v = bf2f(r);
         ss += v * v;
     }
-    ss = warp_sum(ss);
-    const float r = rsqrtf(ss / (float)c + eps);
-    for (int j = lane; j < c; j += 32) out[base + j] = f2bf(bf2f(resid_out[base + j]) * r * bf2f(w[j]));
-    if (lane == 0) rstd[row] = r;
+    const float r = rsqrtf(reduce(ss) / (float)c + eps);
+    for (int j = first; j < c; j += stride) o[j] = f2bf(bf2f(ro[j]) * r * bf2f(w[j]));
+    if (first == 0) *rstd = r;
+}
+
+extern "C" __global__ void rmsnorm_fwd_bf16(bf16* out, float* rstd, const bf16* x, const bf16* w, int c, float eps) {
+    __shared__ float sh[32];
+    const u64 base = blockIdx.x * (u64)c;
+    const bool vec = rms_vec_ok(c, x, w, out, x);
+    rms_row_fwd<RMS_VEC>(out + base, rstd + blockIdx.x, x + base, w, c, eps, threadIdx.x, blockDim.x, vec,
+                         [&](float v) { return block_sum(v, sh); });
+}
+
+extern "C" __global__ void residual_rmsnorm_fwd_bf16(bf16* resid_out, bf16* out, float* rstd, const bf16* resid_in,
+                                                     const bf16* delta, const bf16* w, int c, float eps) {
+    __shared__ float sh[32];
+    const u64 base = blockIdx.x * (u64)c;
+    const bool vec = rms_vec_ok(c, resid_out, out, resid_in, delta) && aligned16(w);
+    residual_rms_row_fwd<RMS_VEC>(resid_out + base, out + base, rstd + blockIdx.x, resid_in + base, delta + base, w, c, eps,
+                                  threadIdx.x, blockDim.x, vec, [&](float v) { return block_sum(v, sh); });
+}
+
+// One warp per row: the warp's lanes take 8 rows' worth of a 256-thread block each; a warp
+// whose row is past n leaves at once (no block barrier follows).
+extern "C" __global__ void rmsnorm_fwd_warp_bf16(bf16* out, float* rstd, const bf16* x, const bf16* w, int n, int c,
+                                                 float eps) {
+    const u64 row = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= (u64)n) return;
+    const u64 base = row * (u64)c;
+    const bool vec = c % 8 == 0 && c / 8 <= RMS_WARP_VEC * 32 && rms_aligned(x, w, out, x, x);
+    rms_row_fwd<RMS_WARP_VEC>(out + base, rstd + row, x + base, w, c, eps, threadIdx.x & 31, 32, vec,
+                              [](float v) { return warp_sum(v); });
+}
+
+extern "C" __global__ void residual_rmsnorm_fwd_warp_bf16(bf16* resid_out, bf16* out, float* rstd, const bf16* resid_in,
+                                                          const bf16* delta, const bf16* w, int n, int c, float eps) {
+    const u64 row = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= (u64)n) return;
+    const u64 base = row * (u64)c;
+    const bool vec = c % 8 == 0 && c / 8 <= RMS_WARP_VEC * 32 && rms_aligned(resid_out, out, resid_in, delta, w);
+    residual_rms_row_fwd<RMS_WARP_VEC>(resid_out + base, out + base, rstd + row, resid_in + base, delta + base, w, c, eps,
+                                       threadIdx.x & 31, 32, vec, [](float v) { return warp_sum(v); });
 }
 
 extern "C" __global__ void rmsnorm_bwd_bf16(bf16* dx, float* dw, const bf16* dout, const bf16* x, const bf16* w,
