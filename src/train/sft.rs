@@ -149,6 +149,9 @@ pub fn preset_base_dir(cfg: &TrainConfig) -> PathBuf {
     cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32))
 }
 
+/// A prompt and its response segments (text, written by the model?).
+type SftText = (String, Vec<(String, bool)>);
+
 pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathBuf> {
     let dir = preset_base_dir(cfg);
     if dir.join("config.json").is_file() {
@@ -163,7 +166,7 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     // an environment's demonstration alternates the agent's replies with observations.
     // Written in parallel (a solver run per problem), then the answer styles drawn in order
     // from one stream, so the examples do not depend on the thread count.
-    let written: Vec<Option<(String, Vec<(String, bool)>)>> = problems
+    let written: Vec<Option<SftText>> = problems
         .par_iter()
         .enumerate()
         .map(|(i, p)| match task.environment() {
@@ -172,7 +175,7 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
         })
         .collect();
     let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
-    let texts: Vec<(String, Vec<(String, bool)>)> = problems
+    let texts: Vec<SftText> = problems
         .iter()
         .zip(written)
         .filter_map(|(p, w)| {
