@@ -123,7 +123,7 @@ mem_peak() {
 if want phases && [ -x "$bin/tz-engine" ]; then
   models=/tmp/tz-models
   for shape in ${TZ_CHECK_PHASE_SHAPES:-qwen2.5-0.5b qwen2.5-1.5b}; do
-    step "init $shape" 120 "$bin/tz-engine" init --preset "$shape" --out "$models/$shape" --seed 1 --dtype bf16
+    step "init $shape" 300 "$bin/tz-engine" init --preset "$shape" --out "$models/$shape" --seed 1 --dtype bf16
     args=(--model "$models/$shape" --batch 32 --seq 512 --gen-batch 256 --prompt-tokens 128 --new-tokens 128 --reps 3)
     mem_watch
     step "tz-engine bench phases $shape" 180 "$bin/tz-engine" bench phases --device cuda "${args[@]}" --json "$out/phases.tmp"
