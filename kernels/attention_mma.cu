@@ -41,6 +41,27 @@
 // a missing wait or barrier around one shows only on hardware.
 #include "mma.cuh"
 
+// Rows r0 .. r0+ROWS−1 of N row-major bf16 sources (row r of source k: D elements at
+// src[k] + r·stride[k]) → dst[k] [ROWS][ks] by 16-byte cp.async, issued by THREADS threads
+// (`tid` in 0..THREADS), the N copies of a chunk together; rows at or past `end` are written
+// as zeros (row 0 is named as the never-read source). Needs 16-byte aligned rows on both
+// sides; completes with the caller's wait and barrier.
+template <int ROWS, int D, int THREADS, int N>
+__device__ __forceinline__ void copy_rows_async(bf16* const (&dst)[N], const bf16* const (&src)[N], const u64 (&stride)[N],
+                                                int ks, int r0, int end, int tid) {
+    constexpr int CH = D / 8;  // 16-byte chunks of a row
+    static_assert(ROWS * CH % THREADS == 0, "whole chunks per thread");
+#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
+    for (int it = 0; it < ROWS * CH / THREADS; ++it) {
+        const int e = tid + THREADS * it;
+        const int r = e / CH, c = (e - r * CH) * 8;
+        const bool ok = r0 + r < end;
+        const u64 row = ok ? r0 + r : 0;
+#pragma unroll
+        for (int k = 0; k < N; ++k) cp_async16(dst[k] + r * ks + c, src[k] + row * stride[k] + c, ok);
+    }
+}
+
 // ---- steps shared by the forward and the decode (one warp, 16 query rows, lane = 4g + t) ----
 
 // S (16 × 8·NT) = Q·Kᵀ over the NT 8-key n-tiles of a row-major K tile in shared memory
@@ -120,7 +141,6 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
     constexpr int KS = D + 8;  // sK, sV row stride (bf16 elements)
     constexpr int KSTEPS = D / 16;
     constexpr int DT = D / 8;   // n-tiles of O
-    constexpr int CH = D / 8;   // 16-byte chunks of a K or V row
     __shared__ __align__(16) bf16 sK[BC * KS];
     __shared__ __align__(16) bf16 sV[BC * KS];
 
@@ -157,13 +177,7 @@ __device__ __forceinline__ void attn_fwd_mma_impl(bf16* out, float* lse, const b
     //   pending groups, per thread:  K(0) | +V(i) → wait ≤1 → K(i) done | S | barrier |
     //   +K(i+1) → wait ≤1 (≤0 on the last tile) → V(i) done | P·V | barrier
     auto copy_tile = [&](bf16* dst, int kb, u64 off) {
-#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
-        for (int it = 0; it < BC * CH / 128; ++it) {
-            const int e = tid + 128 * it;
-            const int r = e / CH, c = (e - r * CH) * 8;
-            const int kj = kb + r;
-            cp_async16(dst + r * KS + c, qkv + (u64)(start + (kj < L ? kj : 0)) * W + off + c, kj < L);
-        }
+        copy_rows_async<BC, D, 128, 1>({dst}, {qkv + (u64)start * W + off}, {W}, KS, kb, L, tid);
         cp_async_commit();
     };
     if (vec) copy_tile(sK, 0, koff);
@@ -304,15 +318,8 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
     // 16-byte copies when qkv and dout are 16-byte aligned (row strides and head offsets are
     // multiples of 8 elements), element loads otherwise.
     const bool vec = aligned16(qkv) && aligned16(dout);
-    constexpr int CH = D / 8;  // 16-byte chunks of a row
     if (vec) {
-#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
-        for (int it = 0; it < BC * CH / 128; ++it) {
-            const int e = tid + 128 * it;
-            const int r = e / CH, c = (e - r * CH) * 8;
-            const int kj = k0 + r;
-            cp_async16(sK + r * KS + c, qkv + (u64)(start + (kj < L ? kj : 0)) * W + koff + c, kj < L);
-        }
+        copy_rows_async<BC, D, 128, 1>({sK}, {qkv + (u64)start * W + koff}, {W}, KS, k0, L, tid);
         cp_async_wait_all();
     } else {
         for (int e = tid; e < BC * D; e += 128) {
@@ -337,13 +344,13 @@ __device__ __forceinline__ void attn_bwd_mma_impl(bf16* dqkv, float* dq_acc, con
         for (int q0 = k0; q0 < L; q0 += BR) {
             __syncthreads();  // previous tile's readers of sQ, sdO, sdS are done (first: sK visible)
             if (vec) {
-#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
-                for (int it = 0; it < BR * CH / 128; ++it) {
-                    const int e = tid + 128 * it;
-                    const int r = e / CH, c = (e - r * CH) * 8;
-                    const int qi = q0 + r;
-                    const bool ok = qi < L;
-                    const u64 row = (u64)(start + (ok ? qi : 0));
+                // Inline rather than copy_rows_async: its two source pointers live across this
+                // loop cost the d128 kernel (at 255 registers) 12 bytes of spills.
+#pragma unroll 1
+                for (int it = 0; it < BR * (D / 8) / 128; ++it) {
+                    const int e = tid + 128 * it, r = e / (D / 8), c = (e - r * (D / 8)) * 8;
+                    const bool ok = q0 + r < L;
+                    const u64 row = (u64)(start + (ok ? q0 + r : 0));
                     cp_async16(sQ + r * KS + c, qkv + row * W + qoff + c, ok);
                     cp_async16(sdO + r * KS + c, dout + row * HD + qoff + c, ok);
                 }
@@ -500,7 +507,7 @@ template <int D>
 __device__ __forceinline__ void decode_mma_impl(float* part, const bf16* qkv, const bf16* kc, const bf16* vc,
                                                 const u32* slot, const u32* len, int H, int KVH, int t_max,
                                                 int n_split, int chunk, float scale) {
-    constexpr int NW = 4, KS = D + 8, KSTEPS = D / 16, DT = D / 8, CH = D / 8;
+    constexpr int NW = 4, KS = D + 8, KSTEPS = D / 16, DT = D / 8;
     constexpr int TILE = 16 * KS;  // one warp's K (or V) tile, bf16 elements
     // Tiles during the key loop; the merge's fp32 O accumulators [NW][16][D] afterwards.
     constexpr int BYTES = 2 * NW * TILE * 2 > NW * 16 * D * 4 ? 2 * NW * TILE * 2 : NW * 16 * D * 4;
@@ -528,15 +535,9 @@ __device__ __forceinline__ void decode_mma_impl(float* part, const bf16* qkv, co
     for (int kt = k0 + 16 * w; kt < k1; kt += 16 * NW) {
         __syncwarp();  // the previous tile's readers (this warp only) are done
         if (vec) {
-#pragma unroll 1  // asynchronous copies: no need to unroll for loads in flight
-            for (int it = 0; it < 16 * CH / 32; ++it) {
-                const int e = lane + 32 * it;
-                const int r = e / CH, c = (e - r * CH) * 8;
-                const bool ok = kt + r < k1;
-                const u64 base = ((sl_i * t_max + (ok ? kt + r : k0)) * KVH + grp) * D + c;
-                cp_async16(sK + r * KS + c, kc + base, ok);
-                cp_async16(sV + r * KS + c, vc + base, ok);
-            }
+            // Cache rows of this slot and kv head: position j at (slot·t_max + j)·KVH + grp.
+            const u64 at = (sl_i * t_max * KVH + grp) * D, stride = (u64)KVH * D;
+            copy_rows_async<16, D, 32, 2>({sK, sV}, {kc + at, vc + at}, {stride, stride}, KS, kt, k1, lane);
             cp_async_wait_all();
         } else {
             for (int e = lane; e < 16 * D; e += 32) {
