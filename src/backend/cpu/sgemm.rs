@@ -1,5 +1,6 @@
 //! f32 GEMM for the CPU backend: matrixmultiply's single-threaded kernel on blocks of C, the
-//! blocks spread over rayon's pool.
+//! blocks spread over rayon's pool; products with a few rows of A (decoding) by the streaming
+//! kernel of `gemm_few_rows`.
 //!
 //! Why not matrixmultiply's own threading: it keeps a second thread pool beside rayon's, and on
 //! small decode-shaped products (M = 8–64 rows) the two pools' idle threads spin against each
@@ -35,6 +36,10 @@ pub struct Operand {
 pub unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: Operand, b: Operand, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
     if m == 0 || n == 0 {
         return;
+    }
+    if k > 0 && super::gemm_few_rows::applies(m, k, a, b) {
+        // SAFETY: the caller's contract.
+        return unsafe { super::gemm_few_rows::gemm(m, k, n, alpha, a, b, beta, c, rsc, csc) };
     }
     let threads = rayon::current_num_threads();
     let long = m.max(n);
