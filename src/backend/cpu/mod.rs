@@ -15,6 +15,16 @@ use rayon::prelude::*;
 use std::cell::UnsafeCell;
 use std::sync::Arc;
 
+/// `dst` = `src` over the thread pool: a model upload is gigabytes, and the first touch of a
+/// fresh buffer's pages (the kernel zeroing them) costs more than the copy itself.
+fn copy_parallel(dst: &mut [f32], src: &[f32]) {
+    const CHUNK: usize = 1 << 16;
+    if dst.len() <= CHUNK {
+        return dst.copy_from_slice(src);
+    }
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
 /// Rows per parallel task in reductions: fixed, so the summation order never depends on
 /// the thread count or on work stealing.
 pub(crate) const ROWS_PER_TASK: usize = 64;
@@ -144,7 +154,7 @@ impl Backend for CpuBackend {
 
     fn upload_f32(&self, dst: View<Self>, src: &[f32]) -> Result<()> {
         check::transfer(self, "upload_f32", dst, false, src.len())?;
-        fm(dst, src.len(), "upload_f32")?.copy_from_slice(src);
+        copy_parallel(fm(dst, src.len(), "upload_f32")?, src);
         Ok(())
     }
     fn upload_u32(&self, dst: View<Self>, src: &[u32]) -> Result<()> {
@@ -154,7 +164,7 @@ impl Backend for CpuBackend {
     }
     fn download_f32(&self, src: View<Self>, dst: &mut [f32]) -> Result<()> {
         check::transfer(self, "download_f32", src, false, dst.len())?;
-        dst.copy_from_slice(f(src, dst.len(), "download_f32")?);
+        copy_parallel(dst, f(src, dst.len(), "download_f32")?);
         Ok(())
     }
     fn download_u32(&self, src: View<Self>, dst: &mut [u32]) -> Result<()> {
