@@ -1,6 +1,7 @@
 //! Causal grouped-query attention on the CPU: packed variable-length prefill (forward and
 //! backward, one parallel task per sequence, GEMMs over each head's score matrix) and
 //! single-query decode over a KV cache.
+use super::exp::exp;
 use super::sgemm::{sgemm, Operand};
 use super::{f, fm, u, CpuBackend};
 use crate::backend::{AttnShape, Seqs, View};
@@ -76,7 +77,7 @@ fn causal_softmax_row(s: &mut [f32], i: usize) -> f32 {
     let m = s[..=i].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let mut sum = 0f32;
     for v in &mut s[..=i] {
-        *v = (*v - m).exp();
+        *v = exp(*v - m);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -150,15 +151,12 @@ pub fn bwd(dqkv: V, dout: V, qkv: V, out: V, lse: V, seqs: Seqs<CpuBackend>, sha
                 let l = ls[(start + i) * hq + h];
                 let big_d = dot(&dos[i * qw + h * d..i * qw + (h + 1) * d], &os[i * qw + h * d..i * qw + (h + 1) * d]);
                 let (pr, dr) = (&mut p[i * len..(i + 1) * len], &mut ds[i * len..(i + 1) * len]);
-                for j in 0..len {
-                    if j <= i {
-                        pr[j] = (pr[j] - l).exp();
-                        dr[j] = scale * pr[j] * (dr[j] - big_d);
-                    } else {
-                        pr[j] = 0.0;
-                        dr[j] = 0.0;
-                    }
+                for (pj, dj) in pr[..=i].iter_mut().zip(&mut dr[..=i]) {
+                    *pj = exp(*pj - l);
+                    *dj = scale * *pj * (*dj - big_d);
                 }
+                pr[i + 1..].fill(0.0);
+                dr[i + 1..].fill(0.0);
             }
             gemm_strided((len, len, d), 1.0, (&ds, len, 1), (&xs[ko..], w, 1), 0.0, (&mut dx[h * d..], w, 1));
             gemm_strided((len, len, d), 1.0, (&ds, 1, len), (&xs[h * d..], w, 1), 1.0, (&mut dx[ko..], w, 1));
@@ -223,7 +221,7 @@ pub fn decode(
             }
             let mut sum = 0f32;
             for pj in p.iter_mut() {
-                *pj = (*pj - m).exp();
+                *pj = exp(*pj - m);
                 sum += *pj;
             }
             let oh = &mut o[h * d..(h + 1) * d];

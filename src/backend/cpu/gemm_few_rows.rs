@@ -16,9 +16,10 @@ use rayon::prelude::*;
 /// The most rows of A this path always takes, and the most it takes when k is long enough to
 /// amortize each tile's final lane sums. Measured on the 2-core AVX-512 machine (`bench phases`,
 /// issue #20): at the 0.5B shape (k = 896..4864) 32-row decoding ran 1.3× faster here than in
-/// the packing GEMM; at the tiny preset's k = 128..384, 64 rows were no faster. Above 64 rows
-/// the packing GEMM's cache blocking wins (0.5B score, m = 512: 155 vs 189 tok/s).
-const MAX_ROWS: usize = 16;
+/// the packing GEMM; at the tiny preset's k = 128..384, 8 rows ran as fast as there and 16 rows
+/// 7% slower. Above 64 rows the packing GEMM's cache blocking wins (0.5B score, m = 512: 155 vs
+/// 189 tok/s).
+const MAX_ROWS: usize = 8;
 const MAX_ROWS_LONG_K: usize = 64;
 const LONG_K: usize = 512;
 /// Rows of A per register tile (with four columns of B: 16 vector accumulators).

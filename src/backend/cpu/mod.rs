@@ -3,6 +3,7 @@
 //! accumulation where that is cheap, and fixed work partitions so results are deterministic
 //! (a resumed run must end bit-identical to an uninterrupted one).
 mod attention;
+mod exp;
 mod gemm_few_rows;
 mod logprob;
 mod nn;

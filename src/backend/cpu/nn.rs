@@ -195,7 +195,7 @@ pub fn rope(qkv: V, pos: V, n: usize, shape: AttnShape, theta: f32, inverse: boo
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + super::exp::exp(-x))
 }
 
 pub fn swiglu_fwd(out: V, gu: V, n: usize, inter: usize) -> Result<()> {
