@@ -1,4 +1,5 @@
-//! The CPU backend: f32 everywhere, multi-threaded with rayon, GEMMs by `matrixmultiply`.
+//! The CPU backend: f32 everywhere, multi-threaded with rayon, GEMMs by `matrixmultiply` (and a
+//! streaming kernel of our own for decoding's few rows, `gemm_few_rows`), a vectorizable exp.
 //! It is the oracle the CUDA backend is tested against, so it favours plain loops and f64
 //! accumulation where that is cheap, and fixed work partitions so results are deterministic
 //! (a resumed run must end bit-identical to an uninterrupted one).

@@ -41,6 +41,53 @@ pub fn embedding_bwd(dtable: V, dout: V, ids: V, n: usize, c: usize) -> Result<(
     Ok(())
 }
 
+/// Elements per parallel task in element-wise passes.
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+fn add_into(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+}
+
+/// Lanes of the f64 sums below: j ≡ l (mod 8) in lane l, then the lanes added in order. A single
+/// running f64 sum is one chain of dependent adds the compiler may not reorder, so it runs at
+/// one add per latency; eight independent lanes vectorize. The order is fixed, so the result
+/// is too.
+const LANES: usize = 8;
+
+/// Σ a_j · b_j in f64.
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] += *x as f64 * *y as f64;
+    }
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Σ (g_j · w_j) · x_j in f64, the product g·w taken in f32.
+fn dot_f64_weighted(g: &[f32], w: &[f32], x: &[f32]) -> f64 {
+    let n = g.len().min(w.len()).min(x.len());
+    let (g, w, x) = (&g[..n], &w[..n], &x[..n]);
+    let mut acc = [0f64; LANES];
+    let (cg, cw, cx) = (g.chunks_exact(LANES), w.chunks_exact(LANES), x.chunks_exact(LANES));
+    for (l, ((gv, wv), xv)) in cg.remainder().iter().zip(cw.remainder()).zip(cx.remainder()).enumerate() {
+        acc[l] += (gv * wv) as f64 * *xv as f64;
+    }
+    for ((gc, wc), xc) in cg.zip(cw).zip(cx) {
+        for l in 0..LANES {
+            acc[l] += (gc[l] * wc[l]) as f64 * xc[l] as f64;
+        }
+    }
+    acc.iter().sum()
+}
+
 /// RMSNorm of `x` (or of `resid_out = x + delta` when a residual is given).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_fwd(out: V, rstd: V, resid_out: Option<V>, x: V, delta: Option<V>, w: V, n: usize, c: usize, eps: f32) -> Result<()> {
@@ -51,10 +98,17 @@ pub fn rmsnorm_fwd(out: V, rstd: V, resid_out: Option<V>, x: V, delta: Option<V>
         (Some(ro), Some(d)) => {
             let dl = f(d, n * c, "rmsnorm delta")?;
             let r = fm(ro, n * c, "rmsnorm resid_out")?;
-            if !same(&ro, &x) {
-                r.copy_from_slice(f(x, n * c, "rmsnorm resid_in")?);
+            // In chunks, not per element: rayon's per-item overhead would dominate an add.
+            if same(&ro, &x) {
+                r.par_chunks_mut(ELEMS_PER_TASK).zip(dl.par_chunks(ELEMS_PER_TASK)).for_each(|(a, b)| add_into(a, b));
+            } else {
+                let xin = f(x, n * c, "rmsnorm resid_in")?;
+                r.par_chunks_mut(ELEMS_PER_TASK).zip(xin.par_chunks(ELEMS_PER_TASK).zip(dl.par_chunks(ELEMS_PER_TASK))).for_each(
+                    |(a, (xv, dv))| {
+                        a.iter_mut().zip(xv).zip(dv).for_each(|((a, x), d)| *a = x + d);
+                    },
+                );
             }
-            r.par_iter_mut().zip(dl.par_iter()).for_each(|(a, b)| *a += b);
             r
         }
         _ => f(x, n * c, "rmsnorm x")?,
@@ -62,7 +116,7 @@ pub fn rmsnorm_fwd(out: V, rstd: V, resid_out: Option<V>, x: V, delta: Option<V>
     let w = f(w, c, "rmsnorm w")?;
     let rs = fm(rstd, n, "rmsnorm rstd")?;
     fm(out, n * c, "rmsnorm out")?.par_chunks_mut(c).zip(rs.par_iter_mut()).zip(src.par_chunks(c)).for_each(|((o, r), xr)| {
-        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / c as f64;
+        let ms = dot_f64(xr, xr) / c as f64;
         let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
         *r = inv;
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
@@ -81,7 +135,7 @@ pub fn rmsnorm_bwd(dx: V, dw: V, dout: V, x: V, w: V, rstd: V, n: usize, c: usiz
         (f(dout, n * c, "rmsnorm_bwd dout")?, f(x, n * c, "rmsnorm_bwd x")?, f(w, c, "rmsnorm_bwd w")?, f(rstd, n, "rmsnorm_bwd rstd")?);
     fm(dx, n * c, "rmsnorm_bwd dx")?.par_chunks_mut(c).enumerate().for_each(|(i, dxr)| {
         let (dr, xr, r) = (&d[i * c..(i + 1) * c], &xs[i * c..(i + 1) * c], rs[i]);
-        let dot: f64 = dr.iter().zip(xr).zip(ws).map(|((&g, &xv), &wv)| (g * wv) as f64 * xv as f64).sum();
+        let dot = dot_f64_weighted(dr, ws, xr);
         let k = (dot * (r as f64).powi(3) / c as f64) as f32;
         for j in 0..c {
             dxr[j] += r * ws[j] * dr[j] - k * xr[j];
