@@ -29,7 +29,7 @@ const TILE_COLS: usize = 4;
 /// Below this many multiply-adds one call on the calling thread is cheaper than a fork.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 /// Columns of C per parallel task: each task streams this many weight rows (a multiple of
-/// `TILE_COLS`; fixed, so that the split never changes a result, which it could not anyway).
+/// `TILE_COLS`, so only the last task has a narrow tile).
 const TASK_COLS: usize = 64;
 
 /// Whether `gemm` computes this product: few rows, both operands contiguous along k.
@@ -74,7 +74,7 @@ pub unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: Operand, b: Oper
     }
 }
 
-/// One tile: rows `mr` ≤ 8 of A against columns `nr` ≤ 2 of B, written into C.
+/// One tile: rows `mr` ≤ 4 of A against columns `nr` ≤ 4 of B, written into C.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     mr: usize,
@@ -124,7 +124,9 @@ unsafe fn dots<const MR: usize, const NR: usize>(
     unsafe { portable_dots::<MR, NR>(k, a, b, sums) }
 }
 
-/// The same sums in plain code (16 lanes, the same tree), for CPUs without AVX-512.
+/// The same sums in plain code, for CPUs without AVX-512: the same 16 lanes and tree, but a
+/// separate multiply and add where the AVX-512 path fuses them, so the two can differ in the
+/// last bit (each is deterministic on its machine).
 unsafe fn portable_dots<const MR: usize, const NR: usize>(
     k: usize,
     a: (*const f32, isize),
