@@ -6,7 +6,7 @@
 //! biases, per-layer rank/alpha patterns, layer subsets, extra saved modules) are refused with
 //! the option's name rather than silently ignored.
 use super::lora::{LoraConfig, LoraLayout, Target};
-use super::weights::{replace_dir, to_f32, write_synced, write_tensors, SaveDtype};
+use super::weights::{convert_into, replace_dir, write_synced, write_tensors, SaveDtype};
 use super::Qwen2Config;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
@@ -145,7 +145,7 @@ pub fn load_adapter(dir: &Path, model: &Qwen2Config) -> Result<(LoraLayout, Vec<
         if std::mem::replace(&mut seen[k], true) {
             bail!("{}: tensor '{name}' appears twice", path.display());
         }
-        params[e.offset..e.offset + e.numel()].copy_from_slice(&to_f32(view.dtype(), view.data(), &path, &name)?);
+        convert_into(view.dtype(), view.data(), &mut params[e.offset..e.offset + e.numel()], &path, &name)?;
     }
     if let Some(k) = seen.iter().position(|&s| !s) {
         bail!("{}: missing tensor '{}'", path.display(), layout.entries[k].name);

@@ -81,13 +81,6 @@ pub(crate) fn convert_into(dtype: Dtype, data: &[u8], dst: &mut [f32], file: &Pa
     Ok(())
 }
 
-pub(crate) fn to_f32(dtype: Dtype, data: &[u8], file: &Path, name: &str) -> Result<Vec<f32>> {
-    let width = if dtype == Dtype::F32 { 4 } else { 2 };
-    let mut out = vec![0f32; data.len() / width];
-    convert_into(dtype, data, &mut out, file, name)?;
-    Ok(out)
-}
-
 /// Calls `f` once per layout tensor with its raw little-endian values, their dtype, and the
 /// file they are in, reading shard by shard (`convert_into` turns them into f32).
 pub fn for_each_tensor(dir: &Path, layout: &ParamLayout, mut f: impl FnMut(&Entry, Dtype, &[u8], &Path) -> Result<()>) -> Result<()> {
