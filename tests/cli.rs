@@ -1137,3 +1137,85 @@ fn frozenlake_trains_plays_and_rejects_bad_maps() {
         assert_clean_error(&tz(&a, None), needle);
     }
 }
+
+#[test]
+fn selfplay_proposals_join_the_pool_and_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap().to_string();
+    // A warm start that also demonstrates proposing (30% of its examples), so that some
+    // proposals are well-formed and solvable.
+    let common = |name: &str, steps: usize, extra: &[&str]| -> Vec<String> {
+        let mut sets: Vec<String> = [
+            format!("out_dir={out}"),
+            format!("name={name}"),
+            "model.preset=tiny-2l".into(),
+            "sft.steps=150".into(),
+            "sft.examples=4000".into(),
+            "sft.proposal_fraction=0.3".into(),
+            "data.generate_train=48".into(),
+            "data.generate_test=16".into(),
+            "train.batch_prompts=16".into(),
+            "train.mini_batch=8".into(),
+            "train.micro_batch=4".into(),
+            "train.rollout_batch=16".into(),
+            "train.max_response_tokens=32".into(),
+            "algo.n_vstar=2".into(),
+            "train.eval_every=2".into(),
+            "train.save_every=2".into(),
+            "train.eval_pass_k=0".into(),
+            "selfplay.every=2".into(),
+            "selfplay.proposals=24".into(),
+            "selfplay.mix=0.5".into(),
+            format!("train.steps={steps}"),
+        ]
+        .into_iter()
+        .collect();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        sets.into_iter().flat_map(|s| ["--set".to_string(), s]).collect()
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = std::iter::once("train").chain(args.iter().map(String::as_str)).collect();
+        let o = tz(&a, None);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    run(common("straight", 4, &[]));
+    run(common("split", 2, &[]));
+    let o = tz(&["train", "--resume", &format!("{out}/split"), "--set", "train.steps=4"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Rounds at steps 1 and 3: counts add up, the pool grows by what was accepted.
+    let rounds: Vec<serde_json::Value> = std::fs::read_to_string(format!("{out}/straight/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("selfplay/proposals").is_some())
+        .collect();
+    assert_eq!(rounds.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    let n = |v: &serde_json::Value, k: &str| v[format!("selfplay/{k}")].as_u64().unwrap();
+    let mut pool = 0;
+    for r in &rounds {
+        let parts: u64 = ["accepted", "malformed", "out_of_range", "unsolvable", "duplicate", "pool_full"].iter().map(|k| n(r, k)).sum();
+        assert_eq!((n(r, "proposals"), parts), (24, 24), "{r}");
+        pool += n(r, "accepted");
+        assert_eq!(n(r, "pool"), pool, "{r}");
+    }
+    assert!(pool > 0, "no proposal accepted: {rounds:?}");
+    // proposals.jsonl: every reply with its verdict, once (the resume replaced none twice).
+    let lines = |run: &str| std::fs::read_to_string(format!("{out}/{run}/proposals.jsonl")).unwrap();
+    assert_eq!(lines("straight"), lines("split"));
+    assert_eq!(lines("straight").lines().count(), 48);
+    assert_eq!(lines("straight").matches("\"verdict\":\"accepted\"").count() as u64, pool);
+    // The accepted problems are in the checkpoint: the resumed run trains on the same ones.
+    let a = std::fs::read(format!("{out}/straight/final/model.safetensors")).unwrap();
+    let b = std::fs::read(format!("{out}/split/final/model.safetensors")).unwrap();
+    assert!(a == b, "the resumed self-play run differs from the uninterrupted one");
+    // Bad settings: one line each.
+    let bad = |extra: &[&str], needle: &str| {
+        let a = common("bad", 1, extra);
+        let args: Vec<&str> = std::iter::once("train").chain(a.iter().map(String::as_str)).collect();
+        assert_clean_error(&tz(&args, None), needle);
+    };
+    bad(&["selfplay.max_tokens=64"], "selfplay.max_tokens");
+    bad(&["selfplay.mix=1.5"], "selfplay.mix");
+    bad(&["selfplay.proposer=critic"], "selfplay");
+    bad(&["task.name=frozenlake"], "takes no proposals");
+}

@@ -186,6 +186,19 @@ impl<B: Backend> Objective<B> for Astarpo<B> {
         Ok(())
     }
 
+    /// V* of self-play prompts, from the same reference samples as stage 1 (not cached: there
+    /// are few, and a resumed run samples them again, to the same values).
+    fn add_prompts(&mut self, s: Stage1<B>, first: usize) -> Result<()> {
+        if self.cfg.vstar == VstarSource::Online {
+            return Ok(());
+        }
+        anyhow::ensure!(first == self.vstar.len(), "V* holds {} prompts, not the {first} before the added ones", self.vstar.len());
+        let (v, _) =
+            vstar::sample(&s.reference, s.train, first..s.train.len(), self.cfg.n_vstar, self.cfg.beta1, s.seed, &mut |_, _| {}, s.comm)?;
+        self.vstar.extend(v);
+        Ok(())
+    }
+
     fn targets(&self, rollouts: &[Rollout]) -> Vec<f32> {
         match self.cfg.vstar {
             VstarSource::Offline => rollouts.iter().map(|o| o.score.score - self.vstar[o.idx]).collect(),

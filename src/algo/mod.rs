@@ -254,6 +254,12 @@ pub trait Objective<B: Backend> {
     fn prepare(&mut self, _stage: Stage1<B>) -> Result<()> {
         Ok(())
     }
+    /// Prompts `first..s.train.len()` were appended to the training set during the run
+    /// (self-play problems; `s.pool` is not theirs to filter): an objective with per-prompt
+    /// stage-1 results computes theirs.
+    fn add_prompts(&mut self, _stage: Stage1<B>, _first: usize) -> Result<()> {
+        Ok(())
+    }
     /// Per-sequence targets (advantages, regression targets) for a step's rollouts, which
     /// come `samples_per_prompt` per prompt, consecutively.
     fn targets(&self, rollouts: &[Rollout]) -> Vec<f32>;

@@ -80,9 +80,35 @@ pub fn compute_or_load<B: Backend>(
         let f = cached.expect("every rank found the cache");
         return Ok(VstarTable { vstar: f.vstar, nonzero: f.nonzero, from_cache: true });
     }
+    let (vstar, nonzero) = sample(reference, set, 0..set.len(), n, beta1, seed, &mut progress, comm)?;
+    let table = VstarTable { vstar, nonzero, from_cache: false };
+    if comm.is_root() {
+        std::fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
+        let f = VstarFile { key, vstar: table.vstar.clone(), nonzero: table.nonzero.clone() };
+        write_atomic(&path, serde_json::to_string(&f)?.as_bytes())?;
+    }
+    Ok(table)
+}
+
+/// V* and the count of samples above 0 for the prompts `range` of `set`, from `n` samples
+/// each of `reference` at temperature 1 (what `compute_or_load` caches; self-play prompts
+/// added during a run get theirs from it directly). Every rank of `comm` calls this and
+/// samples its contiguous part; the parts are gathered in rank order.
+#[allow(clippy::too_many_arguments)]
+pub fn sample<B: Backend>(
+    reference: &RolloutCtx<B>,
+    set: &PromptSet,
+    range: std::ops::Range<usize>,
+    n: usize,
+    beta1: f32,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+    comm: &dyn HostComm,
+) -> Result<(Vec<f32>, Vec<u32>)> {
     let ctx = reference.with_sampling(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, None);
-    let mut table = VstarTable { vstar: Vec::with_capacity(set.len()), nonzero: Vec::with_capacity(set.len()), from_cache: false };
-    let mine = split_range(set.len(), comm.world(), comm.rank());
+    let (mut vstars, mut nonzero) = (Vec::with_capacity(range.len()), Vec::with_capacity(range.len()));
+    let part = split_range(range.len(), comm.world(), comm.rank());
+    let mine = range.start + part.start..range.start + part.end;
     // Chunks of whole prompts, N samples each, sized to fill the generator.
     let per_chunk = (ctx.gen.slots / n).max(1) * 4;
     for start in mine.clone().step_by(per_chunk) {
@@ -94,20 +120,15 @@ pub fn compute_or_load<B: Backend>(
         let outs = ctx.rollout(set, &idx, &seeds)?;
         for group in outs.chunks(n) {
             let r: Vec<f32> = group.iter().map(|o| o.score.score).collect();
-            table.vstar.push(vstar(&r, beta1));
-            table.nonzero.push(r.iter().filter(|&&x| x > 0.0).count() as u32);
+            vstars.push(vstar(&r, beta1));
+            nonzero.push(r.iter().filter(|&&x| x > 0.0).count() as u32);
         }
         progress(end - mine.start, mine.len());
     }
     if comm.world() > 1 {
-        let parts = all_gather_json(comm, (table.vstar, table.nonzero))?;
-        table.vstar = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
-        table.nonzero = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
+        let parts = all_gather_json(comm, (vstars, nonzero))?;
+        vstars = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
+        nonzero = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
     }
-    if comm.is_root() {
-        std::fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
-        let f = VstarFile { key, vstar: table.vstar.clone(), nonzero: table.nonzero.clone() };
-        write_atomic(&path, serde_json::to_string(&f)?.as_bytes())?;
-    }
-    Ok(table)
+    Ok((vstars, nonzero))
 }

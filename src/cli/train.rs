@@ -219,8 +219,8 @@ fn cuda_rank(_: TrainConfig, env: &crate::dist::env::RankEnv, _: bool, _: bool, 
 }
 
 /// What a run directory holds that `--restart` removes (the lock and the run's config stay).
-const RUN_OUTPUTS: [&str; 8] =
-    ["checkpoints", "latest", "metrics.jsonl", "samples.jsonl", "summary.json", "final", "curves.png", "curves.svg"];
+const RUN_OUTPUTS: [&str; 9] =
+    ["checkpoints", "latest", "metrics.jsonl", "samples.jsonl", "proposals.jsonl", "summary.json", "final", "curves.png", "curves.svg"];
 
 fn train<B: Backend>(be: &B, cfg: TrainConfig, resume: bool, restart: bool, ranks: Ranks<B>) -> Result<i32> {
     // Ctrl-C stops SFT, V*, evaluations and training steps at their next batch boundary.

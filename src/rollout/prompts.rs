@@ -18,17 +18,24 @@ impl PromptSet {
     pub fn new(problems: Vec<Problem>, template: Template, tok: &Tokenizer, max_prompt_tokens: usize) -> Result<Self> {
         let mut s = PromptSet { problems: vec![], prompts: vec![], tokens: vec![], dropped_too_long: 0, template };
         for p in problems {
-            let text = p.task().prompt(&p, template);
-            let ids = tok.encode(&text)?;
-            if ids.is_empty() || ids.len() > max_prompt_tokens {
-                s.dropped_too_long += 1;
-                continue;
-            }
-            s.problems.push(p);
-            s.prompts.push(text);
-            s.tokens.push(ids);
+            s.push(p, tok, max_prompt_tokens)?;
         }
         Ok(s)
+    }
+
+    /// Appends `p` unless its prompt is empty or over `max_prompt_tokens` (then counted as
+    /// dropped); says whether it was added.
+    pub fn push(&mut self, p: Problem, tok: &Tokenizer, max_prompt_tokens: usize) -> Result<bool> {
+        let text = p.task().prompt(&p, self.template);
+        let ids = tok.encode(&text)?;
+        if ids.is_empty() || ids.len() > max_prompt_tokens {
+            self.dropped_too_long += 1;
+            return Ok(false);
+        }
+        self.problems.push(p);
+        self.prompts.push(text);
+        self.tokens.push(ids);
+        Ok(true)
     }
 
     pub fn len(&self) -> usize {

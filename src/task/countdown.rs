@@ -119,6 +119,18 @@ impl Task for Countdown {
     }
 
     /// The solver's equation; the answer tag is on the last line, as the reward requires.
+    fn proposal_prompt(&self, spec: &ProblemSpec, t: Template) -> Option<String> {
+        Some(super::proposal::countdown_prompt(spec, t))
+    }
+
+    fn proposal_reply(&self, p: &Problem, t: Template) -> Option<String> {
+        super::proposal::countdown_reply(p, t)
+    }
+
+    fn read_proposal(&self, reply: &str, spec: &ProblemSpec) -> std::result::Result<Problem, super::Rejection> {
+        super::proposal::read_countdown(reply, spec)
+    }
+
     fn sft_response(&self, p: &Problem, t: Template) -> Option<String> {
         let (nums, target) = parts(p);
         let eq = solve_countdown(nums, target)?;

@@ -20,6 +20,7 @@ pub mod env;
 pub mod expr;
 pub mod frozenlake;
 pub mod multiply;
+pub mod proposal;
 pub mod reward;
 pub mod rewards;
 pub mod solver;
@@ -28,6 +29,7 @@ pub mod template;
 pub use data::{generate_countdown, generate_multiply, load_problems, parse_rows, write_countdown_parquet};
 pub use env::{Environment, Episode, Outcome, Reference};
 pub use frozenlake::{Lake, LakeSpec};
+pub use proposal::Rejection;
 pub use reward::{Reason, RewardKind, Score};
 pub use solver::solve_countdown;
 pub use template::Template;
@@ -92,6 +94,20 @@ pub trait Task: Send + Sync {
     /// the seed).
     fn identity(&self, p: &Problem) -> String {
         format!("{p:?}")
+    }
+    /// Self-play: the request to propose a new problem of this task within `spec`'s ranges, in
+    /// the template's format; `None` when the task takes no proposals.
+    fn proposal_prompt(&self, _spec: &ProblemSpec, _template: Template) -> Option<String> {
+        None
+    }
+    /// A well-formed proposal of `p` (what an SFT warm start demonstrates).
+    fn proposal_reply(&self, _p: &Problem, _template: Template) -> Option<String> {
+        None
+    }
+    /// The problem a proposal's reply states, if it is well-formed, within `spec` and
+    /// solvable (else why not).
+    fn read_proposal(&self, _reply: &str, _spec: &ProblemSpec) -> std::result::Result<Problem, Rejection> {
+        Err(Rejection::Malformed)
     }
     /// The environment that plays this task's problems over several turns; `None` for a
     /// single-turn task (one response, scored by `score`).

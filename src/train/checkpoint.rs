@@ -41,6 +41,9 @@ pub struct TrainerState {
     /// The curriculum's stage and recent solve rates.
     #[serde(default)]
     pub curriculum: super::curriculum::CurriculumState,
+    /// Self-play problems accepted so far, in order (`[selfplay]`).
+    #[serde(default)]
+    pub selfplay: Vec<crate::task::Problem>,
 }
 
 fn one() -> usize {

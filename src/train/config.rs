@@ -25,6 +25,8 @@ pub struct TrainConfig {
     pub rollout: super::schedule::RolloutSection,
     /// Countdown difficulty stages.
     pub curriculum: super::curriculum::CurriculumSection,
+    /// Problems proposed by a model during the run (`crate::train::selfplay`).
+    pub selfplay: super::selfplay::SelfPlaySection,
     pub sft: SftSection,
     pub dist: DistSection,
 }
@@ -166,6 +168,9 @@ pub struct SftSection {
     /// Environments: the chance that a demonstrated move is replaced by a random one (the
     /// warm start then sometimes errs, leaving RL something to fix).
     pub random_moves: f32,
+    /// Share of warm-start examples that demonstrate proposing a problem (`[selfplay]`: the
+    /// request `Task::proposal_prompt`, answered with the example's own problem).
+    pub proposal_fraction: f32,
     /// `tz-engine sft`: JSONL of {"prompt", "response"} to train on.
     pub data: PathBuf,
 }
@@ -184,6 +189,7 @@ impl Default for TrainConfig {
             train: TrainSection::default(),
             rollout: Default::default(),
             curriculum: Default::default(),
+            selfplay: Default::default(),
             sft: SftSection::default(),
             dist: DistSection::default(),
         }
@@ -262,6 +268,7 @@ impl Default for SftSection {
             examples: 20000,
             equals_fraction: 0.0,
             random_moves: 0.0,
+            proposal_fraction: 0.0,
             data: PathBuf::new(),
         }
     }
@@ -338,6 +345,7 @@ impl TrainConfig {
         self.algo.validate()?;
         self.rollout.validate(t.max_response_tokens)?;
         self.curriculum.validate(&self.task.name)?;
+        self.selfplay.validate(crate::task::by_name(&self.task.name).map_err(|e| anyhow!("task.name: {e}"))?, t.max_response_tokens)?;
         {
             use crate::util::limits::{at_most, items, MAX_ITEMS};
             at_most("data.generate_train", self.data.generate_train, MAX_ITEMS)?;
@@ -370,6 +378,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.sft.random_moves) {
             bail!("sft.random_moves must lie in [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.sft.proposal_fraction) {
+            bail!("sft.proposal_fraction must lie in [0, 1]");
         }
         if !(1..=1_000_000).contains(&self.data.max_number) || !(1..=1_000_000).contains(&self.data.max_target) {
             bail!("data.max_number and data.max_target must lie in 1..=1000000");

@@ -18,6 +18,9 @@ pub struct StepMetrics {
     /// The critic's metrics (PPO).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub critic: Option<super::critic::CriticStats>,
+    /// The step's self-play proposal round (`[selfplay]`), if it had one.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub selfplay: Option<super::selfplay::Round>,
     pub resp_len_mean: f32,
     pub resp_len_max: usize,
     pub truncated_frac: f32,

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod selfplay;
 pub mod sft;
 pub mod zero3;
 

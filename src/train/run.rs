@@ -117,6 +117,12 @@ pub struct Trainer<'a, B: Backend> {
     /// Generation settings of training rollouts (evaluation and stage 1 derive theirs).
     rollout_settings: GenConfig,
     state: TrainerState,
+    /// Self-play (`[selfplay]`): the proposal request's tokens, the indices into `train` of
+    /// the accepted problems, and the identities proposals must avoid (training, held-out
+    /// and accepted problems).
+    proposal_prompt: Option<Vec<u32>>,
+    selfplay_idx: Vec<usize>,
+    known: std::collections::HashSet<String>,
 }
 
 /// Stops a run whose plan for `model`'s shape exceeds the device's free memory (for a preset
@@ -384,6 +390,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 reward_cumulative: 0.0,
                 window: Default::default(),
                 curriculum: Default::default(),
+                selfplay: vec![],
             },
         };
         let rollout_settings = GenConfig {
@@ -395,6 +402,25 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let tokenizer_json = tok.to_json_string()?;
         let n = train.len();
+        let proposal_prompt = match cfg.selfplay.enabled() {
+            false => None,
+            true => {
+                let task = crate::task::by_name(&cfg.task.name)?;
+                let text = task
+                    .proposal_prompt(&cfg.problem_spec(&cfg.data.counts), template)
+                    .ok_or_else(|| anyhow!("[selfplay]: task {} takes no proposals", task.name()))?;
+                let ids = tok.encode(&text)?;
+                if ids.is_empty() || ids.len() > t.max_prompt_tokens {
+                    bail!(
+                        "[selfplay]: the proposal request is {} tokens, over train.max_prompt_tokens ({})",
+                        ids.len(),
+                        t.max_prompt_tokens
+                    );
+                }
+                Some(ids)
+            }
+        };
+        let known = super::data::identities(&train.problems).union(&super::data::identities(&test.problems)).cloned().collect();
         Ok(Trainer {
             be,
             comm,
@@ -421,6 +447,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             stage_of,
             rollout_settings,
             state,
+            proposal_prompt,
+            selfplay_idx: vec![],
+            known,
         })
     }
 
@@ -434,6 +463,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             metrics::truncate_after(&metrics_path, self.state.step)?;
             // Samples of steps after the checkpoint are written again by the replayed steps.
             metrics::truncate_after(&self.run_dir.join("samples.jsonl"), self.state.step)?;
+            metrics::truncate_after(&self.run_dir.join("proposals.jsonl"), self.state.step)?;
             if self.state.step == 0 {
                 let _ = std::fs::remove_file(&metrics_path);
             }
@@ -470,6 +500,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             };
             self.objective.prepare(stage)?;
         }
+        // A resumed run's self-play problems join the pool again (their V* sampled again).
+        let accepted = std::mem::take(&mut self.state.selfplay);
+        self.add_selfplay(accepted)?;
         if self.state.base_solve_rate.is_none() {
             let r = self.eval()?;
             self.state.base_solve_rate = Some(r.overall.solve_rate);
@@ -659,6 +692,90 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
     }
 
+    /// Adds accepted self-play problems to the training set and the state (and to the
+    /// objective's per-prompt tables).
+    fn add_selfplay(&mut self, problems: Vec<crate::task::Problem>) -> Result<()> {
+        let first = self.train.len();
+        let max_prompt = self.cfg.train.max_prompt_tokens;
+        for p in problems {
+            self.known.insert(p.task().identity(&p));
+            if self.train.push(p.clone(), &self.tok, max_prompt)? {
+                self.selfplay_idx.push(self.train.len() - 1);
+            }
+            self.state.selfplay.push(p);
+        }
+        if self.train.len() > first {
+            self.gather_for_generation(false)?;
+            let reference = RolloutCtx {
+                adapters: None,
+                be: self.be,
+                model: &self.reference,
+                gen: &self.gen,
+                tok: &self.tok,
+                settings: self.rollout_settings.clone(),
+                reward: &self.reward,
+            };
+            let mut unused_pool = vec![];
+            let stage = Stage1 {
+                reference,
+                train: &self.train,
+                pool: &mut unused_pool,
+                cache_dir: &self.cfg.out_dir,
+                seed: self.cfg.seed,
+                comm: self.comm,
+            };
+            self.objective.add_prompts(stage, first)?;
+        }
+        Ok(())
+    }
+
+    /// A self-play round (`crate::train::selfplay`): the proposer's replies to the request,
+    /// split over the ranks and gathered in order, read and de-duplicated; the accepted
+    /// problems join the pool.
+    fn propose(&mut self, step_no: usize) -> Result<super::selfplay::Round> {
+        let _r = nvtx::range("selfplay");
+        let sp = self.cfg.selfplay.clone();
+        let ask = self.proposal_prompt.clone().ok_or_else(|| anyhow!("self-play without a proposal request"))?;
+        let mine = split_range(sp.proposals, self.comm.world(), self.comm.rank());
+        let prompts = vec![ask; mine.len()];
+        let seeds: Vec<u64> = mine.clone().map(|j| derive_seed(self.cfg.seed ^ 0x5e1f_9a1e, step_no as u64, j as u64)).collect();
+        let policy = sp.proposer == super::selfplay::Proposer::Policy;
+        self.gather_for_generation(policy)?;
+        let gc = GenConfig {
+            max_new_tokens: sp.max_tokens,
+            sampling: SamplingParams { temperature: sp.temperature, top_k: 0, top_p: 1.0 },
+            turn_tokens: 0,
+            ..self.rollout_settings.clone()
+        };
+        let (model, adapters) = if policy { (&self.policy, self.lora.as_ref()) } else { (&self.reference, None) };
+        let decode = |ids: &[u32]| self.tok.decode(ids, false).unwrap_or_default();
+        let gens = self.gen.generate_with(self.be, model, adapters, &prompts, &seeds, &gc, &decode)?;
+        let mut replies = gens.iter().map(|g| self.tok.decode(&g.tokens, true)).collect::<Result<Vec<String>>>()?;
+        if self.comm.world() > 1 {
+            replies = dist::all_gather_json(self.comm, replies)?.into_iter().flatten().collect();
+        }
+        let task = crate::task::by_name(&self.cfg.task.name)?;
+        let room = sp.max_pool.saturating_sub(self.state.selfplay.len());
+        let spec = self.cfg.problem_spec(&self.cfg.data.counts);
+        let got = super::selfplay::accept(task, &replies, &spec, &mut self.known, room);
+        if self.comm.is_root() {
+            use std::io::Write;
+            let path = self.run_dir.join("proposals.jsonl");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            for (reply, verdict) in replies.iter().zip(&got.verdicts) {
+                writeln!(f, "{}", serde_json::json!({"step": step_no, "reply": reply, "verdict": verdict}))?;
+            }
+        }
+        let mut round = got.round;
+        self.add_selfplay(got.problems)?;
+        round.pool = self.state.selfplay.len();
+        Ok(round)
+    }
+
     /// The next `n` prompts: epochs are seeded permutations of the pool.
     fn next_prompts(&mut self, n: usize) -> Result<Vec<usize>> {
         let mut out = Vec::with_capacity(n);
@@ -687,7 +804,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let cfg = self.cfg.clone();
         let t = &cfg.train;
         let per_prompt = self.objective.samples_per_prompt();
-        let prompts = self.next_prompts(t.batch_prompts)?;
+        let step_no = self.state.step + 1;
+        let selfplay = match cfg.selfplay.proposes_at(step_no) {
+            true => Some(self.propose(step_no)?),
+            false => None,
+        };
+        // A `selfplay.mix` share of the prompts from the accepted problems (uniform, with
+        // replacement, seeded by the step), the rest from the pool's permutation.
+        let from_selfplay = cfg.selfplay.drawn(t.batch_prompts, self.selfplay_idx.len());
+        let mut prompts = self.next_prompts(t.batch_prompts - from_selfplay)?;
+        let mut draw = Rng::new(derive_seed(cfg.seed, step_no as u64, 0x5e1f));
+        prompts.extend((0..from_selfplay).map(|_| self.selfplay_idx[draw.below(self.selfplay_idx.len() as u64) as usize]));
         let idx: Vec<usize> = prompts.iter().flat_map(|&i| std::iter::repeat_n(i, per_prompt)).collect();
         let seeds: Vec<u64> = (0..idx.len()).map(|j| derive_seed(cfg.seed, self.state.step as u64 + 1, j as u64)).collect();
         // Which sequences of the global batch each rank generates, scores and trains on.
@@ -698,7 +825,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let mine = owned(rank);
         // This step's sampling: the annealed temperature and the adaptive window.
-        let step_no = self.state.step + 1;
         let temperature = cfg.rollout.temperature(t.temperature, step_no, t.steps);
         let aw = &cfg.rollout.adaptive_window;
         let (window, explored) = self.state.window.window_for(aw, t.max_response_tokens, cfg.seed, step_no);
@@ -888,6 +1014,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             window_success_length: aw.enabled.then_some(seen.mean_success_length),
             window_success_rate: aw.enabled.then_some(seen.success_rate),
             window_explored: aw.enabled.then_some(explored),
+            selfplay,
             ..Default::default()
         };
         if self.comm.is_root() && t.sample_every > 0 && (self.state.step + 1).is_multiple_of(t.sample_every) {

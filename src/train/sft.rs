@@ -144,7 +144,10 @@ fn trajectory(tok: &Tokenizer, prompt: &str, segments: &[(String, bool)]) -> Res
 /// Where `ensure_preset_base` puts (or finds) the base model of a preset config: keyed by
 /// everything that shapes the base model, so changing the SFT settings builds anew.
 pub fn preset_base_dir(cfg: &TrainConfig) -> PathBuf {
-    let key = format!("{:?}|{:?}|{}|{}|{}|{}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed, cfg.data.max_number, cfg.data.max_target);
+    // The held-out set shapes the base too (its problems are left out of the SFT examples).
+    let d = &cfg.data;
+    let held_out = format!("{:?}|{:?}|{:?}|{}|{:?}", d.train, d.test, d.test_rows, d.generate_test, d.counts);
+    let key = format!("{:?}|{:?}|{}|{}|{}|{}|{held_out}", cfg.sft, cfg.task, cfg.model.preset, cfg.seed, d.max_number, d.max_target);
     let hash = crate::util::fnv1a(crate::util::FNV_OFFSET, key.as_bytes());
     cfg.out_dir.join(format!("base-{}-{:08x}", cfg.model.preset, hash as u32))
 }
@@ -161,7 +164,10 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
     let template = cfg.task.template;
     let s = &cfg.sft;
     let task = crate::task::by_name(&cfg.task.name)?;
-    let problems = task.generate(s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.problem_spec(&s.counts))?;
+    // The held-out problems are never demonstrated (`crate::train::data`): the base's held-out
+    // rate measures reading the task, not remembering it.
+    let held = super::data::identities(&super::data::load_test(cfg)?);
+    let problems = super::data::generate_excluding(task, s.examples, derive_seed(cfg.seed, 0x5f7, 1), &cfg.problem_spec(&s.counts), &held)?;
     // (prompt, response segments): one segment written by the model for a single-turn task;
     // an environment's demonstration alternates the agent's replies with observations.
     // Written in parallel (a solver run per problem), then the answer styles drawn in order
@@ -175,6 +181,14 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
         })
         .collect();
     let mut style = Rng::new(derive_seed(cfg.seed, 0x5f7, 2));
+    // Self-play warm start: a share of the examples asks for a new problem instead and is
+    // answered with the example's own problem (its own stream: 0 leaves the rest unchanged).
+    // The request the run's self-play sends (its ranges are the run's, `data.counts`).
+    let proposal_prompt = task.proposal_prompt(&cfg.problem_spec(&cfg.data.counts), template);
+    if s.proposal_fraction > 0.0 && proposal_prompt.is_none() {
+        bail!("sft.proposal_fraction: task {} takes no proposals", task.name());
+    }
+    let mut proposing = Rng::new(derive_seed(cfg.seed, 0x5f7, 3));
     let texts: Vec<SftText> = problems
         .iter()
         .zip(written)
@@ -182,6 +196,11 @@ pub fn ensure_preset_base<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<PathB
             let (prompt, mut segments) = w?;
             if task.environment().is_none() && style.next_f64() < s.equals_fraction as f64 {
                 segments[0].0 = task.base_model_style(p, &segments[0].0);
+            }
+            if s.proposal_fraction > 0.0 && proposing.next_f64() < s.proposal_fraction as f64 {
+                if let (Some(ask), Some(reply)) = (&proposal_prompt, task.proposal_reply(p, template)) {
+                    return Some((ask.clone(), vec![(reply, true)]));
+                }
             }
             Some((prompt, segments))
         })
