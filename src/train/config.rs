@@ -124,6 +124,12 @@ pub struct TrainSection {
     /// Sequences per forward/backward pass (gradient accumulation within a mini-batch).
     pub micro_batch: usize,
     pub lr: f32,
+    /// The policy's learning rate at the last step, reached from `lr` by `lr_schedule`
+    /// (linear or cosine; unset: `lr` throughout), after `lr_warmup_steps` of linear warm-up
+    /// from 0 (veRL's `lr_warmup_steps`, `warmup_style`, `min_lr_ratio` × lr).
+    pub lr_end: Option<f32>,
+    pub lr_schedule: super::schedule::Anneal,
+    pub lr_warmup_steps: usize,
     pub weight_decay: f32,
     pub grad_clip: f32,
     pub max_prompt_tokens: usize,
@@ -238,6 +244,9 @@ impl Default for TrainSection {
             mini_batch: 128,
             micro_batch: 32,
             lr: 1e-6,
+            lr_end: None,
+            lr_schedule: super::schedule::Anneal::Cosine,
+            lr_warmup_steps: 0,
             weight_decay: 0.01,
             grad_clip: 1.0,
             max_prompt_tokens: 256,
@@ -333,8 +342,11 @@ impl TrainConfig {
         if t.batch_prompts == 0 || t.mini_batch == 0 || t.micro_batch == 0 || t.rollout_batch == 0 {
             bail!("train.batch_prompts, mini_batch, micro_batch and rollout_batch must be positive");
         }
-        if !(t.lr >= 0.0 && t.lr.is_finite()) {
-            bail!("train.lr must be a finite number >= 0");
+        if !(t.lr >= 0.0 && t.lr.is_finite()) || t.lr_end.is_some_and(|e| !(e >= 0.0 && e.is_finite())) {
+            bail!("train.lr and train.lr_end must be finite numbers >= 0");
+        }
+        if t.lr_warmup_steps >= t.steps.max(1) && t.lr_warmup_steps > 0 {
+            bail!("train.lr_warmup_steps ({}) must be fewer than train.steps ({})", t.lr_warmup_steps, t.steps);
         }
         if t.max_prompt_tokens == 0 || t.max_response_tokens == 0 {
             bail!("train.max_prompt_tokens and max_response_tokens must be positive");

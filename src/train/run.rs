@@ -826,6 +826,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mine = owned(rank);
         // This step's sampling: the annealed temperature and the adaptive window.
         let temperature = cfg.rollout.temperature(t.temperature, step_no, t.steps);
+        let lr = super::schedule::learning_rate(t.lr, t.lr_end, t.lr_schedule, t.lr_warmup_steps, step_no, t.steps);
         let aw = &cfg.rollout.adaptive_window;
         let (window, explored) = self.state.window.window_for(aw, t.max_response_tokens, cfg.seed, step_no);
         let outs = {
@@ -920,9 +921,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                                 Some(l) => l,
                                 None => &self.policy,
                             };
-                            self.opt.step_in(self.be, trainable, t.lr, self.comm)?
+                            self.opt.step_in(self.be, trainable, lr, self.comm)?
                         }
-                        Some(_) => self.opt.step_shards(self.be, t.lr, self.comm)?,
+                        Some(_) => self.opt.step_shards(self.be, lr, self.comm)?,
                     }
                 };
                 grad_norm = o.grad_norm;
@@ -978,7 +979,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             format_rate: outs.iter().filter(|o| o.score.formatted()).count() as f32 / n,
             loss: (loss_sum / n_minis) as f32,
             grad_norm,
-            lr: t.lr,
+            lr,
             entropy_mean: (ent_sum / ntok_total.max(1) as f64) as f32,
             critic: critic_stats,
             resp_len_mean: lens.iter().sum::<usize>() as f32 / n,

@@ -42,13 +42,32 @@ impl RolloutSection {
     pub fn temperature(&self, start: f32, step: usize, steps: usize) -> f32 {
         let Some(end) = self.temperature_end else { return start };
         let p = if steps <= 1 { 1.0 } else { (step.clamp(1, steps) - 1) as f64 / (steps - 1) as f64 };
-        let (a, b) = (start as f64, end as f64);
-        let t = match self.temperature_schedule {
-            Anneal::Linear => a + (b - a) * p,
-            Anneal::Cosine => b + 0.5 * (a - b) * (1.0 + (std::f64::consts::PI * p).cos()),
-        };
-        t as f32
+        anneal(self.temperature_schedule, start, end, p)
     }
+}
+
+/// From `a` at p = 0 to `b` at p = 1.
+fn anneal(kind: Anneal, a: f32, b: f32, p: f64) -> f32 {
+    let (a, b) = (a as f64, b as f64);
+    let v = match kind {
+        Anneal::Linear => a + (b - a) * p,
+        Anneal::Cosine => b + 0.5 * (a - b) * (1.0 + (std::f64::consts::PI * p).cos()),
+    };
+    v as f32
+}
+
+/// The policy's learning rate at step `step` (1-based) of `steps` (`train.lr`, `lr_end`,
+/// `lr_schedule`, `lr_warmup_steps`): `lr · step / warmup` during the warm-up, then from `lr`
+/// at the first step after it to `end` at the last.
+pub fn learning_rate(lr: f32, end: Option<f32>, kind: Anneal, warmup: usize, step: usize, steps: usize) -> f32 {
+    let step = step.clamp(1, steps.max(1));
+    if step <= warmup {
+        return lr * step as f32 / warmup as f32;
+    }
+    let Some(end) = end else { return lr };
+    let rest = steps.saturating_sub(warmup);
+    let p = if rest <= 1 { 1.0 } else { (step - warmup - 1) as f64 / (rest - 1) as f64 };
+    anneal(kind, lr, end, p)
 }
 
 /// `rollout.adaptive_window`.
@@ -185,6 +204,23 @@ impl WindowState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_then_anneals_to_its_end() {
+        let lr = |end, kind, warmup, step| learning_rate(1e-3, end, kind, warmup, step, 11);
+        // Constant without an end; a linear warm-up reaches lr at its last step.
+        assert_eq!((lr(None, Anneal::Cosine, 0, 1), lr(None, Anneal::Cosine, 0, 11)), (1e-3, 1e-3));
+        assert_eq!((lr(None, Anneal::Linear, 4, 1), lr(None, Anneal::Linear, 4, 4), lr(None, Anneal::Linear, 4, 5)), (2.5e-4, 1e-3, 1e-3));
+        // From lr at the first step to the end at the last; cosine is half-way at the middle.
+        for kind in [Anneal::Linear, Anneal::Cosine] {
+            assert!((lr(Some(1e-4), kind, 0, 1) - 1e-3).abs() < 1e-9);
+            assert!((lr(Some(1e-4), kind, 0, 11) - 1e-4).abs() < 1e-9);
+            assert!((lr(Some(1e-4), kind, 0, 6) - 5.5e-4).abs() < 1e-7, "{kind:?}");
+            // With a warm-up the annealing starts after it.
+            assert!((lr(Some(1e-4), kind, 1, 2) - 1e-3).abs() < 1e-9 && (lr(Some(1e-4), kind, 1, 11) - 1e-4).abs() < 1e-9);
+        }
+        assert!(lr(Some(1e-4), Anneal::Cosine, 0, 3) > lr(Some(1e-4), Anneal::Linear, 0, 3));
+    }
 
     #[test]
     fn temperature_schedules_run_from_start_to_end() {
