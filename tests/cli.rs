@@ -819,6 +819,28 @@ fn data_parallel_ranks_compute_the_one_rank_run() {
     let vf = metric("p1", "critic/vf_loss");
     assert!(vf.len() == 4 && vf.iter().skip(1).all(|&l| l > 0.0), "the critic learns: {vf:?}");
     assert_eq!(metric("psplit", "critic/vf_loss").len(), 4);
+    // A shared critic: a value head on the policy's trunk, one update for both losses. With
+    // vf_coef = 0 its head stays zero and its trunk gets no value gradient: the run is the
+    // separate critic's with critic_lr = 0 (values 0 throughout).
+    run("pz_sep", 1, &["algo.name=ppo", "algo.critic_lr=0", "train.steps=4"], false);
+    run("pz_sh", 1, &["algo.name=ppo", "algo.critic=shared", "algo.vf_coef=0", "train.steps=4"], false);
+    same_run("pz_sep", "pz_sh");
+    assert_eq!(weights("pz_sep"), weights("pz_sh"), "vf_coef = 0 must leave the trunk to the policy loss alone");
+    // With vf_coef > 0 the value loss reaches the trunk; resumed on two ranks it is the same run.
+    let shared = ["algo.name=ppo", "algo.critic=shared", "algo.vf_coef=0.5", "train.steps=4"];
+    run("ps1", 1, &shared, false);
+    run("pssplit", 1, &["algo.name=ppo", "algo.critic=shared", "algo.vf_coef=0.5", "train.steps=2"], false);
+    run("pssplit", 2, &["train.steps=4"], true);
+    same_run("ps1", "pssplit");
+    assert_ne!(weights("ps1"), weights("pz_sh"), "the value loss changed nothing in the trunk");
+    let head = critic("ps1");
+    let hidden = tz_engine::model::load::load_config(&Path::new(&out).join("ps1/final")).unwrap().hidden_size;
+    assert!(head.len() == hidden + 1 && head.iter().any(|&x| x != 0.0), "the checkpoint's value head: {} values", head.len());
+    let ev = metric("ps1", "critic/vf_explained_var");
+    assert!(ev.len() == 4 && metric("ps1", "critic/vf_loss").iter().skip(1).all(|&l| l > 0.0), "{ev:?}");
+    // A separate critic's checkpoint is not a shared one's (and the other way round).
+    let o = tz(&["train", "--resume", &format!("{out}/p1"), "--set", "train.steps=6", "--set", "algo.critic=shared"], None);
+    assert_clean_error(&o, "value head");
     // Sampled pass@1 (2 samples per problem) lies between pass@2 / 2 and pass@2.
     let s: serde_json::Value = serde_json::from_str(&read("w1", "summary.json")).unwrap();
     let (p1, p2) = (s["final_eval"]["sampled_solve_rate"].as_f64().unwrap(), s["final_eval"]["pass_at_k"].as_f64().unwrap());

@@ -70,9 +70,16 @@ impl AlgoConfig {
         matches!(self, AlgoConfig::Grpo(_) | AlgoConfig::Ppo(_))
     }
 
-    /// Whether the objective trains a critic (a second model: the memory plan counts it).
+    /// Whether the objective trains a separate critic (a second model: the memory plan counts
+    /// it).
     pub fn has_critic(&self) -> bool {
-        matches!(self, AlgoConfig::Ppo(_))
+        matches!(self, AlgoConfig::Ppo(c) if c.critic == ppo::CriticKind::Separate)
+    }
+
+    /// Whether the policy carries a value head (PPO with a shared critic): its layout is
+    /// `ParamLayout::with_value_head`.
+    pub fn policy_value_head(&self) -> bool {
+        matches!(self, AlgoConfig::Ppo(c) if c.critic == ppo::CriticKind::Shared)
     }
 
     /// Lengths of the F32 device buffers `build` allocates for these micro-batch sizes.
@@ -207,6 +214,9 @@ pub struct CriticSettings {
     pub lr: f32,
     /// veRL's `cliprange_value`.
     pub value_clip: f32,
+    /// A value head on the policy's trunk (`Some(vf_coef)`: the value loss's weight in the
+    /// policy's loss) instead of a separate model.
+    pub shared: Option<f32>,
 }
 
 /// Per response token, sequence by sequence.

@@ -13,6 +13,19 @@ use crate::rollout::Rollout;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
+/// Where PPO's values come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CriticKind {
+    /// A second model (the base plus a value head) with its own optimizer: veRL's critic.
+    #[default]
+    Separate,
+    /// A value head on the policy's own trunk, trained with the policy by one loss
+    /// `policy loss + vf_coef · value loss` (TRL's `AutoModelForCausalLMWithValueHead`): no
+    /// second model or optimizer state.
+    Shared,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PpoConfig {
@@ -25,8 +38,13 @@ pub struct PpoConfig {
     pub lam: f32,
     /// veRL's `critic.cliprange_value`.
     pub value_clip: f32,
-    /// The critic's AdamW learning rate (`train.lr` is the actor's).
+    /// The critic's AdamW learning rate (`train.lr` is the actor's; a shared critic trains at
+    /// the actor's).
     pub critic_lr: f32,
+    /// `"separate"` (veRL) or `"shared"` (a value head on the policy's trunk, TRL).
+    pub critic: CriticKind,
+    /// A shared critic's weight of the value loss in the joint loss (TRL's `vf_coef`).
+    pub vf_coef: f32,
     /// Passes over a step's batch (veRL `ppo_epochs`).
     pub ppo_epochs: usize,
     /// Whiten the advantages over the batch's response tokens (veRL does).
@@ -46,6 +64,8 @@ impl Default for PpoConfig {
             lam: 1.0,
             value_clip: 0.5,
             critic_lr: 1e-5,
+            critic: CriticKind::Separate,
+            vf_coef: 0.1,
             ppo_epochs: 1,
             normalize_advantages: true,
             loss_agg_mode: LossAgg::TokenMean,
@@ -60,9 +80,13 @@ impl PpoConfig {
             bail!("algo.samples_per_prompt and algo.ppo_epochs must be positive");
         }
         let finite_nonneg = |x: f32| x.is_finite() && x >= 0.0;
-        if !(finite_nonneg(self.clip_eps) && finite_nonneg(self.kl_coef) && finite_nonneg(self.value_clip) && finite_nonneg(self.critic_lr))
+        if !(finite_nonneg(self.clip_eps)
+            && finite_nonneg(self.kl_coef)
+            && finite_nonneg(self.value_clip)
+            && finite_nonneg(self.critic_lr)
+            && finite_nonneg(self.vf_coef))
         {
-            bail!("algo.clip_eps, kl_coef, value_clip and critic_lr must be finite numbers >= 0");
+            bail!("algo.clip_eps, kl_coef, value_clip, critic_lr and vf_coef must be finite numbers >= 0");
         }
         if !((0.0..=1.0).contains(&self.gamma) && (0.0..=1.0).contains(&self.lam)) {
             bail!("algo.gamma and algo.lam must be in [0, 1]");
@@ -155,7 +179,11 @@ impl<B: Backend> Objective<B> for Ppo<B> {
     }
 
     fn critic(&self) -> Option<CriticSettings> {
-        Some(CriticSettings { lr: self.cfg.critic_lr, value_clip: self.cfg.value_clip })
+        Some(CriticSettings {
+            lr: self.cfg.critic_lr,
+            value_clip: self.cfg.value_clip,
+            shared: (self.cfg.critic == CriticKind::Shared).then_some(self.cfg.vf_coef),
+        })
     }
 
     /// Unused: PPO's targets are per token (`token_targets`).

@@ -331,6 +331,9 @@ impl TrainConfig {
                 bail!("train.grad_dtype = \"bf16\" applies to a full model's gradients; a LoRA run's adapter gradients are f32: drop it");
             }
         }
+        if self.algo.policy_value_head() && (self.model.lora.is_some() || self.dist.shard_params) {
+            bail!("algo.critic = \"shared\" puts a value head on the policy's own parameters: not with model.lora or dist.shard_params yet (use algo.critic = \"separate\")");
+        }
         if self.dist.shard_params {
             if self.algo.has_critic() {
                 bail!("dist.shard_params does not shard a critic yet: run {} with dist.shard_params = false", self.algo.name());

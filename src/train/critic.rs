@@ -4,6 +4,13 @@
 //! loss. It runs in the policy's training workspace and gradient slots, after the policy's
 //! update (the two never hold gradients at once), so it adds its parameters and optimizer
 //! state to the memory plan but no activations or gradients.
+//!
+//! A **shared** critic (`algo.critic = "shared"`, TRL's value head) is only that head, on the
+//! policy's own trunk: the policy's layout is `with_value_head`, the value loss (weighted by
+//! `vf_coef`) adds its gradients to the policy's in the same update (`value_accumulate` into
+//! the policy's gradients), and there is no second model or optimizer state. Checkpoints keep
+//! the policy as a plain model and the head in `critic.safetensors`; `final/` is the plain
+//! policy.
 use super::optim::{AdamWConfig, Optimizer};
 use crate::algo::ppo::value_loss_terms;
 use crate::algo::CriticSettings;
@@ -83,52 +90,7 @@ impl<B: Backend> Critic<B> {
         which: &[usize],
         micro_batch: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let mut out = vec![Vec::new(); pairs.len()];
-        for chunk in which.chunks(micro_batch) {
-            let sub: Vec<&Trajectory> = chunk.iter().map(|&i| &pairs[i]).collect();
-            let batch = PackedBatch::from_pairs(&sub)?;
-            ws.load(be, &self.model.cfg, &batch)?;
-            let mut v = vec![0f32; batch.n_targets()];
-            self.model.forward_values(be, ws, &mut v)?;
-            for (&i, w) in chunk.iter().zip(batch.target_cu.windows(2)) {
-                out[i] = v[w[0] as usize..w[1] as usize].to_vec();
-            }
-        }
-        Ok(out)
-    }
-
-    /// Forward and backward of one micro-batch of the value loss, a token mean over the
-    /// mini-batch's `mini_tokens` tokens: gradients accumulate.
-    #[allow(clippy::too_many_arguments)]
-    pub fn accumulate(
-        &self,
-        be: &B,
-        ws: &mut LogprobWorkspace<B>,
-        pairs: &[Trajectory],
-        micro: &[usize],
-        old_values: &[Vec<f32>],
-        returns: &[Vec<f32>],
-        mini_tokens: usize,
-    ) -> Result<ValueLoss> {
-        let sub: Vec<&Trajectory> = micro.iter().map(|&i| &pairs[i]).collect();
-        let batch = PackedBatch::from_pairs(&sub)?;
-        ws.load(be, &self.model.cfg, &batch)?;
-        let mut v = vec![0f32; batch.n_targets()];
-        self.model.forward_values(be, ws, &mut v)?;
-        let (old, ret): (Vec<f32>, Vec<f32>) =
-            micro.iter().flat_map(|&i| old_values[i].iter().copied().zip(returns[i].iter().copied())).unzip();
-        anyhow::ensure!(old.len() == v.len(), "critic: {} old values for {} tokens", old.len(), v.len());
-        let scale = 1.0 / mini_tokens.max(1) as f64;
-        let mut out = ValueLoss::default();
-        let mut dv = vec![0f32; v.len()];
-        for j in 0..v.len() {
-            let (l, d, clipped) = value_loss_terms(v[j], old[j], ret[j], self.settings.value_clip);
-            out.loss += l * scale;
-            out.clipped += clipped as usize;
-            dv[j] = (d * scale) as f32;
-        }
-        self.model.backward_values(be, ws, &self.opt.grads, &dv)?;
-        Ok(out)
+        values(be, &self.model, ws, pairs, which, micro_batch)
     }
 
     /// The critic's updates of a step: `epochs` passes over the batch `order` in mini-batches,
@@ -154,7 +116,18 @@ impl<B: Backend> Critic<B> {
                 self.opt.zero_grad(be)?;
                 let ntok: usize = mini.iter().map(|&i| agent_tokens(pairs[i].1.len(), &pairs[i].2)).sum();
                 for micro in mini[crate::dist::split_range(mini.len(), world, rank)].chunks(micro_batch.max(1)) {
-                    let v = self.accumulate(be, ws, pairs, micro, values, returns, ntok)?;
+                    let v = value_accumulate(
+                        be,
+                        &self.model,
+                        ws,
+                        &self.opt.grads,
+                        pairs,
+                        micro,
+                        (values, returns),
+                        ntok,
+                        self.settings.value_clip,
+                        1.0,
+                    )?;
                     loss += v.loss;
                     clipped += v.clipped as f64;
                 }
@@ -165,17 +138,104 @@ impl<B: Backend> Critic<B> {
         let mut sums = [loss, clipped];
         comm.all_reduce_f64(&mut sums)?;
         let tokens: usize = order.iter().map(|&i| agent_tokens(pairs[i].1.len(), &pairs[i].2)).sum::<usize>() * epochs;
-        let (v, r): (Vec<f64>, Vec<f64>) =
-            values.iter().flatten().zip(returns.iter().flatten()).map(|(&v, &r)| (v as f64, r as f64)).unzip();
-        Ok(CriticStats {
-            vf_loss: (sums[0] / updates.max(1) as f64) as f32,
-            vf_clipfrac: (sums[1] / tokens.max(1) as f64) as f32,
-            explained_var: explained_variance(&v, &r) as f32,
-            values_mean: mean(&v) as f32,
-            returns_mean: mean(&r) as f32,
-            grad_norm,
-        })
+        Ok(stats(sums, updates, tokens, values, returns, grad_norm))
     }
+}
+
+/// Values of the response tokens of pairs `which` under `model` (a layout with a value head:
+/// the separate critic, or a policy with a shared head); the other pairs' stay empty.
+pub fn values<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    ws: &mut LogprobWorkspace<B>,
+    pairs: &[Trajectory],
+    which: &[usize],
+    micro_batch: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = vec![Vec::new(); pairs.len()];
+    for chunk in which.chunks(micro_batch.max(1)) {
+        let sub: Vec<&Trajectory> = chunk.iter().map(|&i| &pairs[i]).collect();
+        let batch = PackedBatch::from_pairs(&sub)?;
+        ws.load(be, &model.cfg, &batch)?;
+        let mut v = vec![0f32; batch.n_targets()];
+        model.forward_values(be, ws, &mut v)?;
+        for (&i, w) in chunk.iter().zip(batch.target_cu.windows(2)) {
+            out[i] = v[w[0] as usize..w[1] as usize].to_vec();
+        }
+    }
+    Ok(out)
+}
+
+/// Forward and backward of one micro-batch of the value loss under `model`, a token mean over
+/// the mini-batch's `mini_tokens` tokens, its gradient scaled by `weight` (a shared critic's
+/// `vf_coef`; 1 for a separate one): gradients accumulate into `grads`. The loss returned is
+/// unweighted.
+#[allow(clippy::too_many_arguments)]
+pub fn value_accumulate<B: Backend>(
+    be: &B,
+    model: &Qwen2<B>,
+    ws: &mut LogprobWorkspace<B>,
+    grads: &Grads<B>,
+    pairs: &[Trajectory],
+    micro: &[usize],
+    (old_values, returns): (&[Vec<f32>], &[Vec<f32>]),
+    mini_tokens: usize,
+    value_clip: f32,
+    weight: f32,
+) -> Result<ValueLoss> {
+    let sub: Vec<&Trajectory> = micro.iter().map(|&i| &pairs[i]).collect();
+    let batch = PackedBatch::from_pairs(&sub)?;
+    ws.load(be, &model.cfg, &batch)?;
+    let mut v = vec![0f32; batch.n_targets()];
+    model.forward_values(be, ws, &mut v)?;
+    let (old, ret): (Vec<f32>, Vec<f32>) =
+        micro.iter().flat_map(|&i| old_values[i].iter().copied().zip(returns[i].iter().copied())).unzip();
+    anyhow::ensure!(old.len() == v.len(), "critic: {} old values for {} tokens", old.len(), v.len());
+    let scale = 1.0 / mini_tokens.max(1) as f64;
+    let mut out = ValueLoss::default();
+    let mut dv = vec![0f32; v.len()];
+    for j in 0..v.len() {
+        let (l, d, clipped) = value_loss_terms(v[j], old[j], ret[j], value_clip);
+        out.loss += l * scale;
+        out.clipped += clipped as usize;
+        dv[j] = (d * scale * weight as f64) as f32;
+    }
+    model.backward_values(be, ws, grads, &dv)?;
+    Ok(out)
+}
+
+/// The step's critic metrics from the value losses summed over the ranks' micro-batches
+/// (`sums` = [loss, clipped tokens], already all-reduced), `updates` optimizer updates, and
+/// the values the targets were computed from.
+pub fn stats(sums: [f64; 2], updates: usize, tokens: usize, values: &[Vec<f32>], returns: &[Vec<f32>], grad_norm: f32) -> CriticStats {
+    let (v, r): (Vec<f64>, Vec<f64>) = values.iter().flatten().zip(returns.iter().flatten()).map(|(&v, &r)| (v as f64, r as f64)).unzip();
+    CriticStats {
+        vf_loss: (sums[0] / updates.max(1) as f64) as f32,
+        vf_clipfrac: (sums[1] / tokens.max(1) as f64) as f32,
+        explained_var: explained_variance(&v, &r) as f32,
+        values_mean: mean(&v) as f32,
+        returns_mean: mean(&r) as f32,
+        grad_norm,
+    }
+}
+
+/// The policy of a shared-critic run: `dir`'s model (the base, or a checkpoint's plain
+/// policy) with a value head — `head` (a checkpoint's, `C + 1` values) or zero.
+pub fn policy_with_value_head<B: Backend>(be: &B, dir: &std::path::Path, head: Option<&[f32]>) -> Result<Qwen2<B>> {
+    let cfg = crate::model::load::load_config(dir)?;
+    let mut host = initial_params(crate::model::weights::load_params(dir, &cfg, &ParamLayout::new(&cfg))?, &cfg);
+    if let Some(h) = head {
+        let n = host.len();
+        anyhow::ensure!(
+            h.len() == cfg.hidden_size + 1,
+            "{}: the checkpoint's critic has {} parameters, not a value head's {} (it was written with algo.critic = \"separate\")",
+            dir.display(),
+            h.len(),
+            cfg.hidden_size + 1
+        );
+        host[n - h.len()..].copy_from_slice(h);
+    }
+    Qwen2::from_host_in(be, cfg.clone(), ParamLayout::with_value_head(&cfg), &host)
 }
 
 fn mean(x: &[f64]) -> f64 {

@@ -189,6 +189,9 @@ impl RunPlan {
         if let Some(lc) = &cfg.model.lora {
             return Self::lora(cfg, model, act, master, workspace, shape, layout, &crate::model::LoraLayout::new(model, lc)?);
         }
+        let reference_n = layout.total;
+        // A shared critic (PPO, `algo.critic = "shared"`): the policy carries the value head.
+        let layout = if cfg.algo.policy_value_head() { ParamLayout::with_value_head(model) } else { layout };
         let n = layout.total;
         let a = act.size_bytes();
         let (grads_full, grads_low) = crate::model::grads::grad_elements(&layout, cfg.train.grad_dtype);
@@ -198,8 +201,8 @@ impl RunPlan {
         let local = grads_full.div_ceil(world) + grads_low.div_ceil(world);
         let part = if world > 1 { format!(", 1/{world}") } else { String::new() };
         let mut lines = vec![
-            line("policy parameters", n * a),
-            line("reference parameters", n * a),
+            line(if cfg.algo.policy_value_head() { "policy parameters (with the value head)" } else { "policy parameters" }, n * a),
+            line("reference parameters", reference_n * a),
             line(&format!("Adam moments (f32, two{part})"), 2 * local.max(1) * 4),
         ];
         if master {

@@ -215,7 +215,19 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
             GradPlan::Whole(_) => {
                 let (reference, tok) = load_model(be, base_dir)?;
-                (Loaded::Whole(load_model(be, policy_dir)?.0, reference), tok)
+                let policy = match cfg.algo.policy_value_head() {
+                    // A shared critic: the policy carries the value head (a checkpoint's, in
+                    // its critic file, or zero).
+                    true => {
+                        let head = ckpt.as_ref().and_then(|c| c.critic.as_ref()).map(|(p, _)| p.as_slice());
+                        if let (Some(c), None) = (&ckpt, head) {
+                            bail!("{}: the checkpoint has no value head (algo.critic = \"shared\" needs one): it was written by another algorithm", c.dir.display());
+                        }
+                        critic::policy_with_value_head(be, policy_dir, head)?
+                    }
+                    false => load_model(be, policy_dir)?.0,
+                };
+                (Loaded::Whole(policy, reference), tok)
             }
             GradPlan::PerUnit { .. } => {
                 let tok = crate::model::load::load_tokenizer(base_dir, &model_cfg)?;
@@ -326,12 +338,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 Some(l) => opt.init_master(be, &l.layout.init_params(crate::rng::derive_seed(cfg.seed, 0x10a, 0)))?,
                 None => {
                     let layout = crate::model::ParamLayout::new(&policy.cfg);
-                    opt.init_master(be, &crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?)?;
+                    let mut host = crate::model::weights::load_params(base_dir, &policy.cfg, &layout)?;
+                    if policy.layout.value_head().is_some() {
+                        host = critic::initial_params(host, &policy.cfg);
+                    }
+                    opt.init_master(be, &host)?;
                 }
             }
         }
         let critic = match objective.critic() {
+            // No critic, or a shared one (the value head is in the policy's layout).
             None => None,
+            Some(s) if s.shared.is_some() => None,
             Some(settings) => {
                 let saved = match &ckpt {
                     Some(c) => Some(c.critic.as_ref().ok_or_else(|| {
@@ -344,6 +362,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     None => None,
                 };
                 let host = match saved {
+                    Some((p, _)) if p.len() != crate::model::ParamLayout::with_value_head(&policy.cfg).total => bail!(
+                        "{}: the checkpoint's critic is a value head on the policy (written with algo.critic = \"shared\"), not a separate critic",
+                        ckpt.as_ref().map_or(base_dir, |c| c.dir.as_path()).display()
+                    ),
                     Some((p, _)) => p.clone(),
                     None => {
                         let layout = crate::model::ParamLayout::new(&policy.cfg);
@@ -618,14 +640,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     crate::model::weights::SaveDtype::F32,
                     Some(&self.base_dir.display().to_string()),
                 )?,
-                None => crate::model::weights::save_model(
-                    &final_dir,
-                    &self.policy.cfg,
-                    &self.policy.layout,
-                    &params,
-                    crate::model::weights::SaveDtype::F32,
-                    Some(&self.tokenizer_json),
-                )?,
+                // The plain policy (a shared critic's value head stays in the checkpoints).
+                None => {
+                    let plain = crate::model::ParamLayout::new(&self.policy.cfg);
+                    crate::model::weights::save_model(
+                        &final_dir,
+                        &self.policy.cfg,
+                        &plain,
+                        &params[..plain.total],
+                        crate::model::weights::SaveDtype::F32,
+                        Some(&self.tokenizer_json),
+                    )?
+                }
             }
             if let Err(e) = super::plot::plot_run(&self.run_dir) {
                 eprintln!("warning: could not draw learning curves: {e:#}");
@@ -872,11 +898,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         // The critic's values of this rank's responses, and the per-token targets from the
         // whole batch's log-probs and values (gathered: advantages are whitened over it).
-        let token = match (&self.critic, &old_lp) {
-            (Some(c), Some(old)) => {
+        let shared_critic = self.objective.critic().and_then(|s| s.shared.map(|vf_coef| (vf_coef, s.value_clip)));
+        let value_model = match (&self.critic, shared_critic) {
+            (Some(c), _) => Some(&c.model),
+            (None, Some(_)) => Some(&self.policy),
+            (None, None) => None,
+        };
+        let token = match (value_model, &old_lp) {
+            (Some(model), Some(old)) => {
                 let values = {
                     let _r = nvtx::range("values");
-                    c.values(self.be, &mut self.ws, &pairs, &mine, t.micro_batch)?
+                    critic::values(self.be, model, &mut self.ws, &pairs, &mine, t.micro_batch)?
                 };
                 let (rf, od, vals) =
                     (merge_owned(self.comm, &ref_lp, &mine)?, merge_owned(self.comm, old, &mine)?, merge_owned(self.comm, &values, &mine)?);
@@ -890,6 +922,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let targets = self.objective.targets(&outs);
         let (mut loss_sum, mut ent_sum, mut ntok_total) = (0f64, 0f64, 0usize);
         let (mut grad_norm, mut skipped) = (0f32, false);
+        // A shared critic's value loss (summed over this rank's micro-batches) and clipped tokens.
+        let mut shared_value = [0f64; 2];
         let mut diag = TokenDiag::default();
         let order: Vec<usize> = (0..outs.len()).collect();
         let epochs = self.objective.epochs();
@@ -911,6 +945,25 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     let (l, e) = self.accumulate(micro, &pairs, lp, &targets, mini.len(), ntok_mini, diag)?;
                     loss_sum += l;
                     ent_sum += e;
+                    // A shared critic: the value loss's gradients (× vf_coef) join the policy's
+                    // in the same update.
+                    if let (Some((vf_coef, clip)), Some((tt, values))) = (shared_critic, &token) {
+                        let _r = nvtx::range("values");
+                        let v = critic::value_accumulate(
+                            self.be,
+                            &self.policy,
+                            &mut self.ws,
+                            &self.opt.grads,
+                            &pairs,
+                            micro,
+                            (values, &tt.returns),
+                            ntok_mini,
+                            clip,
+                            vf_coef,
+                        )?;
+                        shared_value[0] += v.loss;
+                        shared_value[1] += v.clipped as f64;
+                    }
                 }
                 ntok_total += ntok_mini;
                 let o = {
@@ -948,9 +1001,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
             _ => None,
         };
         let n_minis = n_minis_of(outs.len(), t.mini_batch) * epochs as f64;
-        let mut sums = [loss_sum, ent_sum];
+        let mut sums = [loss_sum, ent_sum, shared_value[0], shared_value[1]];
         self.comm.all_reduce_f64(&mut sums)?;
-        let [loss_sum, ent_sum] = sums;
+        let [loss_sum, ent_sum, vf_loss, vf_clipped] = sums;
+        let critic_stats = match (shared_critic, &token) {
+            (Some(_), Some((tt, values))) => {
+                let tokens = outs.iter().map(|o| o.agent_tokens()).sum::<usize>() * epochs;
+                Some(critic::stats([vf_loss, vf_clipped], n_minis as usize, tokens, values, &tt.returns, grad_norm))
+            }
+            _ => critic_stats,
+        };
         let tokens = diag.finish(self.comm)?;
         let ratio = tokens.ratio.clone().unwrap_or_default();
         let has_ratio = tokens.ratio.is_some();
@@ -1144,7 +1204,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // Collectives first (every rank), then rank 0 writes the whole state.
         let params = self.opt.params_to_host_in(self.be, self.trainable(), self.comm)?;
         let opt = self.opt.state_to_host_in(self.be, self.comm)?;
-        let critic = match &self.critic {
+        let mut critic = match &self.critic {
             Some(c) => Some((c.opt.params_to_host_in(self.be, &c.model, self.comm)?, c.opt.state_to_host_in(self.be, self.comm)?)),
             None => None,
         };
@@ -1152,9 +1212,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Ok(());
         }
         self.state.world_size = self.comm.world();
+        // A shared critic's head goes to the critic file (its optimizer state is in the
+        // policy's), so the checkpoint's policy is a plain model.
+        let plain = crate::model::ParamLayout::new(&self.policy.cfg);
+        if self.policy.layout.value_head().is_some() {
+            critic = Some((params[plain.total..].to_vec(), super::optim::OptimizerState { step: 0, m: vec![], v: vec![], master: None }));
+        }
         let policy = match &self.lora {
             Some(l) => checkpoint::PolicyWeights::Adapter { layout: &l.layout, params: &params },
-            None => checkpoint::PolicyWeights::Model { cfg: &self.policy.cfg, layout: &self.policy.layout, params: &params },
+            None => checkpoint::PolicyWeights::Model { cfg: &self.policy.cfg, layout: &plain, params: &params[..plain.total] },
         };
         checkpoint::save(&self.run_dir, policy, &self.tokenizer_json, &opt, critic.as_ref().map(|(p, s)| (p.as_slice(), s)), &self.state)?;
         checkpoint::prune(&self.run_dir, self.cfg.train.keep_checkpoints)?;
