@@ -113,6 +113,20 @@ plan_matches_trace "$run_dir/ppo.log"
 "$bin" train --resume "$run_dir/s3/ppo" --set train.steps=3 2> "$run_dir/ppo-resume.log" ||
   { cat "$run_dir/ppo-resume.log" >&2; echo "emu-check: FAILED: PPO resume" >&2; exit 1; }
 test -s "$run_dir/s3/ppo/checkpoints/step-000003/critic.safetensors"
+# PPO with a shared critic: the value head on the policy (bf16 on the device, f32 master), the
+# value loss's backward into the policy's gradients; two steps and a resume, allocations = plan.
+TZ_EMU_TRACE_ALLOC=1 "$bin" train --set device=cuda --set out_dir="$run_dir/s3" --set name=ppo-shared --set algo.name=ppo \
+  --set algo.critic=shared --set sft.steps=3 --set sft.examples=200 --set sft.batch=8 --set data.generate_train=8 \
+  --set data.generate_test=8 --set train.steps=2 --set train.batch_prompts=4 --set train.mini_batch=4 --set train.micro_batch=2 \
+  --set train.rollout_batch=8 --set train.eval_every=1 --set train.save_every=1 --set train.recompute=layers \
+  --set train.grad_dtype=bf16 2> "$run_dir/ppo-shared.log" ||
+  { cat "$run_dir/ppo-shared.log" >&2; echo "emu-check: FAILED: PPO with a shared critic" >&2; exit 1; }
+grep -q '"critic/vf_explained_var"' "$run_dir/s3/ppo-shared/metrics.jsonl"
+plan_matches_trace "$run_dir/ppo-shared.log"
+"$bin" train --resume "$run_dir/s3/ppo-shared" --set train.steps=3 2> "$run_dir/ppo-shared-resume.log" ||
+  { cat "$run_dir/ppo-shared-resume.log" >&2; echo "emu-check: FAILED: PPO with a shared critic, resume" >&2; exit 1; }
+test -s "$run_dir/s3/ppo-shared/checkpoints/step-000003/critic.safetensors"
+test -s "$run_dir/s3/ppo-shared/final/model.safetensors"
 # A plan larger than the device's free memory stops the run before any weight is loaded,
 # with one line naming the total, the free memory and what to lower.
 if TZ_EMU_MEM_BYTES=50000000 "$bin" train --set device=cuda --set out_dir="$run_dir/small" --set sft.steps=0 \
