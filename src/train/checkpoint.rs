@@ -154,7 +154,10 @@ pub fn save(
         state_file(&tmp.join(CRITIC_FILE), copt, Some(params))?;
     }
     write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
-    debug_assert_eq!(n, policy.len());
+    // The optimizer state covers the policy, and a shared critic's value head (saved in the
+    // critic file, with no optimizer state of its own).
+    let head = critic.filter(|(_, c)| c.m.is_empty()).map_or(0, |(p, _)| p.len());
+    debug_assert_eq!(n, policy.len() + head);
     let mut sums = std::collections::BTreeMap::new();
     for e in std::fs::read_dir(&tmp).with_context(|| format!("cannot list {}", tmp.display()))? {
         let e = e?;
