@@ -74,7 +74,7 @@ plan_matches_trace() {
 }
 plan_matches_trace "$run_dir/s3.log"
 # `tz-engine plan` with the same settings prints the same total (the base model is built now).
-plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 \
+plan_total=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/s3" --set sft.steps=3 --set sft.examples=200 --set data.generate_train=8 --set data.generate_test=8 \
   --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers --set train.grad_dtype=bf16 |
   grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
 echo "emu-check: tz-engine plan: $plan_total bytes"
@@ -95,7 +95,7 @@ if [ "$late" != 0 ]; then
   exit 1
 fi
 plan_matches_trace "$run_dir/lora.log"
-lora_plan=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/lora" --set sft.steps=3 --set sft.examples=200 \
+lora_plan=$("$bin" plan --json --set device=cuda --set out_dir="$run_dir/lora" --set sft.steps=3 --set sft.examples=200 --set data.generate_train=8 --set data.generate_test=8 \
   --set sft.batch=8 --set train.micro_batch=4 --set train.rollout_batch=8 --set train.recompute=layers \
   --set model.lora.rank=8 --set model.lora.alpha=16 | grep -o '"total_bytes": [0-9]*' | grep -o '[0-9]*$')
 [ "$lora_plan" = "$planned" ] || { echo "emu-check: FAILED: tz-engine plan ($lora_plan) and the LoRA run ($planned) disagree" >&2; exit 1; }
